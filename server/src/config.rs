@@ -1,0 +1,436 @@
+//! Configuration: a TOML file, overridden by flags and `THRIFTWORKER_*`
+//! environment variables for the settings people change per deployment.
+//!
+//! Everything is validated here, once, with messages that name the offending
+//! listener or service and say what to fix; the rest of the server can then
+//! trust its config.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line of the `thriftworker` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "thriftworker",
+    version,
+    about = "Thrift data plane: accepts framed Thrift connections and dispatches calls over ZeroMQ to worker processes",
+    after_help = "Example:\n  thriftworker --config examples/echo.toml\n\nSee docs/ for the config reference and the worker protocol."
+)]
+pub struct Cli {
+    /// TOML config file (listeners, services, worker endpoints).
+    #[arg(long, short = 'c', env = "THRIFTWORKER_CONFIG")]
+    pub config: PathBuf,
+
+    /// ZeroMQ endpoint(s) workers connect to (ipc:///path or tcp://127.0.0.1:PORT);
+    /// replaces [workers].endpoints. Repeat or comma-separate.
+    #[arg(
+        long = "worker-endpoint",
+        env = "THRIFTWORKER_WORKER_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub worker_endpoints: Vec<String>,
+
+    /// File holding the shared worker token (replaces [workers].token_file).
+    /// The token itself may instead be given in THRIFTWORKER_WORKER_TOKEN.
+    #[arg(long, env = "THRIFTWORKER_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+
+    /// How long SIGTERM waits for calls in flight before answering them itself.
+    #[arg(long, env = "THRIFTWORKER_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// Log format: text or json.
+    #[arg(long, env = "THRIFTWORKER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "thriftworker=debug".
+    #[arg(long, env = "THRIFTWORKER_LOG", default_value = "info,zeromq=error")]
+    pub log: String,
+
+    /// After every socket is bound, write their addresses to this file as JSON
+    /// (for tests and supervisors that start it on port 0).
+    #[arg(long, env = "THRIFTWORKER_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Empty: one ipc endpoint in a private runtime directory.
+    pub endpoints: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub heartbeat_liveness: u32,
+    pub token_file: Option<PathBuf>,
+    /// Filled from token_file or THRIFTWORKER_WORKER_TOKEN; never logged.
+    #[serde(skip)]
+    pub token: Option<Secret>,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            endpoints: Vec::new(),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_liveness: 3,
+            token_file: None,
+            token: None,
+        }
+    }
+}
+
+/// A secret whose `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Deadline of each call, from when its frame was read.
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub method_timeouts: HashMap<String, HumanDuration>,
+    /// Longest a call may wait for a worker with free credit.
+    #[serde(with = "humantime_serde", default = "default_queue_timeout")]
+    pub queue_timeout: Duration,
+    /// Calls waiting for a worker; beyond this they are answered "overloaded".
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Strip `Service:` from multiplexed names before the worker sees them.
+    #[serde(default = "yes")]
+    pub strip_service_prefix: bool,
+}
+
+/// A duration in a map value (humantime string).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct HumanDuration(#[serde(with = "humantime_serde")] pub Duration);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolSetting {
+    /// Detect per connection from the first byte (binary strict, lax or compact).
+    #[default]
+    Auto,
+    /// Binary only (strict or lax).
+    Binary,
+    Compact,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `host:port`, `host:0`, or `host:start-end`.
+    pub address: String,
+    pub services: Vec<String>,
+    /// On a multi-service listener, where names without `Service:` go.
+    #[serde(default)]
+    pub default_service: Option<String>,
+    #[serde(default)]
+    pub protocol: ProtocolSetting,
+    #[serde(default = "default_max_frame_size")]
+    pub max_frame_size: usize,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde", default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Two-way calls in flight per connection; at the bound reading pauses.
+    #[serde(default = "default_max_pipeline")]
+    pub max_pipeline: usize,
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// Start with the acceptor paused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_queue() -> usize {
+    1024
+}
+fn yes() -> bool {
+    true
+}
+/// Thrift's own default in every language.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16_384_000;
+fn default_max_frame_size() -> usize {
+    DEFAULT_MAX_FRAME_SIZE
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_pipeline() -> usize {
+    64
+}
+fn default_backlog() -> u32 {
+    1024
+}
+
+/// A config that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot read worker token file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the file named on the command line and applies the overrides.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(&cli.config).map_err(|source| ConfigError::Read {
+            path: cli.config.clone(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Parse {
+                path: cli.config.clone(),
+                message,
+            },
+            other => other,
+        })?;
+        if !cli.worker_endpoints.is_empty() {
+            config.workers.endpoints = cli.worker_endpoints.clone();
+        }
+        if let Some(t) = cli.shutdown_timeout {
+            config.server.shutdown_timeout = t;
+        }
+        if let Some(f) = cli.log_format {
+            config.server.log_format = f;
+        }
+        if let Some(p) = &cli.worker_token_file {
+            config.workers.token_file = Some(p.clone());
+        }
+        if let Some(path) = &config.workers.token_file {
+            let raw = std::fs::read(path).map_err(|source| ConfigError::Token {
+                path: path.clone(),
+                source,
+            })?;
+            config.workers.token = Some(Secret(raw.trim_ascii().to_vec()));
+        } else if let Ok(t) = std::env::var("THRIFTWORKER_WORKER_TOKEN") {
+            config.workers.token = Some(Secret(t.trim().as_bytes().to_vec()));
+        }
+        if config
+            .workers
+            .token
+            .as_ref()
+            .is_some_and(|t| t.0.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "the worker token is empty: put a non-empty token in the token file (or unset it)"
+                    .into(),
+            ));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (no overrides, no files read).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.workers.heartbeat_interval < Duration::from_millis(10) {
+            return bad("[workers].heartbeat_interval must be at least 10ms".into());
+        }
+        if self.workers.heartbeat_liveness == 0 {
+            return bad("[workers].heartbeat_liveness must be at least 1".into());
+        }
+        for e in &self.workers.endpoints {
+            if !(e.starts_with("ipc://") || e.starts_with("tcp://")) {
+                return bad(format!(
+                    "[workers].endpoints: '{e}' must start with ipc:// or tcp://"
+                ));
+            }
+        }
+        let mut services = HashSet::new();
+        for s in &self.services {
+            if s.name.is_empty() || s.name.contains(':') {
+                return bad(format!(
+                    "service name '{}' must be non-empty and contain no ':'",
+                    s.name
+                ));
+            }
+            if !services.insert(s.name.as_str()) {
+                return bad(format!("service '{}' is defined twice", s.name));
+            }
+            if s.timeout.is_zero() {
+                return bad(format!("service '{}': timeout must be positive", s.name));
+            }
+            if s.timeout.as_millis() > u32::MAX as u128 {
+                return bad(format!("service '{}': timeout is too long", s.name));
+            }
+            if let Some((m, _)) = s.method_timeouts.iter().find(|(_, d)| d.0.is_zero()) {
+                return bad(format!(
+                    "service '{}': method_timeouts.{m} must be positive",
+                    s.name
+                ));
+            }
+        }
+        let mut listeners = HashSet::new();
+        for l in &self.listeners {
+            if !listeners.insert(l.name.as_str()) {
+                return bad(format!("listener '{}' is defined twice", l.name));
+            }
+            if l.services.is_empty() {
+                return bad(format!(
+                    "listener '{}' serves no service: set services = [\"Name\"]",
+                    l.name
+                ));
+            }
+            for s in l.services.iter().chain(l.default_service.iter()) {
+                if !services.contains(s.as_str()) {
+                    return bad(format!(
+                        "listener '{}' names service '{s}', which is not defined in [[services]]",
+                        l.name
+                    ));
+                }
+            }
+            if let Some(d) = &l.default_service {
+                if !l.services.contains(d) {
+                    return bad(format!(
+                        "listener '{}': default_service '{d}' must be one of its services",
+                        l.name
+                    ));
+                }
+            }
+            if l.max_frame_size < 16 || l.max_frame_size > i32::MAX as usize {
+                return bad(format!(
+                    "listener '{}': max_frame_size must be between 16 and {}",
+                    l.name,
+                    i32::MAX
+                ));
+            }
+            if l.max_connections == 0 || l.max_pipeline == 0 {
+                return bad(format!(
+                    "listener '{}': max_connections and max_pipeline must be at least 1",
+                    l.name
+                ));
+            }
+            crate::listener::parse_address(&l.address)
+                .map_err(|e| ConfigError::Invalid(format!("listener '{}': {e}", l.name)))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_debug_assert() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let c = Config::parse(include_str!("../../examples/echo.toml")).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(
+            c.services[0].method_timeouts["slow"].0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(c.listeners[0].max_frame_size, DEFAULT_MAX_FRAME_SIZE);
+        assert_eq!(c.listeners[0].backlog, 1024);
+    }
+
+    #[test]
+    fn errors_name_what_to_fix() {
+        let cases = [
+            ("[[listeners]]\nname='a'\naddress='127.0.0.1:0'\nservices=['X']", "names service 'X'"),
+            ("[[services]]\nname='A'\n[[services]]\nname='A'", "defined twice"),
+            ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='nope'\nservices=['A']", "listener 'a'"),
+            ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='127.0.0.1:9-3'\nservices=['A']", "listener 'a'"),
+            ("[workers]\nendpoints=['http://x']", "ipc:// or tcp://"),
+            ("[server]\nbogus=1", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn secret_is_not_printed() {
+        assert_eq!(
+            format!("{:?}", Secret(b"hunter2".to_vec())),
+            "Secret(<redacted>)"
+        );
+    }
+}

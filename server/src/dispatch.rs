@@ -1,0 +1,698 @@
+//! The dispatcher: one task that owns the worker pool, the per-service
+//! queues and every call's deadline, and talks to workers over the transport.
+//!
+//! Single ownership keeps it lock-free and makes each call's fate decided in
+//! exactly one place: every two-way call gets exactly one completion (the
+//! worker's reply, or an exception produced here), so connections never have
+//! to reconcile a timeout with a late reply.
+//!
+//! A call's life: arrives from a connection → sent at once to the worker with
+//! the most free credit, or queued (bounded by `max_queue`) → sent when credit
+//! frees up, unless its deadline or `queue_timeout` passed first (then it is
+//! answered here and never sent) → answered by the worker's REPLY, or by a
+//! "timed out" exception at its deadline, or a "worker died" exception when
+//! its worker is declared dead.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thriftworker_wire::{Protocol, Request, ServerMsg, WorkerMsg};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::time::{delay_queue, DelayQueue};
+
+use crate::config::Config;
+use crate::message::{application_exception, AppErrorKind};
+use crate::stats::{ServiceStats, Stats};
+use crate::transport::{Inbound, Transport};
+use crate::worker_pool::{WorkerIdx, WorkerPool};
+
+/// A call read from a client, on its way to a worker.
+#[derive(Debug)]
+pub struct Call {
+    pub service: usize,
+    pub protocol: Protocol,
+    pub seqid: i32,
+    /// Method name as the worker sees it (used in exceptions we produce).
+    pub name: Bytes,
+    /// The full Thrift message (header rewritten if a prefix was stripped).
+    pub message: Bytes,
+    pub deadline: Instant,
+    /// `None` for oneway calls.
+    pub reply: Option<ReplyTo>,
+}
+
+/// Where a two-way call's answer goes: the connection's completion channel
+/// and the call's position in that connection's pipeline.
+#[derive(Debug)]
+pub struct ReplyTo {
+    pub tx: mpsc::Sender<Completion>,
+    pub slot: u64,
+}
+
+/// The answer to one call: a complete Thrift message to frame and write.
+#[derive(Debug)]
+pub struct Completion {
+    pub slot: u64,
+    pub message: Bytes,
+}
+
+/// Requests to the dispatcher.
+#[derive(Debug)]
+pub enum Command {
+    Call(Call),
+    /// Answer everything still queued or in flight with "shutting down",
+    /// tell the workers to leave, and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Static per-service settings, shared with the connections.
+#[derive(Debug)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub name_bytes: Bytes,
+    pub timeout: Duration,
+    pub method_timeouts: HashMap<Box<[u8]>, Duration>,
+    pub queue_timeout: Duration,
+    pub max_queue: usize,
+    pub strip_prefix: bool,
+    pub stats: Arc<ServiceStats>,
+}
+
+impl ServiceInfo {
+    pub fn timeout_for(&self, method: &[u8]) -> Duration {
+        if self.method_timeouts.is_empty() {
+            return self.timeout;
+        }
+        self.method_timeouts
+            .get(method)
+            .copied()
+            .unwrap_or(self.timeout)
+    }
+}
+
+pub fn service_infos(config: &Config, stats: &Stats) -> Vec<Arc<ServiceInfo>> {
+    config
+        .services
+        .iter()
+        .map(|s| {
+            Arc::new(ServiceInfo {
+                name: s.name.clone(),
+                name_bytes: Bytes::from(s.name.clone()),
+                timeout: s.timeout,
+                method_timeouts: s
+                    .method_timeouts
+                    .iter()
+                    .map(|(m, d)| (m.as_bytes().into(), d.0))
+                    .collect(),
+                queue_timeout: s.queue_timeout,
+                max_queue: s.max_queue,
+                strip_prefix: s.strip_service_prefix,
+                stats: stats.services[&s.name].clone(),
+            })
+        })
+        .collect()
+}
+
+/// Why the data plane answered a call itself.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    QueueFull,
+    QueueTimeout,
+    Timeout,
+    WorkerDied,
+    EmptyReply,
+    ShuttingDown,
+}
+
+enum Phase {
+    Queued,
+    Sent,
+}
+
+struct Entry {
+    call: Call,
+    phase: Phase,
+    timer: delay_queue::Key,
+    /// When queued: the timer fires at `queue_timeout` before the deadline.
+    queue_expiry: bool,
+}
+
+struct ServiceQueue {
+    /// Request ids in arrival order; ids no longer queued are skipped.
+    ids: VecDeque<u64>,
+    live: usize,
+}
+
+pub struct Dispatcher {
+    services: Vec<Arc<ServiceInfo>>,
+    queues: Vec<ServiceQueue>,
+    pool: WorkerPool,
+    calls: HashMap<u64, Entry>,
+    timers: DelayQueue<u64>,
+    next_id: u64,
+    transport: Transport,
+    commands: mpsc::Receiver<Command>,
+    token: Option<Vec<u8>>,
+    heartbeat: Duration,
+    liveness: u32,
+    stats: Arc<Stats>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        config: &Config,
+        services: Vec<Arc<ServiceInfo>>,
+        transport: Transport,
+        commands: mpsc::Receiver<Command>,
+        stats: Arc<Stats>,
+    ) -> Dispatcher {
+        Dispatcher {
+            queues: services
+                .iter()
+                .map(|_| ServiceQueue {
+                    ids: VecDeque::new(),
+                    live: 0,
+                })
+                .collect(),
+            pool: WorkerPool::new(services.len()),
+            services,
+            calls: HashMap::new(),
+            timers: DelayQueue::new(),
+            next_id: 0,
+            transport,
+            commands,
+            token: config.workers.token.as_ref().map(|t| t.0.clone()),
+            heartbeat: config.workers.heartbeat_interval,
+            liveness: config.workers.heartbeat_liveness,
+            stats,
+        }
+    }
+
+    /// Runs until a `Shutdown` command (or every command sender is dropped).
+    pub async fn run(mut self) {
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                inbound = self.transport.recv() => match inbound {
+                    Inbound::Message { peer, msg } => self.on_worker_message(peer, msg).await,
+                    Inbound::Disconnected { peer } => {
+                        if let Some(w) = self.pool.lookup(&peer) {
+                            self.worker_dead(w, "connection closed").await;
+                        }
+                    }
+                    Inbound::Closed(e) => {
+                        tracing::error!(error = %e, "worker transport failed; answering all calls");
+                        self.fail_all(Failure::ShuttingDown);
+                        return;
+                    }
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => self.on_timer(expired.into_inner()).await,
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Call(call)) => self.on_call(call).await,
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                _ = heartbeat.tick() => self.on_heartbeat_tick().await,
+            }
+        }
+    }
+
+    async fn on_call(&mut self, call: Call) {
+        let svc = call.service;
+        let stats = &self.services[svc].stats;
+        if call.reply.is_some() {
+            stats.calls.inc();
+        } else {
+            stats.oneway.inc();
+        }
+        let now = Instant::now();
+        if call.deadline <= now {
+            self.answer(call, Failure::Timeout);
+            return;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        // Fast path: nothing queued ahead of it and a worker has credit.
+        if self.queues[svc].live == 0 {
+            if let Some(w) = self.pool.pick(svc) {
+                let timer = self.timers.insert_at(id, call.deadline);
+                self.calls.insert(
+                    id,
+                    Entry {
+                        call,
+                        phase: Phase::Queued,
+                        timer,
+                        queue_expiry: false,
+                    },
+                );
+                self.send_to(id, w).await;
+                return;
+            }
+        }
+        let info = &self.services[svc];
+        if self.queues[svc].live >= info.max_queue {
+            self.answer(call, Failure::QueueFull);
+            return;
+        }
+        let queue_deadline = now + info.queue_timeout;
+        let (at, queue_expiry) = if queue_deadline < call.deadline {
+            (queue_deadline, true)
+        } else {
+            (call.deadline, false)
+        };
+        let timer = self.timers.insert_at(id, at);
+        self.calls.insert(
+            id,
+            Entry {
+                call,
+                phase: Phase::Queued,
+                timer,
+                queue_expiry,
+            },
+        );
+        let q = &mut self.queues[svc];
+        q.ids.push_back(id);
+        q.live += 1;
+        info.stats.queue_depth.set(q.live as u64);
+    }
+
+    /// Sends call `id` (known, not yet sent) to worker `w`, which has credit.
+    async fn send_to(&mut self, id: u64, w: WorkerIdx) {
+        let Some(entry) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(worker) = self.pool.get_mut(w) else {
+            return;
+        };
+        let now = Instant::now();
+        entry.phase = Phase::Sent;
+        if entry.queue_expiry {
+            // Queued: from now on only the call's own deadline matters.
+            self.timers.reset_at(&entry.timer, entry.call.deadline);
+            entry.queue_expiry = false;
+        }
+        worker.in_flight.insert(id);
+        let peer = worker.peer.clone();
+        let call = &entry.call;
+        let svc = &self.services[call.service];
+        svc.stats.in_flight.inc();
+        let request = Request {
+            id,
+            timeout_ms: call
+                .deadline
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(u32::MAX as u128) as u32,
+            protocol: call.protocol,
+            service: svc.name_bytes.clone(),
+            message: call.message.clone(),
+        };
+        if let Err(e) = self.transport.send(&peer, request.encode()).await {
+            // A send to a peer that just died may also succeed and be lost;
+            // either way the call is tracked in `in_flight` and answered when
+            // the worker is declared dead.
+            self.worker_dead(w, &format!("send failed: {e}")).await;
+        }
+    }
+
+    /// Sends queued calls of the services `w` serves while it has credit.
+    async fn pump_worker(&mut self, w: WorkerIdx) {
+        let Some(services) = self.pool.get(w).map(|s| s.services.clone()) else {
+            return;
+        };
+        for svc in services {
+            self.pump(svc).await;
+        }
+    }
+
+    /// Sends queued calls of `svc` while some worker of it has credit.
+    async fn pump(&mut self, svc: usize) {
+        while self.queues[svc].live > 0 {
+            let Some(w) = self.pool.pick(svc) else { break };
+            let Some(id) = self.pop_queued(svc) else {
+                break;
+            };
+            self.send_to(id, w).await;
+        }
+    }
+
+    fn pop_queued(&mut self, svc: usize) -> Option<u64> {
+        let q = &mut self.queues[svc];
+        while let Some(id) = q.ids.pop_front() {
+            if matches!(
+                self.calls.get(&id),
+                Some(Entry {
+                    phase: Phase::Queued,
+                    ..
+                })
+            ) {
+                q.live -= 1;
+                self.services[svc].stats.queue_depth.set(q.live as u64);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    async fn on_timer(&mut self, id: u64) {
+        let Some(entry) = self.calls.remove(&id) else {
+            return;
+        };
+        let svc = entry.call.service;
+        match entry.phase {
+            Phase::Queued => {
+                let q = &mut self.queues[svc];
+                q.live -= 1;
+                self.services[svc].stats.queue_depth.set(q.live as u64);
+                // Drop tombstones at the front, and compact if they pile up.
+                while q.ids.front().is_some_and(|i| !self.calls.contains_key(i)) {
+                    q.ids.pop_front();
+                }
+                if q.ids.len() > 2 * q.live + 64 {
+                    let calls = &self.calls;
+                    q.ids.retain(|i| calls.contains_key(i));
+                }
+                let why = if entry.queue_expiry {
+                    Failure::QueueTimeout
+                } else {
+                    Failure::Timeout
+                };
+                self.answer(entry.call, why);
+            }
+            Phase::Sent => {
+                // The worker keeps the credit until it replies (it is still
+                // busy); its late reply will be dropped and counted.
+                self.services[svc].stats.in_flight.dec();
+                self.answer(entry.call, Failure::Timeout);
+            }
+        }
+    }
+
+    async fn on_worker_message(
+        &mut self,
+        peer: Bytes,
+        msg: Result<WorkerMsg, thriftworker_wire::WireError>,
+    ) {
+        let now = Instant::now();
+        let known = self.pool.lookup(&peer);
+        if let Some(w) = known {
+            if let Some(state) = self.pool.get_mut(w) {
+                state.last_seen = now;
+            }
+        }
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.dispatch.bad_worker_messages.inc();
+                tracing::warn!(worker = known.and_then(|w| self.pool.get(w)).map(|s| s.id.as_str()), error = %e, "malformed message from a worker dropped");
+                if let thriftworker_wire::WireError::Version(v) = e {
+                    let reason = format!("unsupported worker protocol version {v}");
+                    self.disconnect(&peer, reason).await;
+                }
+                return;
+            }
+        };
+        match (msg, known) {
+            (
+                WorkerMsg::Ready {
+                    credit,
+                    token,
+                    services,
+                },
+                _,
+            ) => self.on_ready(peer, known, credit, token, services).await,
+            (WorkerMsg::Reply { id, message }, Some(w)) => self.on_reply(w, id, message).await,
+            (WorkerMsg::Heartbeat, Some(_)) => {}
+            (WorkerMsg::Disconnect { .. }, Some(w)) => {
+                let Some(state) = self.pool.get_mut(w) else {
+                    return;
+                };
+                state.leaving = true;
+                tracing::info!(worker = %state.id, in_flight = state.in_flight.len(), "worker leaving");
+                self.forget_if_done(w).await;
+            }
+            (WorkerMsg::Reply { .. }, None) => {
+                self.stats.dispatch.unknown_replies.inc();
+                self.disconnect(&peer, "unknown worker, send READY".into())
+                    .await;
+            }
+            (WorkerMsg::Heartbeat, None) => {
+                self.disconnect(&peer, "unknown worker, send READY".into())
+                    .await;
+            }
+            (WorkerMsg::Disconnect { .. }, None) => {}
+        }
+    }
+
+    async fn on_ready(
+        &mut self,
+        peer: Bytes,
+        known: Option<WorkerIdx>,
+        credit: u32,
+        token: Bytes,
+        names: Vec<Bytes>,
+    ) {
+        if let Some(expected) = &self.token {
+            if !constant_time_eq(expected, &token) {
+                self.stats.dispatch.workers_refused.inc();
+                tracing::warn!("worker refused: wrong or missing token");
+                self.disconnect(&peer, "refused: wrong or missing worker token".into())
+                    .await;
+                return;
+            }
+        }
+        let mut services = Vec::with_capacity(names.len());
+        for n in &names {
+            match self.services.iter().position(|s| s.name_bytes == n) {
+                Some(i) if !services.contains(&i) => services.push(i),
+                Some(_) => {}
+                None => {
+                    self.stats.dispatch.workers_refused.inc();
+                    let reason =
+                        format!("refused: unknown service '{}'", String::from_utf8_lossy(n));
+                    tracing::warn!(reason = %reason, "worker refused");
+                    self.disconnect(&peer, reason).await;
+                    return;
+                }
+            }
+        }
+        if let Some(old) = known {
+            // Same identity announcing itself again: its previous session's
+            // calls are lost.
+            self.worker_dead(old, "re-registered").await;
+        }
+        let w = self
+            .pool
+            .add(peer.clone(), services, credit, Instant::now());
+        self.stats.dispatch.workers_registered.inc();
+        let state = self.pool.get(w).expect("just added");
+        let id = state.id.clone();
+        let names: Vec<&str> = state
+            .services
+            .iter()
+            .map(|&s| self.services[s].name.as_str())
+            .collect();
+        tracing::info!(worker = %id, services = ?names, credit, "worker registered");
+        let ack = ServerMsg::ReadyAck {
+            heartbeat_interval_ms: self.heartbeat.as_millis().min(u32::MAX as u128) as u32,
+            worker_id: Bytes::from(id),
+        };
+        if let Err(e) = self.transport.send(&peer, ack.encode()).await {
+            self.worker_dead(w, &format!("send failed: {e}")).await;
+            return;
+        }
+        self.pump_worker(w).await;
+    }
+
+    async fn on_reply(&mut self, w: WorkerIdx, id: u64, message: Bytes) {
+        let Some(state) = self.pool.get_mut(w) else {
+            return;
+        };
+        if !state.in_flight.remove(&id) {
+            self.stats.dispatch.unknown_replies.inc();
+            tracing::debug!(worker = %state.id, request = id, "reply for a call this worker does not hold");
+            return;
+        }
+        match self.calls.remove(&id) {
+            Some(entry) => {
+                self.timers.remove(&entry.timer);
+                let svc = &self.services[entry.call.service];
+                svc.stats.in_flight.dec();
+                match entry.call.reply {
+                    Some(reply) if message.is_empty() => {
+                        let call = Call {
+                            reply: Some(reply),
+                            ..entry.call
+                        };
+                        self.answer(call, Failure::EmptyReply);
+                    }
+                    Some(reply) => {
+                        svc.stats.replies.inc();
+                        let _ = reply.tx.try_send(Completion {
+                            slot: reply.slot,
+                            message,
+                        });
+                    }
+                    None => {} // oneway: the reply only returns credit
+                }
+            }
+            None => {
+                // Already answered (timed out): the worker was still busy.
+                if let Some(svc) = self.pool.get(w).and_then(|s| s.services.first()) {
+                    self.services[*svc].stats.late_replies.inc();
+                }
+            }
+        }
+        if self.forget_if_done(w).await {
+            return;
+        }
+        self.pump_worker(w).await;
+    }
+
+    /// Forgets a leaving worker once it holds no call. Returns whether it did.
+    async fn forget_if_done(&mut self, w: WorkerIdx) -> bool {
+        let done = self
+            .pool
+            .get(w)
+            .is_some_and(|s| s.leaving && s.in_flight.is_empty());
+        if done {
+            if let Some(state) = self.pool.remove(w) {
+                tracing::info!(worker = %state.id, "worker left");
+                self.disconnect(&state.peer, "bye".into()).await;
+            }
+        }
+        done
+    }
+
+    async fn worker_dead(&mut self, w: WorkerIdx, why: &str) {
+        let Some(state) = self.pool.remove(w) else {
+            return;
+        };
+        self.stats.dispatch.workers_dead.inc();
+        tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), "worker dead");
+        for id in state.in_flight {
+            if let Some(entry) = self.calls.remove(&id) {
+                self.timers.remove(&entry.timer);
+                self.services[entry.call.service].stats.in_flight.dec();
+                self.answer(entry.call, Failure::WorkerDied);
+            }
+        }
+        // Tell it, in case it is alive but was judged dead (e.g. it stalled):
+        // it will reconnect and READY again.
+        self.disconnect(&state.peer, format!("declared dead: {why}"))
+            .await;
+    }
+
+    async fn on_heartbeat_tick(&mut self) {
+        let now = Instant::now();
+        let limit = self.heartbeat * self.liveness;
+        let stale: Vec<WorkerIdx> = self
+            .pool
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_seen) > limit)
+            .map(|(i, _)| i)
+            .collect();
+        for w in stale {
+            self.worker_dead(w, "missed heartbeats").await;
+        }
+        let peers: Vec<(WorkerIdx, Bytes)> =
+            self.pool.iter().map(|(i, s)| (i, s.peer.clone())).collect();
+        for (w, peer) in peers {
+            if let Err(e) = self
+                .transport
+                .send(&peer, ServerMsg::Heartbeat.encode())
+                .await
+            {
+                self.worker_dead(w, &format!("send failed: {e}")).await;
+            }
+        }
+    }
+
+    async fn disconnect(&mut self, peer: &Bytes, reason: String) {
+        let _ = self
+            .transport
+            .send(
+                peer,
+                ServerMsg::Disconnect {
+                    reason: Bytes::from(reason),
+                }
+                .encode(),
+            )
+            .await;
+    }
+
+    fn fail_all(&mut self, why: Failure) {
+        let ids: Vec<u64> = self.calls.keys().copied().collect();
+        for id in ids {
+            if let Some(entry) = self.calls.remove(&id) {
+                self.answer(entry.call, why);
+            }
+        }
+        self.timers.clear();
+        for q in &mut self.queues {
+            q.ids.clear();
+            q.live = 0;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let pending = self.calls.len();
+        if pending > 0 {
+            tracing::warn!(
+                calls = pending,
+                "shutdown timeout: answering calls still pending"
+            );
+        }
+        self.fail_all(Failure::ShuttingDown);
+        let peers: Vec<Bytes> = self.pool.iter().map(|(_, s)| s.peer.clone()).collect();
+        for peer in peers {
+            self.disconnect(&peer, "data plane shutting down".into())
+                .await;
+        }
+    }
+
+    /// Answers a call with an exception produced here (nothing for oneway).
+    fn answer(&self, call: Call, why: Failure) {
+        let svc = &self.services[call.service];
+        let (counter, text) = match why {
+            Failure::QueueFull => (&svc.stats.overloaded, format!("thriftworker: service '{}' overloaded: queue full ({} calls waiting for a worker)", svc.name, svc.max_queue)),
+            Failure::QueueTimeout => (&svc.stats.overloaded, format!("thriftworker: service '{}' overloaded: no worker free within queue_timeout {:?}", svc.name, svc.queue_timeout)),
+            Failure::Timeout => (&svc.stats.timeouts, format!("thriftworker: service '{}' timed out: no reply before the deadline", svc.name)),
+            Failure::WorkerDied => (&svc.stats.worker_died, format!("thriftworker: service '{}' worker died while handling the call", svc.name)),
+            Failure::EmptyReply => (&svc.stats.empty_replies, format!("thriftworker: service '{}' worker returned no reply", svc.name)),
+            Failure::ShuttingDown => (&svc.stats.shutdown, format!("thriftworker: service '{}' shutting down: call not served", svc.name)),
+        };
+        counter.inc();
+        if let Some(reply) = call.reply {
+            let message = application_exception(
+                call.protocol,
+                &call.name,
+                call.seqid,
+                AppErrorKind::InternalError,
+                &text,
+            );
+            // Fails only if the client is gone (or, impossibly, its pipeline
+            // is over-full); there is no one left to answer.
+            let _ = reply.tx.try_send(Completion {
+                slot: reply.slot,
+                message,
+            });
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

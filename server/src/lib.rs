@@ -1,0 +1,20 @@
+//! thriftworker's data plane: framed Thrift listeners that dispatch calls over
+//! ZeroMQ to worker processes.
+//!
+//! The modules follow a call's path:
+//! `listener` (accept) → `connection` (frames via `frame`, headers via
+//! `message`, routing, in-order replies) → `dispatch` (queues, deadlines,
+//! balancing over `worker_pool`) → `transport` (ZeroMQ ROUTER) → workers.
+//! `config` describes it, `app` wires it, `stats` counts it.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod connection;
+pub mod dispatch;
+pub mod frame;
+pub mod listener;
+pub mod message;
+pub mod stats;
+pub mod transport;
+pub mod worker_pool;

@@ -1,0 +1,61 @@
+//! The `thriftworker` binary: config → runtime → servers → wait for a signal → drain.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+use thriftworker::app;
+use thriftworker::config::{Cli, Config, LogFormat};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(&cli)?;
+    init_tracing(&cli.log, config.server.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("thriftworker")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let built = app::build(config).await?;
+        if let Some(path) = &cli.ready_file {
+            write_ready_file(path, &built.addresses())?;
+        }
+        let running = built.spawn();
+        shutdown_signal().await;
+        running.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log filter '{filter}'"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Writes the bound addresses as JSON, atomically (write + rename), so a
+/// reader never sees a partial file.
+fn write_ready_file(path: &std::path::Path, addresses: &app::BoundAddresses) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(addresses)?)
+        .with_context(|| format!("cannot write ready file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,177 @@
+//! The worker-facing ZeroMQ transport, kept small so the backend could be
+//! swapped (e.g. for libzmq) without touching dispatch.
+//!
+//! It binds a ROUTER on every configured endpoint. `ipc://` paths live in a
+//! directory created with mode 0700 (only this user can connect), and a stale
+//! socket file left by a crashed process is removed, but never one that a
+//! live process still answers on.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use thriftworker_wire::WorkerMsg;
+use zeromq::{
+    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketRecv, SocketSend,
+    ZmqMessage,
+};
+
+/// Something that happened on the worker side.
+pub enum Inbound {
+    /// A message from the worker with this ZeroMQ identity.
+    Message {
+        peer: Bytes,
+        msg: Result<WorkerMsg, thriftworker_wire::WireError>,
+    },
+    /// ZeroMQ reports the worker's connection closed.
+    Disconnected { peer: Bytes },
+    /// The socket itself failed; dispatch cannot go on.
+    Closed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot bind worker endpoint {endpoint}: {message}")]
+    Bind { endpoint: String, message: String },
+    #[error("worker endpoint {endpoint}: {message}")]
+    Ipc { endpoint: String, message: String },
+}
+
+/// The bound ROUTER, in halves so receiving and sending can interleave.
+pub struct Transport {
+    send: RouterSendHalf,
+    recv: RouterRecvHalf,
+    monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    /// Endpoints as bound (tcp port 0 resolved).
+    pub endpoints: Vec<String>,
+    ipc_paths: Vec<PathBuf>,
+}
+
+/// The default worker endpoint: an ipc socket in a private runtime directory.
+pub fn default_endpoint() -> String {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .map(|p| p.join("thriftworker"))
+        .unwrap_or_else(|| {
+            let uid = std::fs::metadata("/proc/self")
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .unwrap_or(0);
+            PathBuf::from(format!("/tmp/thriftworker-{uid}"))
+        });
+    format!("ipc://{}/workers.sock", base.display())
+}
+
+impl Transport {
+    pub async fn bind(endpoints: &[String]) -> Result<Transport, TransportError> {
+        let mut socket = RouterSocket::new();
+        let monitor = socket.monitor();
+        let mut bound = Vec::new();
+        let mut ipc_paths = Vec::new();
+        for endpoint in endpoints {
+            if let Some(path) = endpoint.strip_prefix("ipc://") {
+                prepare_ipc(Path::new(path)).map_err(|message| TransportError::Ipc {
+                    endpoint: endpoint.clone(),
+                    message,
+                })?;
+                ipc_paths.push(PathBuf::from(path));
+            }
+            let resolved = socket
+                .bind(endpoint)
+                .await
+                .map_err(|e| TransportError::Bind {
+                    endpoint: endpoint.clone(),
+                    message: format!("{e} (is another thriftworker using it?)"),
+                })?;
+            bound.push(resolved.to_string());
+        }
+        let (send, recv) = socket.split();
+        Ok(Transport {
+            send,
+            recv,
+            monitor,
+            endpoints: bound,
+            ipc_paths,
+        })
+    }
+
+    /// Waits for the next event. Cancel-safe (usable in `select!`).
+    pub async fn recv(&mut self) -> Inbound {
+        loop {
+            tokio::select! {
+                m = self.recv.recv() => return match m {
+                    Ok(m) => {
+                        let mut frames = m.into_vecdeque();
+                        let peer = frames.pop_front().unwrap_or_default();
+                        Inbound::Message { peer, msg: WorkerMsg::decode(frames) }
+                    }
+                    Err(e) => Inbound::Closed(e.to_string()),
+                },
+                Some(event) = self.monitor.next() => {
+                    if let SocketEvent::Disconnected(peer) = event {
+                        return Inbound::Disconnected { peer: peer.into() };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `frames` to the worker `peer`. An error means the peer is gone.
+    pub async fn send(
+        &mut self,
+        peer: &Bytes,
+        frames: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(), String> {
+        let mut v = Vec::with_capacity(5);
+        v.push(peer.clone());
+        v.extend(frames);
+        let message = ZmqMessage::try_from(v).map_err(|e| e.to_string())?;
+        self.send.send(message).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for p in &self.ipc_paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Makes sure `path`'s directory exists with mode 0700 (when we create it)
+/// and that no live process owns the socket file.
+fn prepare_ipc(path: &Path) -> Result<(), String> {
+    if path.as_os_str().len() > 100 {
+        return Err(format!(
+            "ipc path is {} bytes; Unix socket paths must be under 108: use a shorter directory",
+            path.as_os_str().len()
+        ));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot set mode 0700 on {}: {e}", dir.display()))?;
+        }
+    }
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(format!(
+                    "{} is in use by a running process: stop it or choose another path",
+                    path.display()
+                ))
+            }
+            Err(_) => {
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}

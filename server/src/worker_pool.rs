@@ -1,0 +1,179 @@
+//! The set of live workers: who serves what, how much credit each has free,
+//! which calls each holds, when each was last heard from.
+//!
+//! Pure bookkeeping, no I/O: the dispatcher owns one `WorkerPool` and does the
+//! sending. Keeping credit here is what makes the data plane's queue the only
+//! queue: a worker is never picked when it has no free credit, so the
+//! `zeromq` crate's unbounded per-peer queue never fills.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// Index of a worker slot; stable while the worker lives.
+pub type WorkerIdx = usize;
+
+#[derive(Debug)]
+pub struct WorkerState {
+    /// ZeroMQ identity (routing address).
+    pub peer: Bytes,
+    /// Short id for logs and stats, e.g. "w12".
+    pub id: String,
+    pub services: Vec<usize>,
+    pub credit: u32,
+    /// Request ids sent and not yet replied to, including calls whose client
+    /// was already answered (timed out): the worker is still busy with them.
+    pub in_flight: HashSet<u64>,
+    pub last_seen: Instant,
+    /// Sent DISCONNECT: no new calls; forgotten when `in_flight` empties.
+    pub leaving: bool,
+}
+
+impl WorkerState {
+    pub fn free(&self) -> u32 {
+        if self.leaving {
+            return 0;
+        }
+        self.credit.saturating_sub(self.in_flight.len() as u32)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WorkerPool {
+    slots: Vec<Option<WorkerState>>,
+    free_slots: Vec<WorkerIdx>,
+    by_peer: HashMap<Bytes, WorkerIdx>,
+    /// Per service index: the workers serving it.
+    by_service: Vec<Vec<WorkerIdx>>,
+    next_id: u64,
+}
+
+impl WorkerPool {
+    pub fn new(services: usize) -> WorkerPool {
+        WorkerPool {
+            by_service: vec![Vec::new(); services],
+            ..Default::default()
+        }
+    }
+
+    pub fn lookup(&self, peer: &Bytes) -> Option<WorkerIdx> {
+        self.by_peer.get(peer).copied()
+    }
+
+    pub fn get(&self, idx: WorkerIdx) -> Option<&WorkerState> {
+        self.slots.get(idx).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, idx: WorkerIdx) -> Option<&mut WorkerState> {
+        self.slots.get_mut(idx).and_then(Option::as_mut)
+    }
+
+    /// Registers a worker; the caller has removed any previous one with this peer.
+    pub fn add(
+        &mut self,
+        peer: Bytes,
+        services: Vec<usize>,
+        credit: u32,
+        now: Instant,
+    ) -> WorkerIdx {
+        self.next_id += 1;
+        let state = WorkerState {
+            peer: peer.clone(),
+            id: format!("w{}", self.next_id),
+            services: services.clone(),
+            credit,
+            in_flight: HashSet::new(),
+            last_seen: now,
+            leaving: false,
+        };
+        let idx = match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i] = Some(state);
+                i
+            }
+            None => {
+                self.slots.push(Some(state));
+                self.slots.len() - 1
+            }
+        };
+        self.by_peer.insert(peer, idx);
+        for s in services {
+            self.by_service[s].push(idx);
+        }
+        idx
+    }
+
+    /// Forgets a worker and returns its state (with the calls it held).
+    pub fn remove(&mut self, idx: WorkerIdx) -> Option<WorkerState> {
+        let state = self.slots.get_mut(idx)?.take()?;
+        self.by_peer.remove(&state.peer);
+        for &s in &state.services {
+            self.by_service[s].retain(|&w| w != idx);
+        }
+        self.free_slots.push(idx);
+        Some(state)
+    }
+
+    /// The worker of `service` with the most free credit, if any has some.
+    pub fn pick(&self, service: usize) -> Option<WorkerIdx> {
+        let mut best: Option<(WorkerIdx, u32)> = None;
+        for &w in &self.by_service[service] {
+            let free = self.slots[w].as_ref().map_or(0, WorkerState::free);
+            if free > 0 && best.is_none_or(|(_, f)| free > f) {
+                best = Some((w, free));
+            }
+        }
+        best.map(|(w, _)| w)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (WorkerIdx, &WorkerState)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    }
+
+    pub fn live_workers(&self, service: usize) -> usize {
+        self.by_service[service].len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_most_free_credit_and_never_an_exhausted_worker() {
+        let now = Instant::now();
+        let mut pool = WorkerPool::new(2);
+        let a = pool.add(Bytes::from_static(b"a"), vec![0], 2, now);
+        let b = pool.add(Bytes::from_static(b"b"), vec![0, 1], 3, now);
+        assert_eq!(pool.pick(0), Some(b));
+        pool.get_mut(b).unwrap().in_flight.extend([1, 2]);
+        assert_eq!(pool.pick(0), Some(a));
+        pool.get_mut(a).unwrap().in_flight.extend([3, 4]);
+        assert_eq!(pool.pick(0), Some(b));
+        pool.get_mut(b).unwrap().in_flight.insert(5);
+        assert_eq!(pool.pick(0), None);
+        assert_eq!(pool.pick(1), None);
+        pool.get_mut(b).unwrap().in_flight.remove(&5);
+        pool.get_mut(b).unwrap().leaving = true;
+        assert_eq!(pool.pick(1), None, "a leaving worker gets no new calls");
+        let state = pool.remove(b).unwrap();
+        assert_eq!(state.in_flight.len(), 2);
+        assert_eq!(pool.live_workers(1), 0);
+        assert_eq!(pool.lookup(&Bytes::from_static(b"b")), None);
+        let c = pool.add(Bytes::from_static(b"c"), vec![1], 1, now);
+        assert_eq!(c, b, "slots are reused");
+        assert_eq!(pool.get(c).unwrap().id, "w3");
+    }
+}
