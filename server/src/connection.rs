@@ -103,7 +103,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnectionContext>, drain: Cancel
         tokio::select! {
             frame = frames.next(), if !draining && pending.len() < ctx.max_pipeline => {
                 let frame = match frame {
-                    None => break if pending.is_empty() { CloseReason::ClientClose } else { CloseReason::ClientClose },
+                    None => break CloseReason::ClientClose,
                     Some(Err(e)) => {
                         let reason = match &e {
                             FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
@@ -251,9 +251,12 @@ async fn handle_frame(
                     ctx.listener
                 )
             };
+            // Answer with the bare method name: multiplexed clients (the Rust
+            // one, for one) expect the reply name without the `Service:` prefix.
+            let bare = &name[service.len() + usize::from(!service.is_empty())..];
             return Ok(Handled::Slot(Some(application_exception(
                 detected,
-                name,
+                bare,
                 header.seqid,
                 AppErrorKind::UnknownMethod,
                 &text,

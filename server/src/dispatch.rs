@@ -344,6 +344,17 @@ impl Dispatcher {
             let Some(id) = self.pop_queued(svc) else {
                 break;
             };
+            // The client hung up while its call waited: don't spend a worker on it.
+            let gone = self
+                .calls
+                .get(&id)
+                .is_some_and(|e| e.call.reply.as_ref().is_some_and(|r| r.tx.is_closed()));
+            if gone {
+                if let Some(entry) = self.calls.remove(&id) {
+                    self.timers.remove(&entry.timer);
+                }
+                continue;
+            }
             self.send_to(id, w).await;
         }
     }

@@ -165,7 +165,7 @@ pub fn parse(message: &[u8], protocol: Protocol) -> Result<Header, HeaderError> 
                 message_type,
                 name_start,
                 name_end,
-                seqid: seqid as u32 as i32,
+                seqid: seqid as i32,
                 len: name_end,
             })
         }

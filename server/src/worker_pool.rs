@@ -46,6 +46,8 @@ pub struct WorkerPool {
     by_peer: HashMap<Bytes, WorkerIdx>,
     /// Per service index: the workers serving it.
     by_service: Vec<Vec<WorkerIdx>>,
+    /// Per service: where the next search starts, so ties rotate.
+    cursor: Vec<usize>,
     next_id: u64,
 }
 
@@ -53,6 +55,7 @@ impl WorkerPool {
     pub fn new(services: usize) -> WorkerPool {
         WorkerPool {
             by_service: vec![Vec::new(); services],
+            cursor: vec![0; services],
             ..Default::default()
         }
     }
@@ -116,15 +119,27 @@ impl WorkerPool {
     }
 
     /// The worker of `service` with the most free credit, if any has some.
-    pub fn pick(&self, service: usize) -> Option<WorkerIdx> {
-        let mut best: Option<(WorkerIdx, u32)> = None;
-        for &w in &self.by_service[service] {
-            let free = self.slots[w].as_ref().map_or(0, WorkerState::free);
+    /// Ties go round-robin, so idle workers share light load too.
+    pub fn pick(&mut self, service: usize) -> Option<WorkerIdx> {
+        let workers = &self.by_service[service];
+        let n = workers.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor[service] % n;
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..n {
+            let pos = (start + k) % n;
+            let free = self.slots[workers[pos]]
+                .as_ref()
+                .map_or(0, WorkerState::free);
             if free > 0 && best.is_none_or(|(_, f)| free > f) {
-                best = Some((w, free));
+                best = Some((pos, free));
             }
         }
-        best.map(|(w, _)| w)
+        let (pos, _) = best?;
+        self.cursor[service] = pos + 1;
+        Some(workers[pos])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (WorkerIdx, &WorkerState)> {
@@ -158,6 +173,12 @@ mod tests {
         let a = pool.add(Bytes::from_static(b"a"), vec![0], 2, now);
         let b = pool.add(Bytes::from_static(b"b"), vec![0, 1], 3, now);
         assert_eq!(pool.pick(0), Some(b));
+        pool.get_mut(b).unwrap().in_flight.insert(9);
+        // a and b now both have 2 free: ties alternate.
+        let first = pool.pick(0).unwrap();
+        let second = pool.pick(0).unwrap();
+        assert_ne!(first, second);
+        pool.get_mut(b).unwrap().in_flight.remove(&9);
         pool.get_mut(b).unwrap().in_flight.extend([1, 2]);
         assert_eq!(pool.pick(0), Some(a));
         pool.get_mut(a).unwrap().in_flight.extend([3, 4]);

@@ -60,9 +60,10 @@ async fn silent_worker_is_declared_dead_and_its_call_answered() {
 async fn ready_with_wrong_token_is_refused() {
     // The token normally comes from token_file or THRIFTWORKER_WORKER_TOKEN
     // (read by Config::load); set it directly here.
-    let mut config = thriftworker::config::Config::parse(&format!(
-        "[workers]\nendpoints=[\"tcp://127.0.0.1:0\"]\n[[services]]\nname=\"Echo\"\n[[listeners]]\nname=\"echo\"\naddress=\"127.0.0.1:0\"\nservices=[\"Echo\"]"
-    ))
+    let mut config = thriftworker::config::Config::parse(
+        "[workers]\nendpoints=[\"tcp://127.0.0.1:0\"]\n[[services]]\nname=\"Echo\"\n\
+         [[listeners]]\nname=\"echo\"\naddress=\"127.0.0.1:0\"\nservices=[\"Echo\"]",
+    )
     .unwrap();
     config.workers.token = Some(thriftworker::config::Secret(b"s3cret".to_vec()));
     let built = thriftworker::app::build(config).await.unwrap();
