@@ -112,7 +112,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnectionContext>, drain: Cancel
                             FrameError::Empty | FrameError::Negative(_) => CloseReason::BadFrame,
                         };
                         if reason != CloseReason::IoError && !matches!(e, FrameError::Truncated(_)) {
-                            tracing::warn!(listener = %ctx.listener, ?peer, error = %e, "closing connection: bad frame");
+                            if let Some(suppressed) = ctx.stats.warn_limit.allow() {
+                                tracing::warn!(listener = %ctx.listener, ?peer, error = %e, suppressed, "closing connection: bad frame");
+                            }
                         } else {
                             tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
                         }
@@ -126,7 +128,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnectionContext>, drain: Cancel
                     Ok(Handled::Slot(answer)) => pending.push_back(answer),
                     Ok(Handled::NoSlot) => {}
                     Err(e) => {
-                        tracing::warn!(listener = %ctx.listener, ?peer, error = %e, "closing connection: unparseable message header");
+                        if let Some(suppressed) = ctx.stats.warn_limit.allow() {
+                            tracing::warn!(listener = %ctx.listener, ?peer, error = %e, suppressed, "closing connection: unparseable message header");
+                        }
                         break CloseReason::ProtocolError;
                     }
                 }

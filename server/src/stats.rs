@@ -60,6 +60,45 @@ pub enum CloseReason {
     IoError,
 }
 
+/// Lets through at most `per_second` events each second and counts the
+/// rest, so a flood of bad frames cannot flood the log (the counters above
+/// still count every one).
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u64,
+    window: AtomicU64,
+    in_window: AtomicU64,
+    suppressed: AtomicU64,
+    start: std::time::Instant,
+}
+
+impl LogLimiter {
+    pub fn new(per_second: u64) -> LogLimiter {
+        LogLimiter {
+            per_second,
+            window: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// `Some(n)` if this event may be logged, `n` being how many were
+    /// suppressed since the last one logged; `None` to stay quiet.
+    pub fn allow(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_secs();
+        if self.window.swap(now, Ordering::Relaxed) != now {
+            self.in_window.store(0, Ordering::Relaxed);
+        }
+        if self.in_window.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// Per-listener counters.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
@@ -75,6 +114,14 @@ pub struct ListenerStats {
     pub closed_io_error: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Limits the warnings about bad clients.
+    pub warn_limit: LogLimiter,
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        LogLimiter::new(10)
+    }
 }
 
 impl ListenerStats {
@@ -144,5 +191,18 @@ impl Stats {
                 .collect(),
             dispatch: DispatchStats::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_caps_a_burst_and_reports_what_it_suppressed() {
+        let l = LogLimiter::new(3);
+        let allowed = (0..100).filter(|_| l.allow().is_some()).count();
+        // All 100 fall in one or two one-second windows.
+        assert!((3..=6).contains(&allowed), "{allowed}");
     }
 }
