@@ -16,8 +16,8 @@
 //!   the data plane's goodbye so no reply is lost in a socket buffer.
 //!
 //! ```no_run
-//! # use thrift::server::TProcessor;
-//! # fn processor() -> impl TProcessor + Send + Sync + 'static { todo!() }
+//! # // Stands in for a generated `EchoSyncProcessor::new(handler)`.
+//! # fn processor() -> thrift::server::TMultiplexedProcessor { thrift::server::TMultiplexedProcessor::new() }
 //! # async fn demo() -> Result<(), thriftworker_worker::WorkerError> {
 //! use thriftworker_worker::{shutdown_signal, Worker};
 //! let worker = Worker::builder("ipc:///run/thriftworker/workers.sock")

@@ -1,0 +1,425 @@
+"""Shared helpers of the end-to-end tests: processes with captured output,
+deadlines, the data plane's config, Thrift clients and raw framed sockets.
+
+Everything that waits takes a deadline and fails with a message that includes
+the output tails of the processes involved.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE / "gen"))
+
+from echo import Calc, Echo  # noqa: E402
+from echo.ttypes import EchoError  # noqa: E402,F401  (re-exported for the tests)
+from thrift.Thrift import TApplicationException, TMessageType  # noqa: E402
+from thrift.protocol import TBinaryProtocol, TCompactProtocol, TMultiplexedProtocol  # noqa: E402
+from thrift.transport import TSocket, TTransport  # noqa: E402
+
+TARGET_DIR = Path(os.environ.get("THRIFTWORKER_TARGET_DIR", REPO / "target" / "debug"))
+PYWORKER = HERE / "pyworker.py"
+MAX_WAIT = 20.0  # no wait in these tests is longer than this
+
+UNKNOWN_METHOD = TApplicationException.UNKNOWN_METHOD  # 1
+INVALID_MESSAGE_TYPE = TApplicationException.INVALID_MESSAGE_TYPE  # 2
+INTERNAL_ERROR = TApplicationException.INTERNAL_ERROR  # 6
+
+
+def binary(name):
+    return TARGET_DIR / name
+
+
+# -- waiting ------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout=10.0, message="condition", context=None, interval=0.02):
+    """Polls `predicate` until it returns a truthy value (returned) or
+    `timeout` seconds pass (AssertionError with `message` and `context()`)."""
+    assert timeout <= MAX_WAIT, "waits are capped at %ss" % MAX_WAIT
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = ("\n" + context()) if context else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{extra}")
+        time.sleep(interval)
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def clean_env(**extra):
+    """The environment for a child: ours without THRIFTWORKER_* settings (a
+    stray variable would change what the test means), no colours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTWORKER_")}
+    env["NO_COLOR"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Process:
+    """A child process whose stdout and stderr are read by threads into
+    buffers the test can search while it runs."""
+
+    def __init__(self, name, argv, env=None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self._lock = threading.Lock()
+        self._out = []
+        self._err = []
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env if env is not None else clean_env(),
+        )
+        self.pid = self.proc.pid
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self._err), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, pipe, sink):
+        for line in iter(pipe.readline, b""):
+            with self._lock:
+                sink.append(line.decode("utf-8", "replace"))
+        pipe.close()
+
+    @property
+    def stdout(self):
+        with self._lock:
+            return "".join(self._out)
+
+    @property
+    def stderr(self):
+        with self._lock:
+            return "".join(self._err)
+
+    def tail(self, lines=40):
+        with self._lock:
+            err = self._err[-lines:]
+            out = self._out[-10:]
+        rc = self.proc.poll()
+        state = "running" if rc is None else f"exited with {rc}"
+        text = f"--- {self.name} (pid {self.pid}, {state}) stderr tail ---\n" + "".join(err)
+        if out:
+            text += f"--- {self.name} stdout tail ---\n" + "".join(out)
+        return text
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout=10.0, context=None):
+        """Waits for the process to exit; returns its exit code."""
+        wait_for(lambda: not self.alive(), timeout, f"{self.name} to exit", context or self.tail)
+        for t in self._threads:
+            t.join(timeout=2)
+        return self.proc.returncode
+
+    def kill(self):
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)  # a SIGSTOPped child still dies of SIGKILL, but be tidy
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        for t in self._threads:
+            t.join(timeout=1)
+
+
+# -- the data plane's config ----------------------------------------------------
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(config):
+    """Writes the subset of TOML the data plane's config uses: tables,
+    arrays of tables, sub-tables of those, scalars and arrays of scalars."""
+    lines = []
+
+    def table(header, d, array=False):
+        lines.append(f"[[{header}]]" if array else f"[{header}]")
+        for k, v in d.items():
+            if v is not None and not isinstance(v, dict):
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(f"{header}.{k}", v)
+        lines.append("")
+
+    for k, v in config.items():
+        if isinstance(v, dict):
+            table(k, v)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                table(k, item, array=True)
+        else:
+            raise TypeError(f"top-level key {k} must be a table or an array of tables")
+    return "\n".join(lines)
+
+
+def base_config(endpoint):
+    """Two services and two listeners, like examples/echo.toml, on port 0.
+    Timeouts are generous: tests that are about timeouts set their own."""
+    return {
+        "server": {"shutdown_timeout": "10s", "log_format": "text"},
+        "workers": {"endpoints": [endpoint], "heartbeat_interval": "1s", "heartbeat_liveness": 3},
+        "services": [
+            {
+                "name": "Echo",
+                "timeout": "15s",
+                "queue_timeout": "10s",
+                "max_queue": 1024,
+                "strip_service_prefix": True,
+                "method_timeouts": {"slow": "30s"},
+            },
+            {"name": "Calc", "timeout": "15s", "queue_timeout": "10s"},
+        ],
+        "listeners": [
+            {"name": "echo", "address": "127.0.0.1:0", "services": ["Echo"]},
+            {"name": "mux", "address": "127.0.0.1:0", "services": ["Echo", "Calc"], "protocol": "auto"},
+        ],
+    }
+
+
+def apply_overrides(config, server=None, workers=None, services=None, listeners=None):
+    """`services`/`listeners` map a name to the keys to change (None deletes a
+    key; a name not in the config adds a new entry)."""
+    for section, changes in (("server", server), ("workers", workers)):
+        for k, v in (changes or {}).items():
+            if v is None:
+                config[section].pop(k, None)
+            else:
+                config[section][k] = v
+    for section, changes in (("services", services), ("listeners", listeners)):
+        for name, keys in (changes or {}).items():
+            entry = next((e for e in config[section] if e["name"] == name), None)
+            if entry is None:
+                entry = {"name": name}
+                config[section].append(entry)
+            for k, v in keys.items():
+                if v is None:
+                    entry.pop(k, None)
+                else:
+                    entry[k] = v
+    return config
+
+
+# -- Thrift: protocols, clients, raw frames -------------------------------------
+
+
+class LaxBinaryProtocol(TBinaryProtocol.TBinaryProtocol):
+    """Non-strict binary (no version word). thrift-py returns the method name
+    of a non-strict message as bytes; decode it like the strict path does."""
+
+    def __init__(self, trans):
+        super().__init__(trans, strictRead=False, strictWrite=False)
+
+    def readMessageBegin(self):
+        name, mtype, seqid = super().readMessageBegin()
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return name, mtype, seqid
+
+
+PROTOCOLS = ("binary", "lax", "compact")
+
+
+def make_protocol(kind, trans):
+    if kind == "binary":
+        return TBinaryProtocol.TBinaryProtocol(trans, strictRead=True, strictWrite=True)
+    if kind == "lax":
+        return LaxBinaryProtocol(trans)
+    if kind == "compact":
+        return TCompactProtocol.TCompactProtocol(trans)
+    raise ValueError(kind)
+
+
+@contextlib.contextmanager
+def thrift_client(addr, protocol="binary", service=Echo, multiplexed=None, timeout=MAX_WAIT):
+    """A generated Python client on TSocket + TFramedTransport. `addr` is
+    (host, port); `multiplexed` names the service for TMultiplexedProtocol."""
+    sock = TSocket.TSocket(addr[0], addr[1])
+    sock.setTimeout(int(timeout * 1000))
+    trans = TTransport.TFramedTransport(sock)
+    proto = make_protocol(protocol, trans)
+    if multiplexed:
+        proto = TMultiplexedProtocol.TMultiplexedProtocol(proto, multiplexed)
+    trans.open()
+    try:
+        yield service.Client(proto)
+    finally:
+        trans.close()
+
+
+def encode_message(name, args, seqid, protocol="binary", mtype=TMessageType.CALL):
+    """A complete Thrift message: header then the args struct (`args` is a
+    generated *_args instance, or None for an empty struct)."""
+    buf = TTransport.TMemoryBuffer()
+    p = make_protocol(protocol, buf)
+    p.writeMessageBegin(name, mtype, seqid)
+    if args is None:
+        p.writeStructBegin("args")
+        p.writeFieldStop()
+        p.writeStructEnd()
+    else:
+        args.write(p)
+    p.writeMessageEnd()
+    return buf.getvalue()
+
+
+def frame(payload):
+    return struct.pack(">i", len(payload)) + payload
+
+
+class Message:
+    """A decoded reply: name, type, seqid, and `value`: the *_result struct
+    for a REPLY, the TApplicationException for an EXCEPTION."""
+
+    def __init__(self, name, mtype, seqid, value):
+        self.name, self.mtype, self.seqid, self.value = name, mtype, seqid, value
+
+    def __repr__(self):
+        return f"Message(name={self.name!r}, type={self.mtype}, seqid={self.seqid}, value={self.value!r})"
+
+
+def decode_message(data, protocol="binary", result_cls=None):
+    p = make_protocol(protocol, TTransport.TMemoryBuffer(data))
+    name, mtype, seqid = p.readMessageBegin()
+    if mtype == TMessageType.EXCEPTION:
+        value = TApplicationException()
+        value.read(p)
+    elif result_cls is not None:
+        value = result_cls()
+        value.read(p)
+    else:
+        value = None
+    p.readMessageEnd()
+    return Message(name, mtype, seqid, value)
+
+
+class RawConnection:
+    """A plain TCP socket speaking framed Thrift by hand."""
+
+    def __init__(self, addr, timeout=MAX_WAIT):
+        self.sock = socket.create_connection(addr, timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def send_call(self, name, args, seqid, protocol="binary", mtype=TMessageType.CALL):
+        self.send(frame(encode_message(name, args, seqid, protocol, mtype)))
+
+    def _read(self, n, deadline):
+        while len(self._buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"no complete frame within the deadline ({len(self._buf)} bytes buffered)")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed by the data plane ({len(self._buf)} bytes buffered)")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def recv_frame(self, timeout=MAX_WAIT):
+        deadline = time.monotonic() + timeout
+        (length,) = struct.unpack(">i", self._read(4, deadline))
+        assert 0 < length < 100_000_000, f"bad frame length {length} from the data plane"
+        return self._read(length, deadline)
+
+    def recv_message(self, protocol="binary", result_cls=None, timeout=MAX_WAIT):
+        return decode_message(self.recv_frame(timeout), protocol, result_cls)
+
+    def call(self, name, args, seqid, protocol="binary", result_cls=None, timeout=MAX_WAIT):
+        self.send_call(name, args, seqid, protocol)
+        return self.recv_message(protocol, result_cls, timeout)
+
+    def closed_by_peer(self, timeout=5.0):
+        """True once the data plane has closed this connection (EOF or reset);
+        bytes it sends before closing are ignored. False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            except socket.timeout:
+                return False
+        return False
+
+
+def echo_args(message):
+    return Echo.echo_args(message=message)
+
+
+def slow_args(message, sleep_ms):
+    return Echo.slow_args(message=message, sleep_ms=sleep_ms)
+
+
+def raw_echo(conn, message, seqid, protocol="binary", name="echo", timeout=MAX_WAIT):
+    """Calls echo on a RawConnection; returns the decoded Message."""
+    return conn.call(name, echo_args(message), seqid, protocol, Echo.echo_result, timeout)
+
+
+def app_error(call):
+    """Runs `call`, which must raise a TApplicationException; returns it."""
+    try:
+        value = call()
+    except TApplicationException as e:
+        return e
+    raise AssertionError(f"expected a TApplicationException, got the value {value!r}")
+
+
+__all__ = [
+    "Calc",
+    "Echo",
+    "EchoError",
+    "TApplicationException",
+    "TMessageType",
+]
