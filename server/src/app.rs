@@ -132,12 +132,14 @@ impl Built {
         for e in &self.transport.endpoints {
             tracing::info!(endpoint = %e, "waiting for workers");
         }
+        let failed = CancellationToken::new();
         let dispatcher = Dispatcher::new(
             &self.config,
             self.services,
             self.transport,
             self.dispatch_rx,
             self.stats.clone(),
+            failed.clone(),
         );
         let dispatcher = tokio::spawn(dispatcher.run());
         for l in self.listeners {
@@ -150,6 +152,7 @@ impl Built {
             dispatcher,
             listeners: handles,
             stats: self.stats,
+            failed,
             shutdown_timeout: self.config.server.shutdown_timeout,
         }
     }
@@ -163,6 +166,7 @@ pub struct Running {
     dispatcher: JoinHandle<()>,
     listeners: Vec<ListenerHandle>,
     stats: Arc<Stats>,
+    failed: CancellationToken,
     shutdown_timeout: Duration,
 }
 
@@ -173,6 +177,13 @@ impl Running {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Completes if the data plane can no longer serve (the worker transport
+    /// failed); the process should then drain and exit non-zero so its
+    /// supervisor restarts it.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await
     }
 
     /// Graceful shutdown: stop accepting on every listener, let connections

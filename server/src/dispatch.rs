@@ -25,9 +25,10 @@ use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::config::Config;
 use crate::message::{application_exception, AppErrorKind};
-use crate::stats::{ServiceStats, Stats};
+use crate::stats::{LogLimiter, ServiceStats, Stats};
 use crate::transport::{Inbound, Transport};
 use crate::worker_pool::{WorkerIdx, WorkerPool};
+use tokio_util::sync::CancellationToken;
 
 /// A call read from a client, on its way to a worker.
 #[derive(Debug)]
@@ -159,6 +160,9 @@ pub struct Dispatcher {
     heartbeat: Duration,
     liveness: u32,
     stats: Arc<Stats>,
+    warn_limit: LogLimiter,
+    /// Cancelled if the worker transport fails: the process must stop.
+    failed: CancellationToken,
 }
 
 impl Dispatcher {
@@ -168,6 +172,7 @@ impl Dispatcher {
         transport: Transport,
         commands: mpsc::Receiver<Command>,
         stats: Arc<Stats>,
+        failed: CancellationToken,
     ) -> Dispatcher {
         Dispatcher {
             queues: services
@@ -188,6 +193,8 @@ impl Dispatcher {
             heartbeat: config.workers.heartbeat_interval,
             liveness: config.workers.heartbeat_liveness,
             stats,
+            warn_limit: LogLimiter::new(10),
+            failed,
         }
     }
 
@@ -206,8 +213,9 @@ impl Dispatcher {
                         }
                     }
                     Inbound::Closed(e) => {
-                        tracing::error!(error = %e, "worker transport failed; answering all calls");
+                        tracing::error!(error = %e, "worker transport failed; answering all calls and stopping");
                         self.fail_all(Failure::ShuttingDown);
+                        self.failed.cancel();
                         return;
                     }
                 },
@@ -426,11 +434,19 @@ impl Dispatcher {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
+                use thriftworker_wire::WireError;
                 self.stats.dispatch.bad_worker_messages.inc();
-                tracing::warn!(worker = known.and_then(|w| self.pool.get(w)).map(|s| s.id.as_str()), error = %e, "malformed message from a worker dropped");
-                if let thriftworker_wire::WireError::Version(v) = e {
-                    let reason = format!("unsupported worker protocol version {v}");
-                    self.disconnect(&peer, reason).await;
+                if let Some(suppressed) = self.warn_limit.allow() {
+                    tracing::warn!(worker = known.and_then(|w| self.pool.get(w)).map(|s| s.id.as_str()), error = %e, suppressed, "malformed message from a worker dropped");
+                }
+                let refuse = match e {
+                    WireError::Version(_) | WireError::Credit(_) | WireError::NoServices => true,
+                    WireError::MissingFrame { command, .. }
+                    | WireError::FrameSize { command, .. } => command == "READY",
+                    _ => false,
+                };
+                if refuse {
+                    self.disconnect(&peer, format!("refused: {e}")).await;
                 }
                 return;
             }
@@ -500,9 +516,9 @@ impl Dispatcher {
             }
         }
         if let Some(old) = known {
-            // Same identity announcing itself again: its previous session's
-            // calls are lost.
-            self.worker_dead(old, "re-registered").await;
+            // Same identity announcing itself again: the new registration
+            // replaces the old one, whose calls are lost.
+            self.forget(old, "re-registered").await;
         }
         let w = self
             .pool
@@ -588,9 +604,18 @@ impl Dispatcher {
     }
 
     async fn worker_dead(&mut self, w: WorkerIdx, why: &str) {
-        let Some(state) = self.pool.remove(w) else {
-            return;
-        };
+        if let Some(peer) = self.forget(w, why).await {
+            // Tell it, in case it is alive but was judged dead (e.g. it
+            // stalled): it will reconnect and READY again.
+            self.disconnect(&peer, format!("declared dead: {why}"))
+                .await;
+        }
+    }
+
+    /// Removes a worker and answers the calls it held ("worker died").
+    /// Returns its peer identity.
+    async fn forget(&mut self, w: WorkerIdx, why: &str) -> Option<Bytes> {
+        let state = self.pool.remove(w)?;
         self.stats.dispatch.workers_dead.inc();
         tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), "worker dead");
         for id in state.in_flight {
@@ -600,10 +625,7 @@ impl Dispatcher {
                 self.answer(entry.call, Failure::WorkerDied);
             }
         }
-        // Tell it, in case it is alive but was judged dead (e.g. it stalled):
-        // it will reconnect and READY again.
-        self.disconnect(&state.peer, format!("declared dead: {why}"))
-            .await;
+        Some(state.peer)
     }
 
     async fn on_heartbeat_tick(&mut self) {

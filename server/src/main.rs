@@ -21,8 +21,14 @@ fn main() -> anyhow::Result<()> {
             write_ready_file(path, &built.addresses())?;
         }
         let running = built.spawn();
-        shutdown_signal().await;
+        let failed = tokio::select! {
+            _ = shutdown_signal() => false,
+            _ = running.failed() => true,
+        };
         running.shutdown().await;
+        if failed {
+            anyhow::bail!("the worker transport failed (see the log above); exiting so a supervisor can restart thriftworker");
+        }
         anyhow::Ok(())
     })
 }

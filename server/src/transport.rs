@@ -157,6 +157,29 @@ fn prepare_ipc(path: &Path) -> Result<(), String> {
                 .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| format!("cannot set mode 0700 on {}: {e}", dir.display()))?;
+        } else {
+            // An existing directory must be ours and closed to others, or
+            // another local user could connect as a worker (or have planted
+            // the directory to intercept the socket).
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(dir)
+                .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+            let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+            let mode = meta.mode() & 0o777;
+            if me.is_some_and(|uid| uid != meta.uid()) {
+                return Err(format!(
+                    "directory {} is owned by uid {}, not by this process: use a directory of your own",
+                    dir.display(),
+                    meta.uid()
+                ));
+            }
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "worker socket directory is accessible to other users; use mode 0700 (or a worker token) so only your workers can connect"
+                );
+            }
         }
     }
     if path.exists() {

@@ -4,7 +4,8 @@
 //! Pure bookkeeping, no I/O: the dispatcher owns one `WorkerPool` and does the
 //! sending. Keeping credit here is what makes the data plane's queue the only
 //! queue: a worker is never picked when it has no free credit, so the
-//! `zeromq` crate's unbounded per-peer queue never fills.
+//! `zeromq` crate's per-peer queue (100,000 messages, no high-water mark;
+//! a send to a full one would stall the dispatcher) never fills.
 
 use std::collections::{HashMap, HashSet};
 

@@ -188,7 +188,8 @@ impl Session<'_> {
                     match msg {
                         Err(e) => return Ok(End::Lost(e)),
                         Ok(ServerMsg::Request(request)) => {
-                            if *stopping { continue; }
+                            // Even when stopping: this request crossed our DISCONNECT
+                            // and must still get its one REPLY.
                             let Some(processor) = self.worker.services.get(&request.service) else {
                                 tracing::warn!(service = %String::from_utf8_lossy(&request.service), "request for a service this worker does not serve");
                                 let id = request.id;

@@ -97,3 +97,30 @@ async fn ready_with_wrong_token_is_refused() {
     ));
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ready_is_refused_with_a_reason() {
+    use zeromq::{SocketSend, ZmqMessage};
+    let dp = start("", "", "").await;
+    let mut w = FakeWorker::connect(&dp.endpoint).await;
+    // Credit 0 is not a valid READY.
+    let frames = vec![
+        Bytes::from_static(b"\x01\x01"),
+        Bytes::from_static(b"\x00\x00\x00\x00"),
+        Bytes::new(),
+        Bytes::from_static(b"Echo"),
+    ];
+    w.socket
+        .send(ZmqMessage::try_from(frames).unwrap())
+        .await
+        .unwrap();
+    match w.recv_non_heartbeat().await {
+        ServerMsg::Disconnect { reason } => {
+            let reason = String::from_utf8_lossy(&reason).into_owned();
+            assert!(reason.contains("credit 0"), "{reason}");
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(dp.running.stats().dispatch.bad_worker_messages.get(), 1);
+    dp.running.shutdown().await;
+}
