@@ -10,38 +10,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::connection::ConnectionContext;
-use crate::dispatch::{service_infos, Command, Dispatcher, ServiceInfo};
-use crate::listener::{self, Listener, ListenerError, ListenerHandle};
+use crate::admin::{self, AdminContext, AdminError};
+use crate::config::{AdminConfig, Config};
+use crate::control::{Control, ControlError};
+use crate::dispatch::{Command, Dispatcher, ServiceInfo};
+use crate::listener::ListenerHandle;
 use crate::stats::Stats;
 use crate::transport::{self, Transport, TransportError};
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(transparent)]
-    Listener(#[from] ListenerError),
+    #[error("{0}")]
+    Listener(ControlError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("listener '{0}': {1}")]
-    Io(String, std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// Every socket bound, nothing running yet.
 pub struct Built {
     config: Config,
-    listeners: Vec<Listener>,
+    control: Arc<Control>,
     transport: Transport,
     services: Vec<Arc<ServiceInfo>>,
     stats: Arc<Stats>,
     dispatch_tx: mpsc::Sender<Command>,
     dispatch_rx: mpsc::Receiver<Command>,
+    drain: CancellationToken,
+    admin: Option<TcpListener>,
+    listeners: Vec<ListenerHandle>,
 }
 
 /// The addresses actually bound.
@@ -50,58 +54,51 @@ pub struct BoundAddresses {
     pub pid: u32,
     pub listeners: BTreeMap<String, SocketAddr>,
     pub worker_endpoints: Vec<String>,
+    pub admin: Option<SocketAddr>,
 }
 
-/// Binds the worker endpoints and every listener.
+/// Binds the worker endpoints, the admin API and every listener.
 pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     if config.workers.endpoints.is_empty() {
         config.workers.endpoints = vec![transport::default_endpoint()];
     }
-    let stats = Arc::new(Stats::new(
-        config.listeners.iter().map(|l| l.name.as_str()),
-        config.services.iter().map(|s| s.name.as_str()),
-    ));
-    let services = service_infos(&config, &stats);
+    let stats = Arc::new(Stats::default());
     let transport = Transport::bind(&config.workers.endpoints).await?;
+    let admin = match config.admin.enabled {
+        true => Some(admin::bind(&config.admin).await?),
+        false => None,
+    };
     // Deep enough that connections rarely wait on the dispatcher, bounded so
     // a stalled dispatcher pushes back on clients instead of eating memory.
     let (dispatch_tx, dispatch_rx) = mpsc::channel(8192);
-    let mut listeners = Vec::with_capacity(config.listeners.len());
+    let drain = CancellationToken::new();
+    let control = Arc::new(Control::new(
+        dispatch_tx.clone(),
+        stats.clone(),
+        drain.clone(),
+        config.admin.state_file.clone(),
+    ));
+    let services = control.init_services(&config.services).await;
+    let mut listeners = Vec::new();
     for l in &config.listeners {
-        let socket = listener::bind(l)?;
-        let index = |name: &str| {
-            config
-                .services
-                .iter()
-                .position(|s| s.name == name)
-                .expect("validated")
-        };
-        let ctx = ConnectionContext {
-            listener: l.name.clone(),
-            services: l
-                .services
-                .iter()
-                .map(|s| (index(s), services[index(s)].clone()))
-                .collect(),
-            default_service: l.default_service.as_deref().map(index),
-            protocol: l.protocol,
-            max_frame_size: l.max_frame_size,
-            max_pipeline: l.max_pipeline,
-            idle_timeout: l.idle_timeout,
-            dispatch: dispatch_tx.clone(),
-            stats: stats.listeners[&l.name].clone(),
-        };
-        listeners
-            .push(Listener::new(socket, ctx, l).map_err(|e| BuildError::Io(l.name.clone(), e))?);
+        listeners.push(
+            control
+                .bind_listener(l.clone())
+                .await
+                .map_err(BuildError::Listener)?,
+        );
     }
     Ok(Built {
         config,
-        listeners,
+        control,
         transport,
         services,
         stats,
         dispatch_tx,
         dispatch_rx,
+        drain,
+        admin,
+        listeners,
     })
 }
 
@@ -112,27 +109,21 @@ impl Built {
             listeners: self
                 .listeners
                 .iter()
-                .map(|l| {
-                    let h = l.handle();
-                    (h.name, h.local_addr)
-                })
+                .map(|h| (h.name.clone(), h.local_addr))
                 .collect(),
             worker_endpoints: self.transport.endpoints.clone(),
+            admin: self.admin.as_ref().and_then(|a| a.local_addr().ok()),
         }
     }
 
-    /// Starts the dispatcher and every acceptor on the current runtime.
-    pub fn spawn(self) -> Running {
-        let drain = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let handles: Vec<ListenerHandle> = self.listeners.iter().map(Listener::handle).collect();
-        for h in &handles {
-            tracing::info!(listener = %h.name, addr = %h.local_addr, paused = h.is_paused(), "listening");
-        }
+    /// Starts the dispatcher, every acceptor and the admin API on the
+    /// current runtime.
+    pub async fn spawn(self) -> Running {
         for e in &self.transport.endpoints {
             tracing::info!(endpoint = %e, "waiting for workers");
         }
         let failed = CancellationToken::new();
+        let (workers_changed_tx, workers_changed) = watch::channel(0u64);
         let dispatcher = Dispatcher::new(
             &self.config,
             self.services,
@@ -140,19 +131,45 @@ impl Built {
             self.dispatch_rx,
             self.stats.clone(),
             failed.clone(),
+            Arc::new(workers_changed_tx),
         );
         let dispatcher = tokio::spawn(dispatcher.run());
-        for l in self.listeners {
-            tracker.spawn(l.run(drain.clone(), tracker.clone()));
-        }
+        self.control.start_pending().await;
+        let shutdown_request = CancellationToken::new();
+        let drain_timeout = Arc::new(std::sync::Mutex::new(None));
+        let admin_stop = CancellationToken::new();
+        let admin_task = self.admin.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, token = self.config.admin.token.is_some(), tls = self.config.admin.tls_cert.is_some(), "admin API listening");
+            let ctx = AdminContext {
+                control: self.control.clone(),
+                stats: self.stats.clone(),
+                shutdown_request: shutdown_request.clone(),
+                drain_timeout: drain_timeout.clone(),
+                draining: self.drain.clone(),
+                workers_changed,
+            };
+            let config: AdminConfig = self.config.admin.clone();
+            let stop = admin_stop.clone();
+            let failed = failed.clone();
+            tokio::spawn(async move {
+                if let Err(e) = admin::serve(listener, config, ctx, stop).await {
+                    tracing::error!(error = %e, "admin API stopped");
+                    failed.cancel();
+                }
+            })
+        });
         Running {
-            drain,
-            tracker,
+            drain: self.drain,
+            control: self.control,
             dispatch: self.dispatch_tx,
             dispatcher,
-            listeners: handles,
             stats: self.stats,
             failed,
+            shutdown_request,
+            drain_timeout,
+            admin_stop,
+            admin_task,
             shutdown_timeout: self.config.server.shutdown_timeout,
         }
     }
@@ -161,18 +178,21 @@ impl Built {
 /// A running data plane.
 pub struct Running {
     drain: CancellationToken,
-    tracker: TaskTracker,
+    control: Arc<Control>,
     dispatch: mpsc::Sender<Command>,
     dispatcher: JoinHandle<()>,
-    listeners: Vec<ListenerHandle>,
     stats: Arc<Stats>,
     failed: CancellationToken,
+    shutdown_request: CancellationToken,
+    drain_timeout: Arc<std::sync::Mutex<Option<Duration>>>,
+    admin_stop: CancellationToken,
+    admin_task: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
 impl Running {
-    pub fn listeners(&self) -> &[ListenerHandle] {
-        &self.listeners
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -180,33 +200,54 @@ impl Running {
     }
 
     /// Completes if the data plane can no longer serve (the worker transport
-    /// failed); the process should then drain and exit non-zero so its
-    /// supervisor restarts it.
+    /// or the admin API failed); the process should then drain and exit
+    /// non-zero so its supervisor restarts it.
     pub async fn failed(&self) {
         self.failed.cancelled().await
+    }
+
+    /// Completes when the admin API asked for a drain.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown_request.cancelled().await
     }
 
     /// Graceful shutdown: stop accepting on every listener, let connections
     /// finish the calls they have read (up to `shutdown_timeout`), answer the
     /// rest with an exception, tell workers to leave.
     pub async fn shutdown(self) {
-        tracing::info!(timeout = ?self.shutdown_timeout, "draining: no new connections; finishing calls in flight");
+        let timeout = self
+            .drain_timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(self.shutdown_timeout);
+        tracing::info!(
+            ?timeout,
+            "draining: no new connections; finishing calls in flight"
+        );
         self.drain.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+        if tokio::time::timeout(timeout, self.control.wait_connections())
             .await
             .is_err()
         {
-            tracing::warn!("shutdown_timeout reached with calls still in flight");
+            tracing::warn!("shutdown timeout reached with calls still in flight");
         }
         let (done_tx, done_rx) = oneshot::channel();
         if self.dispatch.send(Command::Shutdown(done_tx)).await.is_ok() {
             let _ = done_rx.await;
         }
         // Connections now hold their answers (exceptions for what was left):
-        // give them a moment to write them out.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        // give them a moment to write them out, then close what remains.
+        if tokio::time::timeout(Duration::from_secs(5), self.control.wait_connections())
+            .await
+            .is_err()
+        {
+            self.control.abort_connections().await;
+        }
         let _ = self.dispatcher.await;
+        self.admin_stop.cancel();
+        if let Some(t) = self.admin_task {
+            let _ = t.await;
+        }
         tracing::info!("stopped");
     }
 }

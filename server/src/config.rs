@@ -6,11 +6,12 @@
 //! trust its config.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Command line of the `thriftworker` binary.
 #[derive(Debug, Parser)]
@@ -51,6 +52,19 @@ pub struct Cli {
     #[arg(long, env = "THRIFTWORKER_LOG", default_value = "info,zeromq=error")]
     pub log: String,
 
+    /// Admin API (gRPC) address; replaces [admin].address. "off" disables it.
+    #[arg(long, env = "THRIFTWORKER_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+
+    /// File holding the admin API bearer token (replaces [admin].token_file).
+    /// The token itself may instead be given in THRIFTWORKER_ADMIN_TOKEN.
+    #[arg(long, env = "THRIFTWORKER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Persist runtime changes here and reload them on start (replaces [admin].state_file).
+    #[arg(long, env = "THRIFTWORKER_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+
     /// After every socket is bound, write their addresses to this file as JSON
     /// (for tests and supervisors that start it on port 0).
     #[arg(long, env = "THRIFTWORKER_READY_FILE")]
@@ -76,6 +90,51 @@ pub struct Config {
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The gRPC admin API. It can reconfigure the data plane, so it listens on
+/// loopback by default; a bearer token and TLS (optionally with client
+/// certificates) protect it when it must be reachable from elsewhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub address: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    /// Filled from token_file or THRIFTWORKER_ADMIN_TOKEN; never logged.
+    #[serde(skip)]
+    pub token: Option<Secret>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Runtime changes are written here (atomically) and reloaded on start.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token_file: None,
+            token: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            state_file: None,
+        }
+    }
+}
+
+/// What the state file holds: the services and listeners as last changed
+/// through the admin API. When it exists it replaces those of the config file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RuntimeState {
+    pub services: Vec<ServiceConfig>,
     pub listeners: Vec<ListenerConfig>,
 }
 
@@ -132,7 +191,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -153,10 +212,10 @@ pub struct ServiceConfig {
 }
 
 /// A duration in a map value (humantime string).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 pub struct HumanDuration(#[serde(with = "humantime_serde")] pub Duration);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProtocolSetting {
     /// Detect per connection from the first byte (binary strict, lax or compact).
@@ -167,7 +226,7 @@ pub enum ProtocolSetting {
     Compact,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -319,26 +378,9 @@ impl Config {
         }
         let mut services = HashSet::new();
         for s in &self.services {
-            if s.name.is_empty() || s.name.contains(':') {
-                return bad(format!(
-                    "service name '{}' must be non-empty and contain no ':'",
-                    s.name
-                ));
-            }
+            s.validate().map_err(ConfigError::Invalid)?;
             if !services.insert(s.name.as_str()) {
                 return bad(format!("service '{}' is defined twice", s.name));
-            }
-            if s.timeout.is_zero() {
-                return bad(format!("service '{}': timeout must be positive", s.name));
-            }
-            if s.timeout.as_millis() > u32::MAX as u128 {
-                return bad(format!("service '{}': timeout is too long", s.name));
-            }
-            if let Some((m, _)) = s.method_timeouts.iter().find(|(_, d)| d.0.is_zero()) {
-                return bad(format!(
-                    "service '{}': method_timeouts.{m} must be positive",
-                    s.name
-                ));
             }
         }
         let mut listeners = HashSet::new();
@@ -346,44 +388,87 @@ impl Config {
             if !listeners.insert(l.name.as_str()) {
                 return bad(format!("listener '{}' is defined twice", l.name));
             }
-            if l.services.is_empty() {
-                return bad(format!(
-                    "listener '{}' serves no service: set services = [\"Name\"]",
-                    l.name
-                ));
-            }
-            for s in l.services.iter().chain(l.default_service.iter()) {
-                if !services.contains(s.as_str()) {
-                    return bad(format!(
-                        "listener '{}' names service '{s}', which is not defined in [[services]]",
-                        l.name
-                    ));
-                }
-            }
-            if let Some(d) = &l.default_service {
-                if !l.services.contains(d) {
-                    return bad(format!(
-                        "listener '{}': default_service '{d}' must be one of its services",
-                        l.name
-                    ));
-                }
-            }
-            if l.max_frame_size < 16 || l.max_frame_size > i32::MAX as usize {
-                return bad(format!(
-                    "listener '{}': max_frame_size must be between 16 and {}",
-                    l.name,
-                    i32::MAX
-                ));
-            }
-            if l.max_connections == 0 || l.max_pipeline == 0 {
-                return bad(format!(
-                    "listener '{}': max_connections and max_pipeline must be at least 1",
-                    l.name
-                ));
-            }
-            crate::listener::parse_address(&l.address)
-                .map_err(|e| ConfigError::Invalid(format!("listener '{}': {e}", l.name)))?;
+            l.validate(|s| services.contains(s))
+                .map_err(ConfigError::Invalid)?;
         }
+        Ok(())
+    }
+}
+
+impl ServiceConfig {
+    /// Checks one service's settings; the error says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.contains(':') || self.name.len() > 255 {
+            return Err(format!(
+                "service name '{}' must be 1-255 bytes and contain no ':'",
+                self.name
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout.as_millis() > u32::MAX as u128 {
+            return Err(format!(
+                "service '{}': timeout must be positive and under 49 days",
+                self.name
+            ));
+        }
+        if let Some((m, _)) = self.method_timeouts.iter().find(|(_, d)| d.0.is_zero()) {
+            return Err(format!(
+                "service '{}': method_timeouts.{m} must be positive",
+                self.name
+            ));
+        }
+        if self.queue_timeout.is_zero() {
+            return Err(format!(
+                "service '{}': queue_timeout must be positive",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ListenerConfig {
+    /// Checks one listener's settings against the services that exist.
+    pub fn validate(&self, service_exists: impl Fn(&str) -> bool) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("listener name must not be empty".into());
+        }
+        if self.services.is_empty() {
+            return Err(format!(
+                "listener '{}' serves no service: set services = [\"Name\"]",
+                self.name
+            ));
+        }
+        for s in self.services.iter().chain(self.default_service.iter()) {
+            if !service_exists(s) {
+                return Err(format!(
+                    "listener '{}' names service '{s}', which is not registered",
+                    self.name
+                ));
+            }
+        }
+        if let Some(d) = &self.default_service {
+            if !self.services.contains(d) {
+                return Err(format!(
+                    "listener '{}': default_service '{d}' must be one of its services",
+                    self.name
+                ));
+            }
+        }
+        if self.max_frame_size < 16 || self.max_frame_size > i32::MAX as usize {
+            return Err(format!(
+                "listener '{}': max_frame_size must be between 16 and {}",
+                self.name,
+                i32::MAX
+            ));
+        }
+        if self.max_connections == 0 || self.max_pipeline == 0 {
+            return Err(format!(
+                "listener '{}': max_connections and max_pipeline must be at least 1",
+                self.name
+            ));
+        }
+        crate::listener::parse_address(&self.address)
+            .map_err(|e| format!("listener '{}': {e}", self.name))?;
         Ok(())
     }
 }

@@ -14,6 +14,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -34,9 +36,8 @@ use crate::stats::{CloseReason, ListenerStats};
 /// What a connection needs from its listener; shared by all its connections.
 pub struct ConnectionContext {
     pub listener: String,
-    /// Services this listener serves, in config order.
-    pub services: Vec<(usize, Arc<ServiceInfo>)>,
-    pub default_service: Option<usize>,
+    /// Where calls go; swapped atomically when a service's settings change.
+    pub routes: Arc<ArcSwap<Routes>>,
     pub protocol: ProtocolSetting,
     pub max_frame_size: usize,
     pub max_pipeline: usize,
@@ -45,21 +46,28 @@ pub struct ConnectionContext {
     pub stats: Arc<ListenerStats>,
 }
 
+/// The services a listener serves, in config order.
+#[derive(Debug)]
+pub struct Routes {
+    pub services: Vec<Arc<ServiceInfo>>,
+    /// On a multi-service listener, where names without `Service:` go.
+    pub default_service: Option<usize>,
+}
+
 /// Where a routed call goes.
 enum Route<'a> {
-    Service(usize, &'a ServiceInfo, /* strip prefix bytes */ usize),
+    /// The service, and how many bytes of `Service:` prefix to strip.
+    Service(&'a Arc<ServiceInfo>, usize),
     Unknown,
 }
 
-impl ConnectionContext {
+impl Routes {
     fn route(&self, name: &[u8]) -> Route<'_> {
         match name.iter().position(|&b| b == b':') {
             Some(colon) => {
                 let prefix = &name[..colon];
-                match self.services.iter().find(|(_, s)| s.name_bytes == prefix) {
-                    Some((i, s)) => {
-                        Route::Service(*i, s, if s.strip_prefix { colon + 1 } else { 0 })
-                    }
+                match self.services.iter().find(|s| s.name_bytes == prefix) {
+                    Some(s) => Route::Service(s, if s.strip_prefix { colon + 1 } else { 0 }),
                     None => Route::Unknown,
                 }
             }
@@ -68,10 +76,10 @@ impl ConnectionContext {
                     self.services.first()
                 } else {
                     self.default_service
-                        .and_then(|d| self.services.iter().find(|(i, _)| *i == d))
+                        .and_then(|d| self.services.iter().find(|s| s.index == d))
                 };
                 match pick {
-                    Some((i, s)) => Route::Service(*i, s, 0),
+                    Some(s) => Route::Service(s, 0),
                     None => Route::Unknown,
                 }
             }
@@ -81,7 +89,12 @@ impl ConnectionContext {
 
 /// Serves one connection until the client closes it, an error, idleness, or
 /// drain (then it finishes the calls it has read and closes).
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnectionContext>, drain: CancellationToken) {
+pub async fn serve(
+    stream: TcpStream,
+    ctx: Arc<ConnectionContext>,
+    drain: CancellationToken,
+    abort: CancellationToken,
+) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
@@ -155,6 +168,10 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnectionContext>, drain: Cancel
             _ = drain.cancelled(), if !draining => {
                 draining = true;
             }
+            _ = abort.cancelled() => {
+                // Drain timed out: close with calls unanswered.
+                break CloseReason::Shutdown;
+            }
         }
         // Write every answer that is next in order.
         while let Some(Some(_)) = pending.front() {
@@ -218,7 +235,7 @@ async fn handle_frame(
         MessageType::Oneway => true,
         MessageType::Reply | MessageType::Exception => {
             let text = "thriftworker: invalid message type: expected CALL or ONEWAY";
-            if let Some((_, s)) = ctx.services.first() {
+            if let Some(s) = ctx.routes.load().services.first() {
                 s.stats.invalid_type.inc();
             }
             return Ok(Handled::Slot(Some(application_exception(
@@ -230,10 +247,11 @@ async fn handle_frame(
             ))));
         }
     };
-    let (svc_idx, svc, strip) = match ctx.route(name) {
-        Route::Service(i, s, strip) => (i, s, strip),
+    let routes = ctx.routes.load();
+    let (svc, strip) = match routes.route(name) {
+        Route::Service(s, strip) => (s.clone(), strip),
         Route::Unknown => {
-            if let Some((_, s)) = ctx.services.first() {
+            if let Some(s) = routes.services.first() {
                 s.stats.unknown_service.inc();
             }
             if oneway {
@@ -267,6 +285,7 @@ async fn handle_frame(
             ))));
         }
     };
+    drop(routes);
     let method = &name[strip..];
     let deadline = Instant::now() + svc.timeout_for(method);
     let (message, name) = if strip > 0 {
@@ -279,7 +298,7 @@ async fn handle_frame(
         (frame, n)
     };
     let call = Call {
-        service: svc_idx,
+        service: svc.index,
         protocol: detected,
         seqid: header.seqid,
         name,

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use thriftworker_wire::{Protocol, Request, ServerMsg, WorkerMsg};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
-use crate::config::Config;
+use crate::config::{Config, ServiceConfig};
 use crate::message::{application_exception, AppErrorKind};
 use crate::stats::{LogLimiter, ServiceStats, Stats};
 use crate::transport::{Inbound, Transport};
@@ -67,11 +67,32 @@ pub enum Command {
     /// Answer everything still queued or in flight with "shutting down",
     /// tell the workers to leave, and stop.
     Shutdown(oneshot::Sender<()>),
+    /// A new service (its `index` is the next one) or new settings for one.
+    SetService(Arc<ServiceInfo>),
+    /// Stop accepting workers for it; calls already queued or in flight finish.
+    RemoveService(usize),
+    Workers(oneshot::Sender<Vec<WorkerView>>),
+    /// Evict the worker with this id; answers whether it existed.
+    Evict(String, oneshot::Sender<bool>),
+}
+
+/// A worker as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub id: String,
+    pub services: Vec<String>,
+    pub credit: u32,
+    pub in_flight: u32,
+    pub last_heartbeat: Duration,
+    pub identity: Bytes,
+    pub leaving: bool,
 }
 
 /// Static per-service settings, shared with the connections.
 #[derive(Debug)]
 pub struct ServiceInfo {
+    /// Stable for the life of the process (never reused for another service).
+    pub index: usize,
     pub name: String,
     pub name_bytes: Bytes,
     pub timeout: Duration,
@@ -94,27 +115,23 @@ impl ServiceInfo {
     }
 }
 
-pub fn service_infos(config: &Config, stats: &Stats) -> Vec<Arc<ServiceInfo>> {
-    config
-        .services
-        .iter()
-        .map(|s| {
-            Arc::new(ServiceInfo {
-                name: s.name.clone(),
-                name_bytes: Bytes::from(s.name.clone()),
-                timeout: s.timeout,
-                method_timeouts: s
-                    .method_timeouts
-                    .iter()
-                    .map(|(m, d)| (m.as_bytes().into(), d.0))
-                    .collect(),
-                queue_timeout: s.queue_timeout,
-                max_queue: s.max_queue,
-                strip_prefix: s.strip_service_prefix,
-                stats: stats.services[&s.name].clone(),
-            })
-        })
-        .collect()
+/// Builds the shared settings of service number `index`.
+pub fn service_info(index: usize, s: &ServiceConfig, stats: &Stats) -> Arc<ServiceInfo> {
+    Arc::new(ServiceInfo {
+        index,
+        name: s.name.clone(),
+        name_bytes: Bytes::from(s.name.clone()),
+        timeout: s.timeout,
+        method_timeouts: s
+            .method_timeouts
+            .iter()
+            .map(|(m, d)| (m.as_bytes().into(), d.0))
+            .collect(),
+        queue_timeout: s.queue_timeout,
+        max_queue: s.max_queue,
+        strip_prefix: s.strip_service_prefix,
+        stats: stats.service(&s.name),
+    })
 }
 
 /// Why the data plane answered a call itself.
@@ -149,6 +166,9 @@ struct ServiceQueue {
 
 pub struct Dispatcher {
     services: Vec<Arc<ServiceInfo>>,
+    removed: Vec<bool>,
+    /// Bumped whenever a service's set of live workers changes (health).
+    workers_changed: Arc<watch::Sender<u64>>,
     queues: Vec<ServiceQueue>,
     pool: WorkerPool,
     calls: HashMap<u64, Entry>,
@@ -173,8 +193,11 @@ impl Dispatcher {
         commands: mpsc::Receiver<Command>,
         stats: Arc<Stats>,
         failed: CancellationToken,
+        workers_changed: Arc<watch::Sender<u64>>,
     ) -> Dispatcher {
         Dispatcher {
+            removed: vec![false; services.len()],
+            workers_changed,
             queues: services
                 .iter()
                 .map(|_| ServiceQueue {
@@ -222,6 +245,22 @@ impl Dispatcher {
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => self.on_timer(expired.into_inner()).await,
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Call(call)) => self.on_call(call).await,
+                    Some(Command::SetService(info)) => self.set_service(info).await,
+                    Some(Command::RemoveService(i)) => {
+                        if let Some(r) = self.removed.get_mut(i) {
+                            *r = true;
+                        }
+                    }
+                    Some(Command::Workers(tx)) => {
+                        let _ = tx.send(self.worker_views());
+                    }
+                    Some(Command::Evict(id, tx)) => {
+                        let found = self.pool.iter().find(|(_, s)| s.id == id).map(|(w, _)| w);
+                        if let Some(w) = found {
+                            self.worker_dead(w, "evicted by an operator").await;
+                        }
+                        let _ = tx.send(found.is_some());
+                    }
                     Some(Command::Shutdown(done)) => {
                         self.shutdown().await;
                         let _ = done.send(());
@@ -502,7 +541,12 @@ impl Dispatcher {
         }
         let mut services = Vec::with_capacity(names.len());
         for n in &names {
-            match self.services.iter().position(|s| s.name_bytes == n) {
+            let removed = &self.removed;
+            match self
+                .services
+                .iter()
+                .position(|s| s.name_bytes == n && !removed[s.index])
+            {
                 Some(i) if !services.contains(&i) => services.push(i),
                 Some(_) => {}
                 None => {
@@ -596,6 +640,7 @@ impl Dispatcher {
             .is_some_and(|s| s.leaving && s.in_flight.is_empty());
         if done {
             if let Some(state) = self.pool.remove(w) {
+                self.update_worker_gauges();
                 tracing::info!(worker = %state.id, "worker left");
                 self.disconnect(&state.peer, "bye".into()).await;
             }
@@ -616,6 +661,7 @@ impl Dispatcher {
     /// Returns its peer identity.
     async fn forget(&mut self, w: WorkerIdx, why: &str) -> Option<Bytes> {
         let state = self.pool.remove(w)?;
+        self.update_worker_gauges();
         self.stats.dispatch.workers_dead.inc();
         tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), "worker dead");
         for id in state.in_flight {
@@ -626,6 +672,56 @@ impl Dispatcher {
             }
         }
         Some(state.peer)
+    }
+
+    async fn set_service(&mut self, info: Arc<ServiceInfo>) {
+        let i = info.index;
+        if i == self.services.len() {
+            self.services.push(info);
+            self.removed.push(false);
+            self.queues.push(ServiceQueue {
+                ids: VecDeque::new(),
+                live: 0,
+            });
+            self.pool.add_service();
+        } else if i < self.services.len() {
+            // New settings apply to calls that arrive from now on.
+            self.services[i] = info;
+        }
+    }
+
+    /// Publishes live workers and credit per service, and wakes health.
+    fn update_worker_gauges(&self) {
+        for svc in &self.services {
+            let (mut live, mut credit) = (0u64, 0u64);
+            for w in self.pool.workers_of(svc.index) {
+                live += 1;
+                credit += u64::from(w.credit);
+            }
+            svc.stats.live_workers.set(live);
+            svc.stats.total_credit.set(credit);
+        }
+        self.workers_changed.send_modify(|v| *v += 1);
+    }
+
+    fn worker_views(&self) -> Vec<WorkerView> {
+        let now = Instant::now();
+        self.pool
+            .iter()
+            .map(|(_, s)| WorkerView {
+                id: s.id.clone(),
+                services: s
+                    .services
+                    .iter()
+                    .map(|&i| self.services[i].name.clone())
+                    .collect(),
+                credit: s.credit,
+                in_flight: s.in_flight.len() as u32,
+                last_heartbeat: now.duration_since(s.last_seen),
+                identity: s.peer.clone(),
+                leaving: s.leaving,
+            })
+            .collect()
     }
 
     async fn on_heartbeat_tick(&mut self) {

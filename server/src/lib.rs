@@ -5,12 +5,15 @@
 //! `listener` (accept) → `connection` (frames via `frame`, headers via
 //! `message`, routing, in-order replies) → `dispatch` (queues, deadlines,
 //! balancing over `worker_pool`) → `transport` (ZeroMQ ROUTER) → workers.
-//! `config` describes it, `app` wires it, `stats` counts it.
+//! `config` describes it, `app` wires it, `stats` counts it; `control` changes it
+//! at runtime and `admin` exposes that over gRPC.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod dispatch;
 pub mod frame;
 pub mod listener;

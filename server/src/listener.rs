@@ -137,7 +137,7 @@ pub fn bind(config: &ListenerConfig) -> Result<TcpListener, ListenerError> {
 }
 
 /// Control of a running listener (the in-process API the admin API exposes).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ListenerHandle {
     pub name: String,
     pub local_addr: SocketAddr,
@@ -191,8 +191,14 @@ impl Listener {
     }
 
     /// Accepts until `drain` is cancelled; each connection runs on `tracker`
-    /// and is told about drain through the same token.
-    pub async fn run(mut self, drain: CancellationToken, tracker: TaskTracker) {
+    /// and is told about drain through the same token (it then finishes the
+    /// calls it has read), and closes at once if `abort` is cancelled.
+    pub async fn run(
+        mut self,
+        drain: CancellationToken,
+        abort: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let stats = self.ctx.stats.clone();
         loop {
@@ -227,9 +233,10 @@ impl Listener {
             stats.active.inc();
             let ctx = self.ctx.clone();
             let drain = drain.clone();
+            let abort = abort.clone();
             let stats = stats.clone();
             tracker.spawn(async move {
-                connection::serve(stream, ctx, drain).await;
+                connection::serve(stream, ctx, drain, abort).await;
                 stats.active.dec();
                 drop(permit);
             });

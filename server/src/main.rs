@@ -20,9 +20,10 @@ fn main() -> anyhow::Result<()> {
         if let Some(path) = &cli.ready_file {
             write_ready_file(path, &built.addresses())?;
         }
-        let running = built.spawn();
+        let running = built.spawn().await;
         let failed = tokio::select! {
             _ = shutdown_signal() => false,
+            _ = running.shutdown_requested() => false,
             _ = running.failed() => true,
         };
         running.shutdown().await;

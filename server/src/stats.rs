@@ -5,9 +5,9 @@
 //! relaxed atomic increments on a handle it already holds (no lookups, no
 //! locks, no allocation). Exposition (Prometheus, admin API) reads them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -155,6 +155,8 @@ pub struct ServiceStats {
     pub late_replies: Counter,
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
+    pub live_workers: Gauge,
+    pub total_credit: Gauge,
 }
 
 /// Data-plane-wide counters.
@@ -167,30 +169,64 @@ pub struct DispatchStats {
     pub unknown_replies: Counter,
 }
 
-/// The registry: created once in `app::build`, shared by `Arc`.
-#[derive(Debug, Default)]
+/// The registry: created once in `app::build`, shared by `Arc`. Listeners
+/// and services come and go at runtime, so their blocks sit in maps; the maps
+/// are touched when one is added or removed and when stats are read, never
+/// per call (components hold their own `Arc` to their block).
+#[derive(Debug)]
 pub struct Stats {
-    pub listeners: HashMap<String, Arc<ListenerStats>>,
-    pub services: HashMap<String, Arc<ServiceStats>>,
+    listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
+    services: Mutex<BTreeMap<String, Arc<ServiceStats>>>,
     pub dispatch: DispatchStats,
+    pub started: std::time::Instant,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            listeners: Mutex::default(),
+            services: Mutex::default(),
+            dispatch: DispatchStats::default(),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Stats {
-    pub fn new<'a>(
-        listeners: impl IntoIterator<Item = &'a str>,
-        services: impl IntoIterator<Item = &'a str>,
-    ) -> Stats {
-        Stats {
-            listeners: listeners
-                .into_iter()
-                .map(|n| (n.to_string(), Arc::default()))
-                .collect(),
-            services: services
-                .into_iter()
-                .map(|n| (n.to_string(), Arc::default()))
-                .collect(),
-            dispatch: DispatchStats::default(),
-        }
+    /// The counter block of listener `name`, created on first use.
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The counter block of service `name`, created on first use.
+    pub fn service(&self, name: &str) -> Arc<ServiceStats> {
+        let mut map = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    pub fn remove_listener(&self, name: &str) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    pub fn remove_service(&self, name: &str) {
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    pub fn listeners(&self) -> Vec<(String, Arc<ListenerStats>)> {
+        let map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    pub fn services(&self) -> Vec<(String, Arc<ServiceStats>)> {
+        let map = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

@@ -154,6 +154,18 @@ impl WorkerPool {
         self.by_service[service].len()
     }
 
+    /// Makes room for one more service index.
+    pub fn add_service(&mut self) {
+        self.by_service.push(Vec::new());
+        self.cursor.push(0);
+    }
+
+    pub fn workers_of(&self, service: usize) -> impl Iterator<Item = &WorkerState> {
+        self.by_service[service]
+            .iter()
+            .filter_map(|&w| self.slots[w].as_ref())
+    }
+
     pub fn len(&self) -> usize {
         self.by_peer.len()
     }

@@ -194,6 +194,7 @@ def base_config(endpoint):
     Timeouts are generous: tests that are about timeouts set their own."""
     return {
         "server": {"shutdown_timeout": "10s", "log_format": "text"},
+        "admin": {"address": "127.0.0.1:0"},
         "workers": {"endpoints": [endpoint], "heartbeat_interval": "1s", "heartbeat_liveness": 3},
         "services": [
             {
@@ -217,6 +218,7 @@ def apply_overrides(config, server=None, workers=None, services=None, listeners=
     """`services`/`listeners` map a name to the keys to change (None deletes a
     key; a name not in the config adds a new entry)."""
     for section, changes in (("server", server), ("workers", workers)):
+        config.setdefault(section, {})
         for k, v in (changes or {}).items():
             if v is None:
                 config[section].pop(k, None)

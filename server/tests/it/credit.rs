@@ -9,7 +9,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_sends_a_worker_more_than_its_credit() {
     let dp = start("timeout = \"30s\"\nqueue_timeout = \"30s\"", "", "").await;
-    let stats = dp.running.stats().services["Echo"].clone();
+    let stats = dp.running.stats().service("Echo");
     let mut worker = FakeWorker::connect(&dp.endpoint).await;
     assert!(matches!(
         worker.ready(2, b"").await,
@@ -66,7 +66,7 @@ async fn never_sends_a_worker_more_than_its_credit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_answered_overloaded_with_the_calls_seqid() {
     let dp = start("max_queue = 1\nqueue_timeout = \"30s\"", "", "").await;
-    let stats = dp.running.stats().services["Echo"].clone();
+    let stats = dp.running.stats().service("Echo");
     // No worker: the first call queues, the second finds the queue full.
     let mut c = client(dp.addr).await;
     send_call(&mut c, "echo", 1).await;

@@ -10,8 +10,8 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_accepting_but_existing_connections_keep_working() {
     let dp = start("", "", "").await;
-    let listener = dp.running.listeners()[0].clone();
-    let stats = dp.running.stats().listeners["echo"].clone();
+    let control = dp.running.control().clone();
+    let stats = dp.running.stats().listener("echo");
     let mut worker = FakeWorker::connect(&dp.endpoint).await;
     assert!(matches!(
         worker.ready(4, b"").await,
@@ -20,8 +20,8 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
 
     let mut existing = client(dp.addr).await;
     wait_for("first connection accepted", || stats.accepted.get() == 1).await;
-    listener.pause();
-    assert!(listener.is_paused());
+    control.set_paused(Some("echo"), true).await.unwrap();
+    assert!(control.listeners().await[0].handle.is_paused());
 
     // A new client waits in the backlog: never accepted, never answered.
     let mut waiting = client(dp.addr).await;
@@ -55,7 +55,7 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
         "a connection made while paused must not be served"
     );
 
-    listener.resume();
+    control.set_paused(None, false).await.unwrap();
     let ServerMsg::Request(r) = worker.recv_non_heartbeat().await else {
         panic!("expected REQUEST")
     };
@@ -73,7 +73,7 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_refuses_and_counts() {
     let dp = start("", "", "max_connections = 1").await;
-    let stats = dp.running.stats().listeners["echo"].clone();
+    let stats = dp.running.stats().listener("echo");
     let _first = client(dp.addr).await;
     wait_for("first accepted", || stats.accepted.get() == 1).await;
     let mut second = client(dp.addr).await;

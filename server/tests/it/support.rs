@@ -23,14 +23,14 @@ pub struct DataPlane {
 /// port 0; `extra` is appended to the [[services]] table, `workers` to [workers].
 pub async fn start(service_extra: &str, workers_extra: &str, listener_extra: &str) -> DataPlane {
     let text = format!(
-        "[server]\nshutdown_timeout = \"1s\"\n[workers]\nendpoints = [\"tcp://127.0.0.1:0\"]\n{workers_extra}\n\
+        "[server]\nshutdown_timeout = \"1s\"\n[admin]\naddress = \"127.0.0.1:0\"\n[workers]\nendpoints = [\"tcp://127.0.0.1:0\"]\n{workers_extra}\n\
          [[services]]\nname = \"Echo\"\n{service_extra}\n\
          [[listeners]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nservices = [\"Echo\"]\n{listener_extra}\n"
     );
     let config = Config::parse(&text).expect("test config");
     let built = app::build(config).await.expect("build");
     let addrs = built.addresses();
-    let running = built.spawn();
+    let running = built.spawn().await;
     DataPlane {
         running,
         addr: addrs.listeners["echo"],

@@ -1,0 +1,501 @@
+//! The in-process control API: register, update and unregister services; add,
+//! remove, pause and resume listeners; list and evict workers; persist.
+//!
+//! The admin gRPC service is a thin translation of this. Every change is
+//! checked completely before anything is touched, so a failed change changes
+//! nothing; a successful one takes effect at once (a listener added paused
+//! never accepts before it is resumed) and is written to the state file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ListenerConfig, RuntimeState, ServiceConfig};
+use crate::connection::{ConnectionContext, Routes};
+use crate::dispatch::{service_info, Command, ServiceInfo, WorkerView};
+use crate::listener::{self, Listener, ListenerHandle};
+use crate::stats::Stats;
+
+/// Why a change was refused; each maps to one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A service as listed.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub config: ServiceConfig,
+    pub info: Arc<ServiceInfo>,
+}
+
+/// A listener as listed.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    pub config: ListenerConfig,
+    pub handle: ListenerHandle,
+    pub active: u64,
+}
+
+struct ServiceEntry {
+    config: ServiceConfig,
+    info: Arc<ServiceInfo>,
+}
+
+struct ListenerEntry {
+    config: ListenerConfig,
+    handle: ListenerHandle,
+    routes: Arc<ArcSwap<Routes>>,
+    /// Stops this listener's acceptor and drains its connections.
+    stop: CancellationToken,
+    /// Closes its connections at once (drain timed out).
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    /// Bound but not yet started (during `app::build`).
+    pending: Option<Listener>,
+}
+
+struct State {
+    services: BTreeMap<String, ServiceEntry>,
+    next_index: usize,
+    listeners: BTreeMap<String, ListenerEntry>,
+}
+
+pub struct Control {
+    state: Mutex<State>,
+    dispatch: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    /// Cancelled on process shutdown; every listener's stop token is a child.
+    drain: CancellationToken,
+    state_file: Option<PathBuf>,
+}
+
+impl Control {
+    pub fn new(
+        dispatch: mpsc::Sender<Command>,
+        stats: Arc<Stats>,
+        drain: CancellationToken,
+        state_file: Option<PathBuf>,
+    ) -> Control {
+        Control {
+            state: Mutex::new(State {
+                services: BTreeMap::new(),
+                next_index: 0,
+                listeners: BTreeMap::new(),
+            }),
+            dispatch,
+            stats,
+            drain,
+            state_file,
+        }
+    }
+
+    /// Registers the services of the config at start-up (no dispatcher yet:
+    /// it is built from the returned list).
+    pub async fn init_services(&self, services: &[ServiceConfig]) -> Vec<Arc<ServiceInfo>> {
+        let mut st = self.state.lock().await;
+        let mut infos = Vec::new();
+        for s in services {
+            let info = service_info(st.next_index, s, &self.stats);
+            st.next_index += 1;
+            st.services.insert(
+                s.name.clone(),
+                ServiceEntry {
+                    config: s.clone(),
+                    info: info.clone(),
+                },
+            );
+            infos.push(info);
+        }
+        infos
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), ControlError> {
+        self.dispatch
+            .send(cmd)
+            .await
+            .map_err(|_| ControlError::Unavailable("the data plane is shutting down".into()))
+    }
+
+    pub async fn services(&self) -> Vec<ServiceView> {
+        let st = self.state.lock().await;
+        st.services
+            .values()
+            .map(|e| ServiceView {
+                config: e.config.clone(),
+                info: e.info.clone(),
+            })
+            .collect()
+    }
+
+    pub async fn service(&self, name: &str) -> Result<ServiceView, ControlError> {
+        let st = self.state.lock().await;
+        st.services
+            .get(name)
+            .map(|e| ServiceView {
+                config: e.config.clone(),
+                info: e.info.clone(),
+            })
+            .ok_or_else(|| not_found_service(name))
+    }
+
+    pub async fn register_service(
+        &self,
+        config: ServiceConfig,
+    ) -> Result<ServiceView, ControlError> {
+        config.validate().map_err(ControlError::InvalidArgument)?;
+        let mut st = self.state.lock().await;
+        if st.services.contains_key(&config.name) {
+            return Err(ControlError::AlreadyExists(format!(
+                "service '{}' already exists: use update to change it",
+                config.name
+            )));
+        }
+        let info = service_info(st.next_index, &config, &self.stats);
+        self.send(Command::SetService(info.clone())).await?;
+        st.next_index += 1;
+        st.services.insert(
+            config.name.clone(),
+            ServiceEntry {
+                config: config.clone(),
+                info: info.clone(),
+            },
+        );
+        tracing::info!(service = %config.name, "service registered");
+        self.persist(&st);
+        Ok(ServiceView { config, info })
+    }
+
+    pub async fn update_service(&self, config: ServiceConfig) -> Result<ServiceView, ControlError> {
+        config.validate().map_err(ControlError::InvalidArgument)?;
+        let mut st = self.state.lock().await;
+        let index = st
+            .services
+            .get(&config.name)
+            .map(|e| e.info.index)
+            .ok_or_else(|| not_found_service(&config.name))?;
+        let info = service_info(index, &config, &self.stats);
+        self.send(Command::SetService(info.clone())).await?;
+        // Listeners routing to it get the new settings for calls read from now on.
+        for l in st.listeners.values() {
+            let current = l.routes.load();
+            if current.services.iter().any(|s| s.index == index) {
+                l.routes.store(Arc::new(Routes {
+                    services: current
+                        .services
+                        .iter()
+                        .map(|s| {
+                            if s.index == index {
+                                info.clone()
+                            } else {
+                                s.clone()
+                            }
+                        })
+                        .collect(),
+                    default_service: current.default_service,
+                }));
+            }
+        }
+        st.services.insert(
+            config.name.clone(),
+            ServiceEntry {
+                config: config.clone(),
+                info: info.clone(),
+            },
+        );
+        tracing::info!(service = %config.name, "service updated");
+        self.persist(&st);
+        Ok(ServiceView { config, info })
+    }
+
+    /// Stops routing to the service. Calls already queued or in flight
+    /// finish; workers that serve only it get no new calls.
+    pub async fn unregister_service(&self, name: &str) -> Result<(), ControlError> {
+        let mut st = self.state.lock().await;
+        let index = st
+            .services
+            .get(name)
+            .map(|e| e.info.index)
+            .ok_or_else(|| not_found_service(name))?;
+        if let Some(l) = st
+            .listeners
+            .values()
+            .find(|l| l.config.services.iter().any(|s| s == name))
+        {
+            return Err(ControlError::FailedPrecondition(format!(
+                "service '{name}' is still served by listener '{}': remove that listener first",
+                l.config.name
+            )));
+        }
+        self.send(Command::RemoveService(index)).await?;
+        st.services.remove(name);
+        tracing::info!(service = %name, "service unregistered");
+        self.persist(&st);
+        Ok(())
+    }
+
+    fn routes_for(st: &State, config: &ListenerConfig) -> Routes {
+        Routes {
+            services: config
+                .services
+                .iter()
+                .map(|s| st.services[s].info.clone())
+                .collect(),
+            default_service: config
+                .default_service
+                .as_ref()
+                .map(|d| st.services[d].info.index),
+        }
+    }
+
+    /// Binds a listener without starting it (at start-up, before `start_pending`).
+    pub async fn bind_listener(
+        &self,
+        config: ListenerConfig,
+    ) -> Result<ListenerHandle, ControlError> {
+        let mut st = self.state.lock().await;
+        self.bind_locked(&mut st, config)
+    }
+
+    fn bind_locked(
+        &self,
+        st: &mut State,
+        config: ListenerConfig,
+    ) -> Result<ListenerHandle, ControlError> {
+        if st.listeners.contains_key(&config.name) {
+            return Err(ControlError::AlreadyExists(format!(
+                "listener '{}' already exists",
+                config.name
+            )));
+        }
+        config
+            .validate(|s| st.services.contains_key(s))
+            .map_err(ControlError::InvalidArgument)?;
+        let socket =
+            listener::bind(&config).map_err(|e| ControlError::FailedPrecondition(e.to_string()))?;
+        let routes = Arc::new(ArcSwap::from_pointee(Self::routes_for(st, &config)));
+        let ctx = ConnectionContext {
+            listener: config.name.clone(),
+            routes: routes.clone(),
+            protocol: config.protocol,
+            max_frame_size: config.max_frame_size,
+            max_pipeline: config.max_pipeline,
+            idle_timeout: config.idle_timeout,
+            dispatch: self.dispatch.clone(),
+            stats: self.stats.listener(&config.name),
+        };
+        let listener = Listener::new(socket, ctx, &config).map_err(|e| {
+            ControlError::FailedPrecondition(format!("listener '{}': {e}", config.name))
+        })?;
+        let handle = listener.handle();
+        st.listeners.insert(
+            config.name.clone(),
+            ListenerEntry {
+                config,
+                handle: handle.clone(),
+                routes,
+                stop: self.drain.child_token(),
+                abort: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                pending: Some(listener),
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Starts every bound listener not yet started.
+    pub async fn start_pending(&self) {
+        let mut st = self.state.lock().await;
+        for e in st.listeners.values_mut() {
+            Self::start(e);
+        }
+    }
+
+    fn start(e: &mut ListenerEntry) {
+        if let Some(l) = e.pending.take() {
+            tracing::info!(listener = %e.handle.name, addr = %e.handle.local_addr, paused = e.handle.is_paused(), "listening");
+            let tracker = e.tracker.clone();
+            e.tracker
+                .spawn(l.run(e.stop.clone(), e.abort.clone(), tracker));
+        }
+    }
+
+    /// Binds and starts a listener at runtime.
+    pub async fn add_listener(&self, config: ListenerConfig) -> Result<ListenerView, ControlError> {
+        let mut st = self.state.lock().await;
+        if self.drain.is_cancelled() {
+            return Err(ControlError::Unavailable(
+                "the data plane is draining".into(),
+            ));
+        }
+        let name = config.name.clone();
+        self.bind_locked(&mut st, config)?;
+        let e = st.listeners.get_mut(&name).expect("just inserted");
+        Self::start(e);
+        let view = ListenerView {
+            config: e.config.clone(),
+            handle: e.handle.clone(),
+            active: 0,
+        };
+        self.persist(&st);
+        Ok(view)
+    }
+
+    /// Stops accepting on the listener, lets its connections finish their
+    /// calls for up to `timeout`, then closes what is left.
+    pub async fn remove_listener(&self, name: &str, timeout: Duration) -> Result<(), ControlError> {
+        let entry = {
+            let mut st = self.state.lock().await;
+            let e = st
+                .listeners
+                .remove(name)
+                .ok_or_else(|| not_found_listener(name))?;
+            self.persist(&st);
+            e
+        };
+        tracing::info!(listener = %name, ?timeout, "removing listener: draining its connections");
+        entry.stop.cancel();
+        entry.tracker.close();
+        if tokio::time::timeout(timeout, entry.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(listener = %name, "drain timeout: closing remaining connections");
+            entry.abort.cancel();
+            entry.tracker.wait().await;
+        }
+        self.stats.remove_listener(name);
+        Ok(())
+    }
+
+    /// Pauses (or resumes) one listener, or all when `name` is `None`.
+    pub async fn set_paused(&self, name: Option<&str>, paused: bool) -> Result<(), ControlError> {
+        let mut st = self.state.lock().await;
+        match name {
+            Some(n) => {
+                let e = st
+                    .listeners
+                    .get_mut(n)
+                    .ok_or_else(|| not_found_listener(n))?;
+                apply_pause(e, paused);
+            }
+            None => st
+                .listeners
+                .values_mut()
+                .for_each(|e| apply_pause(e, paused)),
+        }
+        self.persist(&st);
+        Ok(())
+    }
+
+    pub async fn listeners(&self) -> Vec<ListenerView> {
+        let st = self.state.lock().await;
+        st.listeners
+            .values()
+            .map(|e| ListenerView {
+                config: e.config.clone(),
+                handle: e.handle.clone(),
+                active: self.stats.listener(&e.config.name).active.get(),
+            })
+            .collect()
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Workers(tx)).await?;
+        rx.await
+            .map_err(|_| ControlError::Unavailable("the data plane is shutting down".into()))
+    }
+
+    pub async fn evict(&self, id: &str) -> Result<(), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Evict(id.to_string(), tx)).await?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ControlError::NotFound(format!(
+                "no worker '{id}': see `thriftctl workers list`"
+            ))),
+            Err(_) => Err(ControlError::Unavailable(
+                "the data plane is shutting down".into(),
+            )),
+        }
+    }
+
+    /// Waits until every listener's connections have closed (process drain).
+    pub async fn wait_connections(&self) {
+        let trackers: Vec<TaskTracker> = {
+            let st = self.state.lock().await;
+            st.listeners.values().map(|e| e.tracker.clone()).collect()
+        };
+        for t in trackers {
+            t.close();
+            t.wait().await;
+        }
+    }
+
+    /// Closes every connection at once (drain timed out).
+    pub async fn abort_connections(&self) {
+        let st = self.state.lock().await;
+        for e in st.listeners.values() {
+            e.abort.cancel();
+        }
+    }
+
+    /// Writes services and listeners to the state file, atomically. A
+    /// failure is logged, not returned: the change itself has happened.
+    fn persist(&self, st: &State) {
+        let Some(path) = &self.state_file else { return };
+        let state = RuntimeState {
+            services: st.services.values().map(|e| e.config.clone()).collect(),
+            listeners: st.listeners.values().map(|e| e.config.clone()).collect(),
+        };
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the state file: runtime changes will be lost on restart");
+        }
+    }
+}
+
+fn apply_pause(e: &mut ListenerEntry, paused: bool) {
+    if paused {
+        e.handle.pause();
+    } else {
+        e.handle.resume();
+    }
+    e.config.paused = paused;
+    tracing::info!(listener = %e.config.name, paused, "acceptor state changed");
+}
+
+fn not_found_service(name: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "no service '{name}': see `thriftctl services list`"
+    ))
+}
+
+fn not_found_listener(name: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "no listener '{name}': see `thriftctl listeners list`"
+    ))
+}
