@@ -44,6 +44,10 @@ pub struct Cli {
     #[arg(long, env = "THRIFTWORKER_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
 
+    /// Runtime threads (0 = one per core); replaces [server].threads.
+    #[arg(long, env = "THRIFTWORKER_THREADS")]
+    pub threads: Option<usize>,
+
     /// Log format: text or json.
     #[arg(long, env = "THRIFTWORKER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -143,6 +147,10 @@ pub struct RuntimeState {
 pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Runtime threads; 0 = one per core. Each cross-thread wakeup costs
+    /// latency, and the dispatcher is one task, so few threads serve best
+    /// on small machines (see docs/benchmarks.md).
+    pub threads: usize,
     pub log_format: LogFormat,
 }
 
@@ -151,6 +159,7 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            threads: 1,
         }
     }
 }
@@ -322,6 +331,9 @@ impl Config {
         }
         if let Some(t) = cli.shutdown_timeout {
             config.server.shutdown_timeout = t;
+        }
+        if let Some(t) = cli.threads {
+            config.server.threads = t;
         }
         if let Some(f) = cli.log_format {
             config.server.log_format = f;

@@ -10,7 +10,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
     init_tracing(&cli.log, config.server.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.threads > 0 {
+        builder.worker_threads(config.server.threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("thriftworker")
         .build()
