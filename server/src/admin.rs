@@ -373,11 +373,7 @@ impl AdminService {
                 })
                 .collect(),
             methods: Vec::new(),
-            workers: stats
-                .dispatch
-                .workers_registered
-                .get()
-                .saturating_sub(stats.dispatch.workers_dead.get()) as u32,
+            workers: stats.dispatch.live_workers.get() as u32,
         }
     }
 }

@@ -361,8 +361,71 @@ impl Config {
                     .into(),
             ));
         }
+        config.apply_admin_overrides(cli)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Admin flags, the admin token, TLS consistency, and the state file
+    /// (whose services and listeners replace the config file's).
+    fn apply_admin_overrides(&mut self, cli: &Cli) -> Result<(), ConfigError> {
+        let admin = &mut self.admin;
+        match cli.admin_addr.as_deref() {
+            None => {}
+            Some("off") => admin.enabled = false,
+            Some(a) => {
+                admin.address = a.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("--admin-addr '{a}' must be host:port (or 'off')"))
+                })?
+            }
+        }
+        if let Some(p) = &cli.admin_token_file {
+            admin.token_file = Some(p.clone());
+        }
+        if let Some(p) = &cli.state_file {
+            admin.state_file = Some(p.clone());
+        }
+        if let Some(path) = &admin.token_file {
+            let raw = std::fs::read(path).map_err(|source| ConfigError::Token {
+                path: path.clone(),
+                source,
+            })?;
+            admin.token = Some(Secret(raw.trim_ascii().to_vec()));
+        } else if let Ok(t) = std::env::var("THRIFTWORKER_ADMIN_TOKEN") {
+            admin.token = Some(Secret(t.trim().as_bytes().to_vec()));
+        }
+        if admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "the admin token is empty: put a non-empty token in the token file (or unset it)"
+                    .into(),
+            ));
+        }
+        if admin.tls_cert.is_some() != admin.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "[admin] tls_cert and tls_key must be set together".into(),
+            ));
+        }
+        if admin.tls_client_ca.is_some() && admin.tls_cert.is_none() {
+            return Err(ConfigError::Invalid(
+                "[admin] tls_client_ca needs tls_cert and tls_key".into(),
+            ));
+        }
+        if let Some(path) = admin.state_file.clone() {
+            if path.exists() {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let state: RuntimeState =
+                    serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+                        path: path.clone(),
+                        message: format!("{e} (fix or delete the state file)"),
+                    })?;
+                self.services = state.services;
+                self.listeners = state.listeners;
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates TOML text (no overrides, no files read).

@@ -568,6 +568,7 @@ impl Dispatcher {
             .pool
             .add(peer.clone(), services, credit, Instant::now());
         self.stats.dispatch.workers_registered.inc();
+        self.update_worker_gauges();
         let state = self.pool.get(w).expect("just added");
         let id = state.id.clone();
         let names: Vec<&str> = state
@@ -701,6 +702,7 @@ impl Dispatcher {
             svc.stats.live_workers.set(live);
             svc.stats.total_credit.set(credit);
         }
+        self.stats.dispatch.live_workers.set(self.pool.len() as u64);
         self.workers_changed.send_modify(|v| *v += 1);
     }
 

@@ -167,6 +167,8 @@ pub struct DispatchStats {
     pub workers_dead: Counter,
     pub bad_worker_messages: Counter,
     pub unknown_replies: Counter,
+    /// Workers registered now (all services).
+    pub live_workers: Gauge,
 }
 
 /// The registry: created once in `app::build`, shared by `Arc`. Listeners

@@ -94,6 +94,17 @@ class DataPlane:
     def addr_str(self, listener="echo"):
         return self.ready["listeners"][listener]
 
+    @property
+    def admin_addr(self):
+        """"127.0.0.1:PORT" of the admin API, from the ready file."""
+        addr = self.ready.get("admin")
+        if not addr:
+            pytest.fail(
+                f"the ready file has no admin address (is this a thriftworker with the admin API?): {self.ready}",
+                pytrace=False,
+            )
+        return addr
+
     def count(self, text):
         return self.stderr.count(text)
 
@@ -246,3 +257,71 @@ def worker(processes, dataplane):
         return w
 
     return start
+
+
+# -- the admin API ----------------------------------------------------------------
+
+
+@pytest.fixture
+def thriftctl(dataplane):
+    """A harness.Thriftctl for the newest data plane's admin API (or `dp`).
+
+        ctl = thriftctl()
+        ctl = thriftctl(dp, token="s3cret")         # THRIFTCTL_TOKEN
+        ctl = thriftctl(dp, token_file=path)        # --token-file
+    """
+    _require(binary("thriftctl"))
+
+    def make(dp=None, *, token=None, token_file=None, env=None):
+        dp = dp or dataplane.started[-1]
+        return harness.Thriftctl(dp.admin_addr, token=token, token_file=token_file, env=env)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def admin_pb(tmp_path_factory):
+    """Python modules for thriftworker.admin.v1, generated from
+    proto/thriftworker/admin/v1/admin.proto with grpc_tools.protoc:
+    `admin_pb.pb` (messages) and `admin_pb.grpc` (AdminStub)."""
+    import importlib
+    import types
+
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("admin_pb")
+    proto_root = harness.REPO / "proto"
+    include = Path(protoc.__file__).resolve().parent / "_proto"
+    rc = protoc.main([
+        "grpc_tools.protoc",
+        f"-I{proto_root}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        str(proto_root / "thriftworker" / "admin" / "v1" / "admin.proto"),
+    ])
+    assert rc == 0, "grpc_tools.protoc failed on admin.proto"
+    sys.path.insert(0, str(out))
+    try:
+        pb = importlib.import_module("thriftworker.admin.v1.admin_pb2")
+        grpc_mod = importlib.import_module("thriftworker.admin.v1.admin_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+    return types.SimpleNamespace(pb=pb, grpc=grpc_mod)
+
+
+@pytest.fixture
+def admin_channel():
+    """grpc channels to admin APIs, closed at teardown: `admin_channel(dp)`."""
+    import grpc
+
+    channels = []
+
+    def open_channel(dp):
+        ch = grpc.insecure_channel(dp.admin_addr)
+        channels.append(ch)
+        return ch
+
+    yield open_channel
+    for ch in channels:
+        ch.close()

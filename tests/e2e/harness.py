@@ -214,10 +214,10 @@ def base_config(endpoint):
     }
 
 
-def apply_overrides(config, server=None, workers=None, services=None, listeners=None):
+def apply_overrides(config, server=None, workers=None, services=None, listeners=None, admin=None):
     """`services`/`listeners` map a name to the keys to change (None deletes a
     key; a name not in the config adds a new entry)."""
-    for section, changes in (("server", server), ("workers", workers)):
+    for section, changes in (("server", server), ("workers", workers), ("admin", admin)):
         config.setdefault(section, {})
         for k, v in (changes or {}).items():
             if v is None:
@@ -394,6 +394,112 @@ class RawConnection:
             except socket.timeout:
                 return False
         return False
+
+
+# -- the admin API: thriftctl ---------------------------------------------------
+
+
+class CtlResult:
+    """A finished thriftctl run: `rc`, `stdout`, `stderr`, and `json` (stdout
+    parsed)."""
+
+    def __init__(self, argv, proc):
+        self.argv = argv
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    @property
+    def json(self):
+        try:
+            return json.loads(self.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"thriftctl printed no JSON ({e}): {self}") from None
+
+    def __repr__(self):
+        return f"CtlResult(argv={self.argv!r}, rc={self.rc}, stdout={self.stdout!r}, stderr={self.stderr!r})"
+
+
+def thriftctl_env(**extra):
+    """clean_env() without THRIFTCTL_* settings either."""
+    env = {k: v for k, v in clean_env().items() if not k.startswith("THRIFTCTL_")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Thriftctl:
+    """Runs the real `thriftctl` binary against one admin address.
+
+        ctl = Thriftctl("127.0.0.1:4242")
+        ctl.ok("services", "list")                         # -o json, rc 0: parsed JSON
+        ctl.fails("NOT_FOUND", "services", "get", "Nope")  # rc 1: its one stderr line
+        ctl.run("stats")                                   # a CtlResult, any rc
+    """
+
+    def __init__(self, addr, token=None, token_file=None, env=None):
+        self.addr = addr
+        self.token = token
+        self.token_file = token_file
+        self.env = dict(env or {})
+
+    def argv(self, *args, addr=True):
+        argv = [str(binary("thriftctl"))]
+        if addr and self.addr is not None:
+            argv += ["--addr", self.addr]
+        if self.token_file is not None:
+            argv += ["--token-file", str(self.token_file)]
+        return argv + [str(a) for a in args]
+
+    def env_for(self, env=None):
+        extra = dict(self.env)
+        if self.token is not None:
+            extra["THRIFTCTL_TOKEN"] = self.token
+        extra.update(env or {})
+        return thriftctl_env(**extra)
+
+    def run(self, *args, timeout=15.0, env=None, addr=True):
+        argv = self.argv(*args, addr=addr)
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=self.env_for(env),
+            timeout=timeout,
+        )
+        return CtlResult(argv, proc)
+
+    def ok(self, *args, **kw):
+        """-o json and exit status 0: the parsed output."""
+        r = self.run("-o", "json", *args, **kw)
+        assert r.rc == 0, f"thriftctl failed: {r}"
+        assert r.stderr == "", f"thriftctl succeeded but wrote to stderr: {r}"
+        return r.json
+
+    def fails(self, code, *args, **kw):
+        """Exit status 1 and exactly one stderr line naming the gRPC status
+        `code`; returns that line."""
+        r = self.run(*args, **kw)
+        assert r.rc == 1, f"expected exit status 1 ({code}): {r}"
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1, f"expected one stderr line: {r}"
+        assert lines[0].startswith("thriftctl: "), r
+        assert f": {code}: " in lines[0] or lines[0].endswith(f": {code}"), f"expected {code}: {r}"
+        assert r.stdout == "", r
+        return lines[0]
+
+
+def free_port():
+    """A TCP port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_addr(addr):
+    """"host:port" (IPv6 in brackets) as (host, port)."""
+    host, port = addr.rsplit(":", 1)
+    return host.strip("[]"), int(port)
 
 
 def echo_args(message):
