@@ -79,7 +79,7 @@ impl Pool {
 
 /// Runs one call through its processor, decoding and encoding in the
 /// protocol the client used.
-fn process(job: &Job) -> Bytes {
+pub(crate) fn process(job: &Job) -> Bytes {
     let input = Cursor::new(job.request.message.clone());
     let mut output: Vec<u8> = Vec::with_capacity(256);
     let result = {

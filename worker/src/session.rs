@@ -198,8 +198,18 @@ impl Session<'_> {
                                 }
                                 continue;
                             };
+                            let job = Job { session: self.number, request, processor: processor.clone() };
+                            if self.worker.inline {
+                                let reply = crate::pool::process(&job);
+                                let id = job.request.id;
+                                if let Err(e) = self.send(WorkerMsg::Reply { id, message: reply }).await {
+                                    return Ok(End::Lost(e));
+                                }
+                                last_send = Instant::now();
+                                continue;
+                            }
                             self.in_flight += 1;
-                            self.pool.submit(Job { session: self.number, request, processor: processor.clone() });
+                            self.pool.submit(job);
                         }
                         Ok(ServerMsg::Heartbeat) => {}
                         Ok(ServerMsg::ReadyAck { .. }) => {}

@@ -41,6 +41,11 @@ struct Cli {
     )]
     concurrency: usize,
 
+    /// Run calls on the I/O task instead of the thread pool (lowest latency;
+    /// only for handlers that never block: `slow` then stalls heartbeats).
+    #[arg(long, env = "THRIFTWORKER_INLINE")]
+    inline: bool,
+
     /// Services to serve, comma-separated.
     #[arg(
         long,
@@ -120,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
         bail!("--services is empty: name at least one of Echo, Calc");
     }
 
-    let mut builder = Worker::builder(cli.endpoint.clone()).concurrency(cli.concurrency);
+    let mut builder = Worker::builder(cli.endpoint.clone())
+        .concurrency(cli.concurrency)
+        .inline(cli.inline);
     if let Some(token) = &token {
         builder = builder.token(token.clone());
     }
