@@ -98,13 +98,17 @@ pub async fn serve(
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read, FrameDecoder::new(ctx.max_frame_size), 4096);
+    // Buffers start small or empty: most connections are idle most of the
+    // time, and RSS per idle connection is a target (docs/benchmarks.md).
+    // The decoder reserves exactly what a larger frame needs once its length
+    // is known.
+    let mut frames = FramedRead::with_capacity(read, FrameDecoder::new(ctx.max_frame_size), 2048);
     let (tx, mut completions) = mpsc::channel::<Completion>(ctx.max_pipeline);
     // Slot numbers of pending two-way calls start at `base`; an entry is
     // `Some` once its answer is here.
-    let mut pending: VecDeque<Option<Bytes>> = VecDeque::with_capacity(ctx.max_pipeline.min(64));
+    let mut pending: VecDeque<Option<Bytes>> = VecDeque::new();
     let mut base: u64 = 0;
-    let mut out = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
     let mut protocol: Option<Protocol> = None;
     let mut draining = drain.is_cancelled();
     let mut idle_deadline = Instant::now() + ctx.idle_timeout;
