@@ -320,6 +320,18 @@ fn require_name(name: &str, what: &str) -> Result<(), Status> {
 }
 
 impl AdminService {
+    async fn listener_list(&self) -> pb::ListListenersResponse {
+        let listeners = self
+            .ctx
+            .control
+            .listeners()
+            .await
+            .iter()
+            .map(listener_pb)
+            .collect();
+        pb::ListListenersResponse { listeners }
+    }
+
     async fn stats(&self, filter: &pb::GetStatsRequest) -> pb::Stats {
         let stats = &self.ctx.stats;
         let paused: HashMap<String, bool> = self
@@ -458,15 +470,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ListListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
-        let listeners = self
-            .ctx
-            .control
-            .listeners()
-            .await
-            .iter()
-            .map(listener_pb)
-            .collect();
-        Ok(Response::new(pb::ListListenersResponse { listeners }))
+        Ok(Response::new(self.listener_list().await))
     }
 
     async fn add_listener(
@@ -629,14 +633,6 @@ impl AdminService {
             .set_paused((!all).then_some(name), paused)
             .await
             .map_err(status)?;
-        let listeners = self
-            .ctx
-            .control
-            .listeners()
-            .await
-            .iter()
-            .map(listener_pb)
-            .collect();
-        Ok(Response::new(pb::ListListenersResponse { listeners }))
+        Ok(Response::new(self.listener_list().await))
     }
 }
