@@ -293,9 +293,8 @@ async fn handle_frame(
     let method = &name[strip..];
     let deadline = Instant::now() + svc.timeout_for(method);
     let (message, name) = if strip > 0 {
-        let renamed = message::rename(&frame, &header, method);
-        let h = message::parse(&renamed, detected)?;
-        let n = renamed.slice(h.name_start..h.name_end);
+        let (renamed, range) = message::rename(&frame, &header, method);
+        let n = renamed.slice(range);
         (renamed, n)
     } else {
         let n = frame.slice(header.name_start..header.name_end);

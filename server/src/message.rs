@@ -247,9 +247,9 @@ pub fn write_header(
 }
 
 /// Returns `message` with the name in its header replaced by `new_name`
-/// (used to strip a `Service:` multiplexing prefix). The arguments are copied
-/// unchanged.
-pub fn rename(message: &[u8], header: &Header, new_name: &[u8]) -> Bytes {
+/// (used to strip a `Service:` multiplexing prefix), and the new name's range
+/// in it. The arguments are copied unchanged.
+pub fn rename(message: &[u8], header: &Header, new_name: &[u8]) -> (Bytes, std::ops::Range<usize>) {
     let mut buf = BytesMut::with_capacity(message.len() + 8);
     write_header(
         &mut buf,
@@ -258,8 +258,17 @@ pub fn rename(message: &[u8], header: &Header, new_name: &[u8]) -> Bytes {
         header.message_type,
         header.seqid,
     );
+    // What follows the name in each header: binary strict a seqid, lax a
+    // type byte and a seqid, compact nothing.
+    let trailer = match header.protocol {
+        Protocol::BinaryStrict => 4,
+        Protocol::BinaryLax => 5,
+        Protocol::Compact => 0,
+    };
+    let name_end = buf.len() - trailer;
+    let name = name_end - new_name.len()..name_end;
     buf.put_slice(&message[header.len..]);
-    buf.freeze()
+    (buf.freeze(), name)
 }
 
 /// Encodes a complete EXCEPTION message holding a `TApplicationException`
@@ -335,9 +344,10 @@ mod tests {
         ] {
             let m = msg(p, b"Echo:echo", MessageType::Oneway, 77, b"BODY");
             let h = parse(&m, p).unwrap();
-            let r = rename(&m, &h, b"echo");
+            let (r, range) = rename(&m, &h, b"echo");
             let h2 = parse(&r, p).unwrap();
             assert_eq!(h2.name(&r), b"echo");
+            assert_eq!(range, h2.name_start..h2.name_end);
             assert_eq!(h2.seqid, 77);
             assert_eq!(h2.message_type, MessageType::Oneway);
             assert_eq!(&r[h2.len..], b"BODY");
