@@ -57,7 +57,7 @@ def main():
     d = tempfile.mkdtemp(prefix="twmem")
     cfg = os.path.join(d, "c.toml")
     with open(cfg, "w") as f:
-        f.write(f"""[admin]\nenabled = false\n[workers]\nendpoints = ["ipc://{d}/w.sock"]\nheartbeat_interval = "30s"\n
+        f.write(f"""[admin]\nenabled = false\n[metrics]\nenabled = false\n[workers]\nendpoints = ["ipc://{d}/w.sock"]\nheartbeat_interval = "30s"\n
 [[services]]\nname = "Echo"\n[[listeners]]\nname = "echo"\naddress = "127.0.0.1:0"\nservices = ["Echo"]\nmax_connections = {args.connections + 10}\nbacklog = 4096\n""")
     ready = os.path.join(d, "ready.json")
     env = dict(os.environ)

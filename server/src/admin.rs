@@ -332,61 +332,130 @@ impl AdminService {
         pb::ListListenersResponse { listeners }
     }
 
+    /// A snapshot of the registry: the same atomics `/metrics` reads.
     async fn stats(&self, filter: &pb::GetStatsRequest) -> pb::Stats {
-        let stats = &self.ctx.stats;
-        let paused: HashMap<String, bool> = self
-            .ctx
-            .control
-            .listeners()
-            .await
+        stats_snapshot(&self.ctx.stats, filter)
+    }
+}
+
+/// Builds `GetStats`'s answer from the registry (no dispatcher round trip).
+pub fn stats_snapshot(stats: &Stats, filter: &pb::GetStatsRequest) -> pb::Stats {
+    let want = |list: &[String], n: &str| list.is_empty() || list.iter().any(|x| x == n);
+    let now_ms = stats.now_ms();
+    let services: Vec<_> = stats
+        .services()
+        .into_iter()
+        .filter(|(n, _)| want(&filter.services, n))
+        .collect();
+    let mut methods = Vec::new();
+    for (name, s) in &services {
+        for m in s.methods() {
+            let o = m.outcomes();
+            methods.push(pb::MethodStats {
+                service: name.clone(),
+                method: m.name.to_string(),
+                calls: m.calls.get(),
+                oneway: m.oneway.get(),
+                success: o[0].1,
+                errors: m.errors(),
+                total: Some(latency(&m.total)),
+                declared_exception: o[1].1,
+                app_exception: o[2].1,
+                timeouts: o[3].1,
+                overloaded: o[4].1,
+                no_worker: o[5].1,
+                worker_died: o[6].1,
+                shutdown: o[7].1,
+                empty_reply: o[8].1,
+                late_replies: m.late_replies.get(),
+                queue_wait: Some(latency(&m.queue_wait)),
+                worker: Some(latency(&m.worker)),
+            });
+        }
+    }
+    pb::Stats {
+        uptime_ms: now_ms,
+        draining: stats.draining(),
+        services: services
             .into_iter()
-            .map(|l| (l.config.name.clone(), l.handle.is_paused()))
-            .collect();
-        let want = |list: &[String], n: &str| list.is_empty() || list.iter().any(|x| x == n);
-        pb::Stats {
-            uptime_ms: ms(stats.started.elapsed()),
-            draining: self.ctx.draining.is_cancelled(),
-            services: stats
-                .services()
-                .into_iter()
-                .filter(|(n, _)| want(&filter.services, n))
-                .map(|(name, s)| pb::ServiceStats {
+            .map(|(name, s)| {
+                let t = s.totals();
+                pb::ServiceStats {
                     name,
-                    calls: s.calls.get(),
-                    oneway: s.oneway.get(),
-                    replies: s.replies.get(),
-                    overloaded: s.overloaded.get(),
-                    timeouts: s.timeouts.get(),
-                    worker_died: s.worker_died.get(),
-                    unknown_service: s.unknown_service.get(),
-                    late_replies: s.late_replies.get(),
+                    calls: t.calls,
+                    oneway: t.oneway,
+                    replies: t.outcomes[0] + t.outcomes[1] + t.outcomes[2],
+                    success: t.outcomes[0],
+                    declared_exception: t.outcomes[1],
+                    app_exception: t.outcomes[2],
+                    timeouts: t.outcomes[3],
+                    overloaded: t.outcomes[4],
+                    no_worker: t.outcomes[5],
+                    worker_died: t.outcomes[6],
+                    shutdown: t.outcomes[7],
+                    empty_reply: t.outcomes[8],
+                    errors: t.errors,
+                    late_replies: t.late_replies,
                     queue_depth: s.queue_depth.get(),
                     in_flight: s.in_flight.get(),
                     live_workers: s.live_workers.get() as u32,
-                })
-                .collect(),
-            listeners: stats
-                .listeners()
-                .into_iter()
-                .filter(|(n, _)| want(&filter.listeners, n) && paused.contains_key(n))
-                .map(|(name, l)| pb::ListenerStats {
-                    paused: paused.get(&name).copied().unwrap_or(false),
-                    name,
-                    accepted: l.accepted.get(),
-                    active: l.active.get(),
-                    refused: l.refused.get(),
-                    closed_client: l.closed_client.get(),
-                    closed_idle: l.closed_idle.get(),
-                    closed_frame_too_large: l.closed_frame_too_large.get(),
-                    closed_bad_frame: l.closed_bad_frame.get(),
-                    closed_protocol_error: l.closed_protocol_error.get(),
-                    bytes_in: l.bytes_in.get(),
-                    bytes_out: l.bytes_out.get(),
-                })
-                .collect(),
-            methods: Vec::new(),
-            workers: stats.dispatch.live_workers.get() as u32,
-        }
+                    total_credit: s.total_credit.get(),
+                    free_credit: s.free_credit.get(),
+                }
+            })
+            .collect(),
+        listeners: stats
+            .listeners()
+            .into_iter()
+            .filter(|(n, _)| want(&filter.listeners, n))
+            .map(|(name, l)| pb::ListenerStats {
+                name,
+                accepted: l.accepted.get(),
+                active: l.active.get(),
+                refused: l.refused.get(),
+                closed_client: l.closed_client.get(),
+                closed_idle: l.closed_idle.get(),
+                closed_frame_too_large: l.closed_frame_too_large.get(),
+                closed_bad_frame: l.closed_bad_frame.get(),
+                closed_protocol_error: l.closed_protocol_error.get(),
+                closed_shutdown: l.closed_shutdown.get(),
+                closed_io_error: l.closed_io_error.get(),
+                bytes_in: l.bytes_in.get(),
+                bytes_out: l.bytes_out.get(),
+                paused: l.paused.load(std::sync::atomic::Ordering::Relaxed),
+                unknown_service: l.unknown_service.get(),
+                invalid_type: l.invalid_type.get(),
+            })
+            .collect(),
+        methods,
+        workers: stats.dispatch.live_workers.get() as u32,
+        worker_stats: stats
+            .workers()
+            .into_iter()
+            .map(|w| pb::WorkerStats {
+                id: w.id.clone(),
+                services: w.services.clone(),
+                credit: w.credit,
+                in_flight: w.in_flight.get(),
+                served: w.served.get(),
+                heartbeat_age_ms: now_ms
+                    .saturating_sub(w.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed)),
+            })
+            .collect(),
+        version: crate::VERSION.into(),
+        git_sha: crate::GIT_SHA.into(),
+    }
+}
+
+fn latency(h: &crate::histogram::Histogram) -> pb::LatencySummary {
+    let s = h.snapshot();
+    let ms = |ns: f64| ns / 1e6;
+    pb::LatencySummary {
+        count: s.count,
+        p50_ms: ms(s.quantile_ns(0.5)),
+        p90_ms: ms(s.quantile_ns(0.9)),
+        p99_ms: ms(s.quantile_ns(0.99)),
+        max_ms: ms(s.max_ns as f64),
     }
 }
 

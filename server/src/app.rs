@@ -20,6 +20,7 @@ use crate::config::{AdminConfig, Config};
 use crate::control::{Control, ControlError};
 use crate::dispatch::{Command, Dispatcher, ServiceInfo};
 use crate::listener::ListenerHandle;
+use crate::metrics::{self, MetricsError};
 use crate::stats::Stats;
 use crate::transport::{self, Transport, TransportError};
 
@@ -32,6 +33,8 @@ pub enum BuildError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Every socket bound, nothing running yet.
@@ -45,6 +48,7 @@ pub struct Built {
     dispatch_rx: mpsc::Receiver<Command>,
     drain: CancellationToken,
     admin: Option<TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     listeners: Vec<ListenerHandle>,
 }
 
@@ -55,6 +59,8 @@ pub struct BoundAddresses {
     pub listeners: BTreeMap<String, SocketAddr>,
     pub worker_endpoints: Vec<String>,
     pub admin: Option<SocketAddr>,
+    /// Prometheus `/metrics` and the `/healthz`, `/readyz` probes.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Binds the worker endpoints, the admin API and every listener.
@@ -62,10 +68,14 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     if config.workers.endpoints.is_empty() {
         config.workers.endpoints = vec![transport::default_endpoint()];
     }
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(config.metrics.method_cap));
     let transport = Transport::bind(&config.workers.endpoints).await?;
     let admin = match config.admin.enabled {
         true => Some(admin::bind(&config.admin).await?),
+        false => None,
+    };
+    let metrics = match config.metrics.enabled {
+        true => Some(metrics::bind(config.metrics.address)?),
         false => None,
     };
     // Deep enough that connections rarely wait on the dispatcher, bounded so
@@ -98,6 +108,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         dispatch_rx,
         drain,
         admin,
+        metrics,
         listeners,
     })
 }
@@ -113,12 +124,21 @@ impl Built {
                 .collect(),
             worker_endpoints: self.transport.endpoints.clone(),
             admin: self.admin.as_ref().and_then(|a| a.local_addr().ok()),
+            metrics: self.metrics.as_ref().and_then(|m| m.local_addr().ok()),
         }
     }
 
     /// Starts the dispatcher, every acceptor and the admin API on the
-    /// current runtime.
+    /// current runtime, and the metrics server on a thread of its own.
     pub async fn spawn(self) -> Running {
+        let metrics_stop = CancellationToken::new();
+        if let Some(listener) = self.metrics {
+            let addr = listener.local_addr().ok();
+            match metrics::spawn(listener, self.stats.clone(), metrics_stop.clone()) {
+                Ok(_) => tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)"),
+                Err(e) => tracing::error!(error = %e, "metrics server not started"),
+            }
+        }
         for e in &self.transport.endpoints {
             tracing::info!(endpoint = %e, "waiting for workers");
         }
@@ -170,6 +190,7 @@ impl Built {
             drain_timeout,
             admin_stop,
             admin_task,
+            metrics_stop,
             shutdown_timeout: self.config.server.shutdown_timeout,
         }
     }
@@ -187,6 +208,7 @@ pub struct Running {
     drain_timeout: Arc<std::sync::Mutex<Option<Duration>>>,
     admin_stop: CancellationToken,
     admin_task: Option<JoinHandle<()>>,
+    metrics_stop: CancellationToken,
     shutdown_timeout: Duration,
 }
 
@@ -224,6 +246,8 @@ impl Running {
             ?timeout,
             "draining: no new connections; finishing calls in flight"
         );
+        // /readyz turns 503 first, so load balancers stop sending.
+        self.stats.set_draining();
         self.drain.cancel();
         if tokio::time::timeout(timeout, self.control.wait_connections())
             .await
@@ -248,6 +272,7 @@ impl Running {
         if let Some(t) = self.admin_task {
             let _ = t.await;
         }
+        self.metrics_stop.cancel();
         tracing::info!("stopped");
     }
 }

@@ -65,6 +65,11 @@ pub struct Cli {
     #[arg(long, env = "THRIFTWORKER_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Prometheus metrics and health probes (HTTP: /metrics, /healthz,
+    /// /readyz); replaces [metrics].address. "off" disables it.
+    #[arg(long, env = "THRIFTWORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Persist runtime changes here and reload them on start (replaces [admin].state_file).
     #[arg(long, env = "THRIFTWORKER_STATE_FILE")]
     pub state_file: Option<PathBuf>,
@@ -97,6 +102,31 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint and the HTTP health probes. Read-only (counts and
+/// service names, no secrets), so it listens on every interface by default:
+/// Prometheus and the kubelet must reach it from outside the pod.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub address: SocketAddr,
+    /// Methods per service with their own series; calls to further method
+    /// names count under method "other" (bounds memory and cardinality).
+    pub method_cap: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            address: SocketAddr::from(([0, 0, 0, 0], 9900)),
+            method_cap: crate::stats::DEFAULT_METHOD_CAP,
+        }
+    }
 }
 
 /// The gRPC admin API. It can reconfigure the data plane, so it listens on
@@ -369,6 +399,17 @@ impl Config {
     /// Admin flags, the admin token, TLS consistency, and the state file
     /// (whose services and listeners replace the config file's).
     fn apply_admin_overrides(&mut self, cli: &Cli) -> Result<(), ConfigError> {
+        match cli.metrics_addr.as_deref() {
+            None => {}
+            Some("off") => self.metrics.enabled = false,
+            Some(a) => {
+                self.metrics.address = a.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "--metrics-addr '{a}' must be host:port (or 'off')"
+                    ))
+                })?
+            }
+        }
         let admin = &mut self.admin;
         match cli.admin_addr.as_deref() {
             None => {}

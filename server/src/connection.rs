@@ -239,9 +239,7 @@ async fn handle_frame(
         MessageType::Oneway => true,
         MessageType::Reply | MessageType::Exception => {
             let text = "thriftworker: invalid message type: expected CALL or ONEWAY";
-            if let Some(s) = ctx.routes.load().services.first() {
-                s.stats.invalid_type.inc();
-            }
+            ctx.stats.invalid_type.inc();
             return Ok(Handled::Slot(Some(application_exception(
                 detected,
                 name,
@@ -255,9 +253,7 @@ async fn handle_frame(
     let (svc, strip) = match routes.route(name) {
         Route::Service(s, strip) => (s.clone(), strip),
         Route::Unknown => {
-            if let Some(s) = routes.services.first() {
-                s.stats.unknown_service.inc();
-            }
+            ctx.stats.unknown_service.inc();
             if oneway {
                 return Ok(Handled::NoSlot);
             }
@@ -291,7 +287,8 @@ async fn handle_frame(
     };
     drop(routes);
     let method = &name[strip..];
-    let deadline = Instant::now() + svc.timeout_for(method);
+    let received = Instant::now();
+    let deadline = received + svc.timeout_for(method);
     let (message, name) = if strip > 0 {
         let (renamed, range) = message::rename(&frame, &header, method);
         let n = renamed.slice(range);
@@ -307,10 +304,12 @@ async fn handle_frame(
         name,
         message,
         deadline,
+        received,
         reply: (!oneway).then(|| ReplyTo {
             tx: tx.clone(),
             slot,
         }),
+        method: 0,
     };
     // Backpressure: waits if the dispatcher is behind.
     if ctx.dispatch.send(Command::Call(call)).await.is_err() {

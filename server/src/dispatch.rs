@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::config::{Config, ServiceConfig};
-use crate::message::{application_exception, AppErrorKind};
-use crate::stats::{LogLimiter, ServiceStats, Stats};
+use crate::message::{application_exception, reply_kind, AppErrorKind, ReplyKind};
+use crate::stats::{LogLimiter, MethodStats, Outcome, ServiceStats, Stats, WorkerStats};
 use crate::transport::{Inbound, Transport};
 use crate::worker_pool::{WorkerIdx, WorkerPool};
 use tokio_util::sync::CancellationToken;
@@ -41,8 +41,13 @@ pub struct Call {
     /// The full Thrift message (header rewritten if a prefix was stripped).
     pub message: Bytes,
     pub deadline: Instant,
+    /// When the connection read the request (latency is measured from here).
+    pub received: Instant,
     /// `None` for oneway calls.
     pub reply: Option<ReplyTo>,
+    /// Index of the method's stats in the dispatcher's cache; set by the
+    /// dispatcher on arrival (connections leave it 0).
+    pub method: u32,
 }
 
 /// Where a two-way call's answer goes: the connection's completion channel
@@ -147,7 +152,8 @@ enum Failure {
 
 enum Phase {
     Queued,
-    Sent,
+    /// Sent to a worker at this time.
+    Sent(Instant),
 }
 
 struct Entry {
@@ -156,6 +162,15 @@ struct Entry {
     timer: delay_queue::Key,
     /// When queued: the timer fires at `queue_timeout` before the deadline.
     queue_expiry: bool,
+}
+
+/// The dispatcher's handles on one service's per-method stats: the cache
+/// that keeps the registry's lock off the hot path. Bounded by the method cap
+/// (names folded into `other` are not cached).
+#[derive(Default)]
+struct MethodCache {
+    by_name: HashMap<Bytes, u32>,
+    list: Vec<Arc<MethodStats>>,
 }
 
 struct ServiceQueue {
@@ -170,6 +185,7 @@ pub struct Dispatcher {
     /// Bumped whenever a service's set of live workers changes (health).
     workers_changed: Arc<watch::Sender<u64>>,
     queues: Vec<ServiceQueue>,
+    methods: Vec<MethodCache>,
     pool: WorkerPool,
     calls: HashMap<u64, Entry>,
     timers: DelayQueue<u64>,
@@ -181,6 +197,8 @@ pub struct Dispatcher {
     liveness: u32,
     stats: Arc<Stats>,
     warn_limit: LogLimiter,
+    /// Limits "worker dead" warnings (a crash-looping fleet could flood the log).
+    dead_limit: LogLimiter,
     /// Cancelled if the worker transport fails: the process must stop.
     failed: CancellationToken,
 }
@@ -205,6 +223,7 @@ impl Dispatcher {
                     live: 0,
                 })
                 .collect(),
+            methods: services.iter().map(|_| MethodCache::default()).collect(),
             pool: WorkerPool::new(services.len()),
             services,
             calls: HashMap::new(),
@@ -217,6 +236,7 @@ impl Dispatcher {
             liveness: config.workers.heartbeat_liveness,
             stats,
             warn_limit: LogLimiter::new(10),
+            dead_limit: LogLimiter::new(10),
             failed,
         }
     }
@@ -276,13 +296,14 @@ impl Dispatcher {
         }
     }
 
-    async fn on_call(&mut self, call: Call) {
+    async fn on_call(&mut self, mut call: Call) {
         let svc = call.service;
-        let stats = &self.services[svc].stats;
+        call.method = self.method_index(svc, &call.name);
+        let m = &self.methods[svc].list[call.method as usize];
         if call.reply.is_some() {
-            stats.calls.inc();
+            m.calls.inc();
         } else {
-            stats.oneway.inc();
+            m.oneway.inc();
         }
         let now = Instant::now();
         if call.deadline <= now {
@@ -335,6 +356,32 @@ impl Dispatcher {
         info.stats.queue_depth.set(q.live as u64);
     }
 
+    /// The stats of method `name` of service `svc`, as an index into the
+    /// cache: a hash lookup per call; the registry is asked only for a name
+    /// not seen before (or one beyond the cap, counted under `other`).
+    fn method_index(&mut self, svc: usize, name: &Bytes) -> u32 {
+        let cache = &mut self.methods[svc];
+        if let Some(&i) = cache.by_name.get(&name[..]) {
+            return i;
+        }
+        let (m, own) = self.services[svc].stats.method(name);
+        let i = match cache.list.iter().position(|x| Arc::ptr_eq(x, &m)) {
+            Some(i) => i,
+            None => {
+                cache.list.push(m);
+                cache.list.len() - 1
+            }
+        } as u32;
+        if own {
+            cache.by_name.insert(Bytes::copy_from_slice(name), i);
+        }
+        i
+    }
+
+    fn method_stats(&self, call: &Call) -> &MethodStats {
+        &self.methods[call.service].list[call.method as usize]
+    }
+
     /// Sends call `id` (known, not yet sent) to worker `w`, which has credit.
     async fn send_to(&mut self, id: u64, w: WorkerIdx) {
         let Some(entry) = self.calls.get_mut(&id) else {
@@ -344,13 +391,22 @@ impl Dispatcher {
             return;
         };
         let now = Instant::now();
-        entry.phase = Phase::Sent;
+        entry.phase = Phase::Sent(now);
+        self.methods[entry.call.service].list[entry.call.method as usize]
+            .queue_wait
+            .observe(now.saturating_duration_since(entry.call.received));
         if entry.queue_expiry {
             // Queued: from now on only the call's own deadline matters.
             self.timers.reset_at(&entry.timer, entry.call.deadline);
             entry.queue_expiry = false;
         }
-        worker.in_flight.insert(id);
+        worker
+            .in_flight
+            .insert(id, (entry.call.service as u32, entry.call.method));
+        worker.stats.in_flight.set(worker.in_flight.len() as u64);
+        for &s in &worker.services {
+            self.services[s].stats.free_credit.dec();
+        }
         let peer = worker.peer.clone();
         let call = &entry.call;
         let svc = &self.services[call.service];
@@ -449,7 +505,7 @@ impl Dispatcher {
                 };
                 self.answer(entry.call, why);
             }
-            Phase::Sent => {
+            Phase::Sent(_) => {
                 // The worker keeps the credit until it replies (it is still
                 // busy); its late reply will be dropped and counted.
                 self.services[svc].stats.in_flight.dec();
@@ -468,6 +524,10 @@ impl Dispatcher {
         if let Some(w) = known {
             if let Some(state) = self.pool.get_mut(w) {
                 state.last_seen = now;
+                state
+                    .stats
+                    .last_seen_ms
+                    .store(self.stats.now_ms(), std::sync::atomic::Ordering::Relaxed);
             }
         }
         let msg = match msg {
@@ -507,6 +567,8 @@ impl Dispatcher {
                 };
                 state.leaving = true;
                 tracing::info!(worker = %state.id, in_flight = state.in_flight.len(), "worker leaving");
+                // It takes no more calls: its free credit is gone.
+                self.update_worker_gauges();
                 self.forget_if_done(w).await;
             }
             (WorkerMsg::Reply { .. }, None) => {
@@ -564,9 +626,25 @@ impl Dispatcher {
             // replaces the old one, whose calls are lost.
             self.forget(old, "re-registered").await;
         }
+        let names: Vec<String> = services
+            .iter()
+            .map(|&s| self.services[s].name.clone())
+            .collect();
+        let registry = &self.stats;
         let w = self
             .pool
-            .add(peer.clone(), services, credit, Instant::now());
+            .add(peer.clone(), services, credit, Instant::now(), |id| {
+                let ws = Arc::new(WorkerStats {
+                    id: id.to_string(),
+                    services: names,
+                    credit,
+                    in_flight: Default::default(),
+                    served: Default::default(),
+                    last_seen_ms: registry.now_ms().into(),
+                });
+                registry.add_worker(ws.clone());
+                ws
+            });
         self.stats.dispatch.workers_registered.inc();
         self.update_worker_gauges();
         let state = self.pool.get(w).expect("just added");
@@ -592,16 +670,29 @@ impl Dispatcher {
         let Some(state) = self.pool.get_mut(w) else {
             return;
         };
-        if !state.in_flight.remove(&id) {
+        let Some((late_svc, late_method)) = state.in_flight.remove(&id) else {
             self.stats.dispatch.unknown_replies.inc();
             tracing::debug!(worker = %state.id, request = id, "reply for a call this worker does not hold");
             return;
+        };
+        state.stats.served.inc();
+        state.stats.in_flight.set(state.in_flight.len() as u64);
+        if !state.leaving {
+            for &s in &state.services {
+                self.services[s].stats.free_credit.inc();
+            }
         }
+        let worker_id = self.pool.get(w).map_or("", |s| s.id.as_str());
         match self.calls.remove(&id) {
             Some(entry) => {
                 self.timers.remove(&entry.timer);
+                let now = Instant::now();
                 let svc = &self.services[entry.call.service];
                 svc.stats.in_flight.dec();
+                let m = &self.methods[entry.call.service].list[entry.call.method as usize];
+                if let Phase::Sent(at) = entry.phase {
+                    m.worker.observe(now.saturating_duration_since(at));
+                }
                 match entry.call.reply {
                     Some(reply) if message.is_empty() => {
                         let call = Call {
@@ -611,19 +702,37 @@ impl Dispatcher {
                         self.answer(call, Failure::EmptyReply);
                     }
                     Some(reply) => {
-                        svc.stats.replies.inc();
+                        let outcome = match reply_kind(&message) {
+                            ReplyKind::Success => Outcome::Success,
+                            ReplyKind::DeclaredException => Outcome::DeclaredException,
+                            ReplyKind::AppException | ReplyKind::Unreadable => {
+                                Outcome::AppException
+                            }
+                        };
+                        m.outcome(outcome);
+                        m.total
+                            .observe(now.saturating_duration_since(entry.call.received));
+                        trace_call(&svc.name, m, entry.call.seqid, worker_id, outcome);
                         let _ = reply.tx.try_send(Completion {
                             slot: reply.slot,
                             message,
                         });
                     }
-                    None => {} // oneway: the reply only returns credit
+                    None => {
+                        // oneway: the reply only returns credit.
+                        m.outcome(Outcome::Success);
+                        trace_call(&svc.name, m, entry.call.seqid, worker_id, Outcome::Success);
+                    }
                 }
             }
             None => {
                 // Already answered (timed out): the worker was still busy.
-                if let Some(svc) = self.pool.get(w).and_then(|s| s.services.first()) {
-                    self.services[*svc].stats.late_replies.inc();
+                if let Some(m) = self
+                    .methods
+                    .get(late_svc as usize)
+                    .and_then(|c| c.list.get(late_method as usize))
+                {
+                    m.late_replies.inc();
                 }
             }
         }
@@ -641,6 +750,7 @@ impl Dispatcher {
             .is_some_and(|s| s.leaving && s.in_flight.is_empty());
         if done {
             if let Some(state) = self.pool.remove(w) {
+                self.stats.remove_worker(&state.id);
                 self.update_worker_gauges();
                 tracing::info!(worker = %state.id, "worker left");
                 self.disconnect(&state.peer, "bye".into()).await;
@@ -662,10 +772,13 @@ impl Dispatcher {
     /// Returns its peer identity.
     async fn forget(&mut self, w: WorkerIdx, why: &str) -> Option<Bytes> {
         let state = self.pool.remove(w)?;
+        self.stats.remove_worker(&state.id);
         self.update_worker_gauges();
         self.stats.dispatch.workers_dead.inc();
-        tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), "worker dead");
-        for id in state.in_flight {
+        if let Some(suppressed) = self.dead_limit.allow() {
+            tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), suppressed, "worker dead");
+        }
+        for id in state.in_flight.into_keys() {
             if let Some(entry) = self.calls.remove(&id) {
                 self.timers.remove(&entry.timer);
                 self.services[entry.call.service].stats.in_flight.dec();
@@ -680,6 +793,7 @@ impl Dispatcher {
         if i == self.services.len() {
             self.services.push(info);
             self.removed.push(false);
+            self.methods.push(MethodCache::default());
             self.queues.push(ServiceQueue {
                 ids: VecDeque::new(),
                 live: 0,
@@ -694,13 +808,15 @@ impl Dispatcher {
     /// Publishes live workers and credit per service, and wakes health.
     fn update_worker_gauges(&self) {
         for svc in &self.services {
-            let (mut live, mut credit) = (0u64, 0u64);
+            let (mut live, mut credit, mut free) = (0u64, 0u64, 0u64);
             for w in self.pool.workers_of(svc.index) {
                 live += 1;
                 credit += u64::from(w.credit);
+                free += u64::from(w.free());
             }
             svc.stats.live_workers.set(live);
             svc.stats.total_credit.set(credit);
+            svc.stats.free_credit.set(free);
         }
         self.stats.dispatch.live_workers.set(self.pool.len() as u64);
         self.workers_changed.send_modify(|v| *v += 1);
@@ -797,16 +913,22 @@ impl Dispatcher {
     /// Answers a call with an exception produced here (nothing for oneway).
     fn answer(&self, call: Call, why: Failure) {
         let svc = &self.services[call.service];
-        let (counter, text) = match why {
-            Failure::QueueFull => (&svc.stats.overloaded, format!("thriftworker: service '{}' overloaded: queue full ({} calls waiting for a worker)", svc.name, svc.max_queue)),
-            Failure::QueueTimeout => (&svc.stats.overloaded, format!("thriftworker: service '{}' overloaded: no worker free within queue_timeout {:?}", svc.name, svc.queue_timeout)),
-            Failure::Timeout => (&svc.stats.timeouts, format!("thriftworker: service '{}' timed out: no reply before the deadline", svc.name)),
-            Failure::WorkerDied => (&svc.stats.worker_died, format!("thriftworker: service '{}' worker died while handling the call", svc.name)),
-            Failure::EmptyReply => (&svc.stats.empty_replies, format!("thriftworker: service '{}' worker returned no reply", svc.name)),
-            Failure::ShuttingDown => (&svc.stats.shutdown, format!("thriftworker: service '{}' shutting down: call not served", svc.name)),
+        let no_worker = svc.stats.live_workers.get() == 0;
+        let (outcome, text) = match why {
+            Failure::QueueFull | Failure::QueueTimeout if no_worker => (Outcome::NoWorker, format!("thriftworker: service '{}' overloaded: no live worker (none connected or all dead)", svc.name)),
+            Failure::QueueFull => (Outcome::Overloaded, format!("thriftworker: service '{}' overloaded: queue full ({} calls waiting for a worker)", svc.name, svc.max_queue)),
+            Failure::QueueTimeout => (Outcome::Overloaded, format!("thriftworker: service '{}' overloaded: no worker free within queue_timeout {:?}", svc.name, svc.queue_timeout)),
+            Failure::Timeout => (Outcome::Timeout, format!("thriftworker: service '{}' timed out: no reply before the deadline", svc.name)),
+            Failure::WorkerDied => (Outcome::WorkerDied, format!("thriftworker: service '{}' worker died while handling the call", svc.name)),
+            Failure::EmptyReply => (Outcome::EmptyReply, format!("thriftworker: service '{}' worker returned no reply", svc.name)),
+            Failure::ShuttingDown => (Outcome::Shutdown, format!("thriftworker: service '{}' shutting down: call not served", svc.name)),
         };
-        counter.inc();
+        let m = self.method_stats(&call);
+        m.outcome(outcome);
+        trace_call(&svc.name, m, call.seqid, "", outcome);
         if let Some(reply) = call.reply {
+            m.total
+                .observe(Instant::now().saturating_duration_since(call.received));
             let message = application_exception(
                 call.protocol,
                 &call.name,
@@ -821,6 +943,17 @@ impl Dispatcher {
                 message,
             });
         }
+    }
+}
+
+/// One debug span per call, entered when its fate is known (so it carries
+/// the worker that served it); free when debug logging is off.
+#[inline]
+fn trace_call(service: &str, m: &MethodStats, seqid: i32, worker: &str, outcome: Outcome) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = tracing::debug_span!("call", service, method = &*m.name, seqid, worker);
+        let _e = span.enter();
+        tracing::debug!(?outcome, "call finished");
     }
 }
 

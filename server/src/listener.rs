@@ -9,6 +9,7 @@
 //! are served on resume); connections already accepted keep working.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
 use crate::connection::{self, ConnectionContext};
+use crate::stats::ListenerStats;
 
 /// A listener's address as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,14 +144,17 @@ pub struct ListenerHandle {
     pub name: String,
     pub local_addr: SocketAddr,
     paused: watch::Sender<bool>,
+    stats: Arc<ListenerStats>,
 }
 
 impl ListenerHandle {
     pub fn pause(&self) {
         self.paused.send_replace(true);
+        self.stats.paused.store(true, Ordering::Relaxed);
     }
     pub fn resume(&self) {
         self.paused.send_replace(false);
+        self.stats.paused.store(false, Ordering::Relaxed);
     }
     pub fn is_paused(&self) -> bool {
         *self.paused.borrow()
@@ -173,6 +178,8 @@ impl Listener {
     ) -> std::io::Result<Listener> {
         let local_addr = socket.local_addr()?;
         let (tx, rx) = watch::channel(config.paused);
+        ctx.stats.paused.store(config.paused, Ordering::Relaxed);
+        let stats = ctx.stats.clone();
         Ok(Listener {
             socket,
             ctx: Arc::new(ctx),
@@ -181,6 +188,7 @@ impl Listener {
                 name: config.name.clone(),
                 local_addr,
                 paused: tx,
+                stats,
             },
             paused: rx,
         })

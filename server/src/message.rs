@@ -172,6 +172,61 @@ pub fn parse(message: &[u8], protocol: Protocol) -> Result<Header, HeaderError> 
     }
 }
 
+/// What a worker's reply says about the call, for the outcome counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// REPLY whose result struct holds field 0 (the return value) or nothing (void).
+    Success,
+    /// REPLY whose result struct holds a field ≥ 1: an exception the IDL declares.
+    DeclaredException,
+    /// EXCEPTION: a `TApplicationException` (unknown method, handler failure).
+    AppException,
+    /// Not a readable REPLY or EXCEPTION (it is still passed to the client).
+    Unreadable,
+}
+
+/// Classifies a reply from its header and the first field header of the
+/// result struct: a few bytes, no decoding of the value itself.
+pub fn reply_kind(message: &[u8]) -> ReplyKind {
+    let Ok(protocol) = detect(message) else {
+        return ReplyKind::Unreadable;
+    };
+    let Ok(header) = parse(message, protocol) else {
+        return ReplyKind::Unreadable;
+    };
+    match header.message_type {
+        MessageType::Exception => return ReplyKind::AppException,
+        MessageType::Reply => {}
+        MessageType::Call | MessageType::Oneway => return ReplyKind::Unreadable,
+    }
+    let at = header.len;
+    let Some(&first) = message.get(at) else {
+        return ReplyKind::Unreadable;
+    };
+    if first == 0 {
+        return ReplyKind::Success; // STOP: a void method's empty result
+    }
+    let id = match protocol {
+        Protocol::BinaryStrict | Protocol::BinaryLax => match message.get(at + 1..at + 3) {
+            Some(b) => i16::from_be_bytes([b[0], b[1]]),
+            None => return ReplyKind::Unreadable,
+        },
+        Protocol::Compact => match first >> 4 {
+            0 => match varint(message, at + 1) {
+                // zigzag-encoded i16
+                Ok((z, _)) => ((z >> 1) as i16) ^ -((z & 1) as i16),
+                Err(_) => return ReplyKind::Unreadable,
+            },
+            delta => delta as i16, // the first field: delta from id 0
+        },
+    };
+    if id == 0 {
+        ReplyKind::Success
+    } else {
+        ReplyKind::DeclaredException
+    }
+}
+
 fn binary_name(message: &[u8], at: usize) -> Result<(usize, usize), HeaderError> {
     let len = u32_at(message, at).ok_or(HeaderError::Truncated)? as i32;
     if len < 0 || len as usize > MAX_NAME_LEN {
@@ -314,6 +369,64 @@ mod tests {
         write_header(&mut b, protocol, name, t, seqid);
         b.put_slice(body);
         b.to_vec()
+    }
+
+    /// A REPLY whose result struct starts with field `id` (None: void),
+    /// written by the Apache `thrift` crate's own protocol encoders.
+    fn reply_from_thrift(compact: bool, id: Option<i16>) -> Vec<u8> {
+        use thrift::protocol::{
+            TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TMessageIdentifier,
+            TMessageType, TOutputProtocol, TStructIdentifier, TType,
+        };
+        let mut buf: Vec<u8> = Vec::new();
+        {
+            let mut p: Box<dyn TOutputProtocol + '_> = if compact {
+                Box::new(TCompactOutputProtocol::new(&mut buf))
+            } else {
+                Box::new(TBinaryOutputProtocol::new(&mut buf, true))
+            };
+            p.write_message_begin(&TMessageIdentifier::new("m", TMessageType::Reply, 7))
+                .unwrap();
+            p.write_struct_begin(&TStructIdentifier::new("r")).unwrap();
+            if let Some(id) = id {
+                p.write_field_begin(&TFieldIdentifier::new("f", TType::String, id))
+                    .unwrap();
+                p.write_string("x").unwrap();
+                p.write_field_end().unwrap();
+            }
+            p.write_field_stop().unwrap();
+            p.write_struct_end().unwrap();
+            p.write_message_end().unwrap();
+            p.flush().unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn reply_kind_reads_the_result_field() {
+        for compact in [false, true] {
+            assert_eq!(reply_kind(&reply_from_thrift(compact, Some(0))), ReplyKind::Success);
+            assert_eq!(reply_kind(&reply_from_thrift(compact, None)), ReplyKind::Success);
+            assert_eq!(
+                reply_kind(&reply_from_thrift(compact, Some(1))),
+                ReplyKind::DeclaredException
+            );
+            // Field ids beyond a compact delta (> 15) use the long form.
+            assert_eq!(
+                reply_kind(&reply_from_thrift(compact, Some(300))),
+                ReplyKind::DeclaredException
+            );
+        }
+        for p in [Protocol::BinaryStrict, Protocol::BinaryLax, Protocol::Compact] {
+            let e = application_exception(p, b"m", 1, AppErrorKind::InternalError, "x");
+            assert_eq!(reply_kind(&e), ReplyKind::AppException);
+            let call = msg(p, b"m", MessageType::Call, 1, &[0]);
+            assert_eq!(reply_kind(&call), ReplyKind::Unreadable);
+            let truncated = msg(p, b"m", MessageType::Reply, 1, &[]);
+            assert_eq!(reply_kind(&truncated), ReplyKind::Unreadable);
+        }
+        assert_eq!(reply_kind(b""), ReplyKind::Unreadable);
+        assert_eq!(reply_kind(&[0x80, 1, 0, 2, 0, 0, 0]), ReplyKind::Unreadable);
     }
 
     #[test]

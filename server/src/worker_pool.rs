@@ -7,10 +7,13 @@
 //! `zeromq` crate's per-peer queue (100,000 messages, no high-water mark;
 //! a send to a full one would stall the dispatcher) never fills.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+
+use crate::stats::WorkerStats;
 
 /// Index of a worker slot; stable while the worker lives.
 pub type WorkerIdx = usize;
@@ -25,10 +28,13 @@ pub struct WorkerState {
     pub credit: u32,
     /// Request ids sent and not yet replied to, including calls whose client
     /// was already answered (timed out): the worker is still busy with them.
-    pub in_flight: HashSet<u64>,
+    /// Each with its (service index, method index), to count a late reply.
+    pub in_flight: HashMap<u64, (u32, u32)>,
     pub last_seen: Instant,
     /// Sent DISCONNECT: no new calls; forgotten when `in_flight` empties.
     pub leaving: bool,
+    /// Its series in the stats registry (dropped when it leaves).
+    pub stats: Arc<WorkerStats>,
 }
 
 impl WorkerState {
@@ -80,14 +86,17 @@ impl WorkerPool {
         services: Vec<usize>,
         credit: u32,
         now: Instant,
+        stats: impl FnOnce(&str) -> Arc<WorkerStats>,
     ) -> WorkerIdx {
         self.next_id += 1;
+        let id = format!("w{}", self.next_id);
         let state = WorkerState {
             peer: peer.clone(),
-            id: format!("w{}", self.next_id),
+            stats: stats(&id),
+            id,
             services: services.clone(),
             credit,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             last_seen: now,
             leaving: false,
         };
@@ -179,24 +188,35 @@ impl WorkerPool {
 mod tests {
     use super::*;
 
+    fn ws(id: &str) -> Arc<WorkerStats> {
+        Arc::new(WorkerStats {
+            id: id.into(),
+            services: Vec::new(),
+            credit: 0,
+            in_flight: Default::default(),
+            served: Default::default(),
+            last_seen_ms: Default::default(),
+        })
+    }
+
     #[test]
     fn picks_the_most_free_credit_and_never_an_exhausted_worker() {
         let now = Instant::now();
         let mut pool = WorkerPool::new(2);
-        let a = pool.add(Bytes::from_static(b"a"), vec![0], 2, now);
-        let b = pool.add(Bytes::from_static(b"b"), vec![0, 1], 3, now);
+        let a = pool.add(Bytes::from_static(b"a"), vec![0], 2, now, ws);
+        let b = pool.add(Bytes::from_static(b"b"), vec![0, 1], 3, now, ws);
         assert_eq!(pool.pick(0), Some(b));
-        pool.get_mut(b).unwrap().in_flight.insert(9);
+        pool.get_mut(b).unwrap().in_flight.insert(9, (0, 0));
         // a and b now both have 2 free: ties alternate.
         let first = pool.pick(0).unwrap();
         let second = pool.pick(0).unwrap();
         assert_ne!(first, second);
         pool.get_mut(b).unwrap().in_flight.remove(&9);
-        pool.get_mut(b).unwrap().in_flight.extend([1, 2]);
+        pool.get_mut(b).unwrap().in_flight.extend([(1, (0, 0)), (2, (0, 0))]);
         assert_eq!(pool.pick(0), Some(a));
-        pool.get_mut(a).unwrap().in_flight.extend([3, 4]);
+        pool.get_mut(a).unwrap().in_flight.extend([(3, (0, 0)), (4, (0, 0))]);
         assert_eq!(pool.pick(0), Some(b));
-        pool.get_mut(b).unwrap().in_flight.insert(5);
+        pool.get_mut(b).unwrap().in_flight.insert(5, (0, 0));
         assert_eq!(pool.pick(0), None);
         assert_eq!(pool.pick(1), None);
         pool.get_mut(b).unwrap().in_flight.remove(&5);
@@ -206,7 +226,7 @@ mod tests {
         assert_eq!(state.in_flight.len(), 2);
         assert_eq!(pool.live_workers(1), 0);
         assert_eq!(pool.lookup(&Bytes::from_static(b"b")), None);
-        let c = pool.add(Bytes::from_static(b"c"), vec![1], 1, now);
+        let c = pool.add(Bytes::from_static(b"c"), vec![1], 1, now, ws);
         assert_eq!(c, b, "slots are reused");
         assert_eq!(pool.get(c).unwrap().id, "w3");
     }

@@ -105,6 +105,14 @@ class DataPlane:
             )
         return addr
 
+    @property
+    def metrics_addr(self):
+        """"127.0.0.1:PORT" of /metrics, /healthz and /readyz, from the ready file."""
+        addr = self.ready.get("metrics")
+        if not addr:
+            pytest.fail(f"the ready file has no metrics address: {self.ready}", pytrace=False)
+        return addr
+
     def count(self, text):
         return self.stderr.count(text)
 

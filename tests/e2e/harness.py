@@ -195,6 +195,7 @@ def base_config(endpoint):
     return {
         "server": {"shutdown_timeout": "10s", "log_format": "text"},
         "admin": {"address": "127.0.0.1:0"},
+        "metrics": {"address": "127.0.0.1:0"},
         "workers": {"endpoints": [endpoint], "heartbeat_interval": "1s", "heartbeat_liveness": 3},
         "services": [
             {
@@ -214,10 +215,10 @@ def base_config(endpoint):
     }
 
 
-def apply_overrides(config, server=None, workers=None, services=None, listeners=None, admin=None):
+def apply_overrides(config, server=None, workers=None, services=None, listeners=None, admin=None, metrics=None):
     """`services`/`listeners` map a name to the keys to change (None deletes a
     key; a name not in the config adds a new entry)."""
-    for section, changes in (("server", server), ("workers", workers), ("admin", admin)):
+    for section, changes in (("server", server), ("workers", workers), ("admin", admin), ("metrics", metrics)):
         config.setdefault(section, {})
         for k, v in (changes or {}).items():
             if v is None:

@@ -58,7 +58,7 @@ async fn never_sends_a_worker_more_than_its_credit() {
             stats.in_flight.get()
         );
     }
-    assert_eq!(stats.replies.get(), 10);
+    assert_eq!(stats.totals().outcomes[0], 10, "success outcomes");
     assert_eq!(stats.queue_depth.get(), 0);
     dp.running.shutdown().await;
 }
@@ -79,11 +79,13 @@ async fn full_queue_is_answered_overloaded_with_the_calls_seqid() {
         h.message_type,
         thriftworker::message::MessageType::Exception
     );
+    // With no worker at all the answer (and the outcome) says so.
     assert!(
-        text_of(&buf).contains("overloaded: queue full"),
+        text_of(&buf).contains("overloaded: no live worker"),
         "{}",
         text_of(&buf)
     );
-    assert_eq!(stats.overloaded.get(), 1);
+    assert_eq!(stats.totals().outcomes[5], 1, "no_worker outcomes");
+    assert_eq!(stats.totals().outcomes[4], 0, "overloaded outcomes");
     dp.running.shutdown().await;
 }

@@ -23,7 +23,7 @@ pub struct DataPlane {
 /// port 0; `extra` is appended to the [[services]] table, `workers` to [workers].
 pub async fn start(service_extra: &str, workers_extra: &str, listener_extra: &str) -> DataPlane {
     let text = format!(
-        "[server]\nshutdown_timeout = \"1s\"\n[admin]\naddress = \"127.0.0.1:0\"\n[workers]\nendpoints = [\"tcp://127.0.0.1:0\"]\n{workers_extra}\n\
+        "[server]\nshutdown_timeout = \"1s\"\n[admin]\naddress = \"127.0.0.1:0\"\n[metrics]\naddress = \"127.0.0.1:0\"\n[workers]\nendpoints = [\"tcp://127.0.0.1:0\"]\n{workers_extra}\n\
          [[services]]\nname = \"Echo\"\n{service_extra}\n\
          [[listeners]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nservices = [\"Echo\"]\n{listener_extra}\n"
     );

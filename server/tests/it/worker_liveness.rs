@@ -47,7 +47,7 @@ async fn silent_worker_is_declared_dead_and_its_call_answered() {
         took >= Duration::from_millis(250),
         "declared dead too early: {took:?}"
     );
-    assert_eq!(dp.running.stats().service("Echo").worker_died.get(), 1);
+    assert_eq!(dp.running.stats().service("Echo").totals().outcomes[6], 1);
     // It is told it was dropped, so it can reconnect.
     assert!(matches!(
         worker.recv_non_heartbeat().await,
@@ -61,7 +61,7 @@ async fn ready_with_wrong_token_is_refused() {
     // The token normally comes from token_file or THRIFTWORKER_WORKER_TOKEN
     // (read by Config::load); set it directly here.
     let mut config = thriftworker::config::Config::parse(
-        "[admin]\nenabled=false\n[workers]\nendpoints=[\"tcp://127.0.0.1:0\"]\n[[services]]\nname=\"Echo\"\n\
+        "[admin]\nenabled=false\n[metrics]\nenabled=false\n[workers]\nendpoints=[\"tcp://127.0.0.1:0\"]\n[[services]]\nname=\"Echo\"\n\
          [[listeners]]\nname=\"echo\"\naddress=\"127.0.0.1:0\"\nservices=[\"Echo\"]",
     )
     .unwrap();

@@ -1,0 +1,445 @@
+//! Prometheus exposition and the HTTP health probes, on their own port and
+//! their own thread.
+//!
+//! Why a separate thread with its own single-threaded runtime: the data plane
+//! runs on few threads (one by default) and may be saturated; a scrape or a
+//! kubelet probe must still answer then, or the pod gets restarted exactly
+//! when it is busiest. Everything here reads the registry's atomics: nothing
+//! goes through the dispatcher.
+//!
+//! Why our own text encoder: every series is either an atomic we own or a
+//! dispatcher-written histogram (see `histogram`), so a metrics crate would
+//! only contribute its encoder, and `prometheus-client` writes OpenMetrics
+//! only, whose counter families `promtool check metrics` (the classic text
+//! format linter) reports as problems. This writes the classic text format
+//! 0.0.4, which every Prometheus server scrapes.
+//!
+//! Endpoints: `/metrics`, `/healthz` (the process is up: 200 also while
+//! draining, so a drain is never cut short by a liveness restart), `/readyz`
+//! (200 only when not draining and every service has a live worker).
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::histogram::{Histogram, PROMETHEUS_BOUNDS};
+use crate::stats::Stats;
+
+/// Why the metrics server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen for metrics on {addr}: {source} (set [metrics].address or --metrics-addr to a free port, or 'off')")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the metrics thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Binds the metrics port (a std socket: it is served from another runtime).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    Ok(l)
+}
+
+/// Connections served at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves on a thread of its own until `stop` is cancelled.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, MetricsError> {
+    std::thread::Builder::new()
+        .name("thriftworker-metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the metrics runtime; /metrics and probes are down");
+                    return;
+                }
+            };
+            rt.block_on(serve(listener, stats, stop));
+        })
+        .map_err(MetricsError::Thread)
+}
+
+async fn serve(listener: std::net::TcpListener, stats: Arc<Stats>, stop: CancellationToken) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve metrics");
+            return;
+        }
+    };
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let stats = stats.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let stats = stats.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &stats)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut out = String::with_capacity(16 * 1024);
+            encode(stats, &mut out);
+            let mut r = text(StatusCode::OK, out);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match stats.not_ready() {
+            None => text(StatusCode::OK, "ready\n".into()),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Writes one metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes a label value with the escapes the text format requires.
+fn escaped(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes `name{labels} value`; `labels` are (name, value) pairs.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escaped(out, v);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// [`PROMETHEUS_BOUNDS`] as `le` label values.
+const LE: [&str; PROMETHEUS_BOUNDS.len()] = [
+    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+    "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
+];
+
+fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    let s = h.snapshot();
+    let bucket = format!("{name}_bucket");
+    let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+    let cumulative = s.prometheus_buckets();
+    for (i, le) in LE.iter().enumerate() {
+        with_le.push(("le", le));
+        sample(out, &bucket, &with_le, cumulative[i]);
+        with_le.pop();
+    }
+    with_le.push(("le", "+Inf"));
+    sample(out, &bucket, &with_le, s.count);
+    sample(out, &format!("{name}_sum"), labels, s.sum_ns as f64 / 1e9);
+    sample(out, &format!("{name}_count"), labels, s.count);
+}
+
+/// The whole registry in the Prometheus text format.
+pub fn encode(stats: &Stats, out: &mut String) {
+    let services = stats.services();
+    let listeners = stats.listeners();
+    let workers = stats.workers();
+
+    family(out, "thriftworker_build_info", "gauge", "Version and git commit of this binary (always 1).");
+    sample(out, "thriftworker_build_info", &[("version", crate::VERSION), ("git_sha", crate::GIT_SHA)], 1);
+    family(out, "thriftworker_uptime_seconds", "gauge", "Seconds since the data plane started.");
+    sample(out, "thriftworker_uptime_seconds", &[], stats.started.elapsed().as_secs_f64());
+    family(out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch in seconds.");
+    sample(out, "process_start_time_seconds", &[], stats.started_unix);
+    if let Some(rss) = resident_memory_bytes() {
+        family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        sample(out, "process_resident_memory_bytes", &[], rss);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+        sample(out, "process_open_fds", &[], fds.count());
+    }
+    family(out, "thriftworker_draining", "gauge", "1 while draining (SIGTERM or the Drain RPC): no new connections are accepted.");
+    sample(out, "thriftworker_draining", &[], u8::from(stats.draining()));
+    family(out, "thriftworker_ready", "gauge", "1 when /readyz answers 200: not draining and every service has a live worker.");
+    sample(out, "thriftworker_ready", &[], u8::from(stats.not_ready().is_none()));
+
+    // Per service and method.
+    family(out, "thriftworker_calls_total", "counter", "Calls received, by service, method and kind (call or oneway).");
+    for (svc, s) in &services {
+        for m in s.methods() {
+            let l = [("service", svc.as_str()), ("method", &*m.name)];
+            sample(out, "thriftworker_calls_total", &[l[0], l[1], ("kind", "call")], m.calls.get());
+            sample(out, "thriftworker_calls_total", &[l[0], l[1], ("kind", "oneway")], m.oneway.get());
+        }
+    }
+    family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply.");
+    for (svc, s) in &services {
+        for m in s.methods() {
+            for (outcome, n) in m.outcomes() {
+                sample(out, "thriftworker_call_outcomes_total", &[("service", svc.as_str()), ("method", &*m.name), ("outcome", outcome)], n);
+            }
+        }
+    }
+    family(out, "thriftworker_late_replies_total", "counter", "Worker replies that arrived after their call had timed out (dropped).");
+    for (svc, s) in &services {
+        for m in s.methods() {
+            sample(out, "thriftworker_late_replies_total", &[("service", svc.as_str()), ("method", &*m.name)], m.late_replies.get());
+        }
+    }
+    let histograms: [(&str, &str, fn(&crate::stats::MethodStats) -> &Histogram); 3] = [
+        ("thriftworker_call_duration_seconds", "Time in the data plane per two-way call, request read to answer handed back, whatever the outcome.", |m| &m.total),
+        ("thriftworker_call_queue_seconds", "Time a call waited before it was sent to a worker.", |m| &m.queue_wait),
+        ("thriftworker_call_worker_seconds", "Time from sending a call to a worker to its reply (worker execution and transport).", |m| &m.worker),
+    ];
+    for (name, help, get) in histograms {
+        family(out, name, "histogram", help);
+        for (svc, s) in &services {
+            for m in s.methods() {
+                histogram(out, name, &[("service", svc.as_str()), ("method", &*m.name)], get(&m));
+            }
+        }
+    }
+
+    // Per service.
+    type Gauge = fn(&crate::stats::ServiceStats) -> u64;
+    let gauges: [(&str, &str, Gauge); 5] = [
+        ("thriftworker_service_queue_depth", "Calls waiting for a worker with free credit.", |s| s.queue_depth.get()),
+        ("thriftworker_service_in_flight", "Calls sent to workers and not yet answered.", |s| s.in_flight.get()),
+        ("thriftworker_service_live_workers", "Workers registered for the service.", |s| s.live_workers.get()),
+        ("thriftworker_service_credit", "Credit (concurrent calls) announced by the service's live workers.", |s| s.total_credit.get()),
+        ("thriftworker_service_free_credit", "Credit of the service's workers not used by calls in flight.", |s| s.free_credit.get()),
+    ];
+    for (name, help, get) in gauges {
+        family(out, name, "gauge", help);
+        for (svc, s) in &services {
+            sample(out, name, &[("service", svc.as_str())], get(s));
+        }
+    }
+
+    // Per listener.
+    type Lc = fn(&crate::stats::ListenerStats) -> u64;
+    let counters: [(&str, &str, &str, Lc); 6] = [
+        ("thriftworker_listener_connections_accepted_total", "counter", "Connections accepted.", |l| l.accepted.get()),
+        ("thriftworker_listener_connections_refused_total", "counter", "Connections refused at max_connections.", |l| l.refused.get()),
+        ("thriftworker_listener_received_bytes_total", "counter", "Bytes of frames read from clients.", |l| l.bytes_in.get()),
+        ("thriftworker_listener_sent_bytes_total", "counter", "Bytes of frames written to clients.", |l| l.bytes_out.get()),
+        ("thriftworker_listener_unknown_service_calls_total", "counter", "Calls naming no service the listener routes to (answered UNKNOWN_METHOD).", |l| l.unknown_service.get()),
+        ("thriftworker_listener_invalid_type_calls_total", "counter", "REPLY or EXCEPTION messages sent as requests (answered INVALID_MESSAGE_TYPE).", |l| l.invalid_type.get()),
+    ];
+    for (name, kind, help, get) in counters {
+        family(out, name, kind, help);
+        for (n, l) in &listeners {
+            sample(out, name, &[("listener", n.as_str())], get(l));
+        }
+    }
+    family(out, "thriftworker_listener_connections_active", "gauge", "Connections open now.");
+    for (n, l) in &listeners {
+        sample(out, "thriftworker_listener_connections_active", &[("listener", n.as_str())], l.active.get());
+    }
+    family(out, "thriftworker_listener_paused", "gauge", "1 while the listener's acceptor is paused.");
+    for (n, l) in &listeners {
+        let paused = l.paused.load(std::sync::atomic::Ordering::Relaxed);
+        sample(out, "thriftworker_listener_paused", &[("listener", n.as_str())], u8::from(paused));
+    }
+    family(out, "thriftworker_listener_connections_closed_total", "counter", "Connections closed, by reason.");
+    for (n, l) in &listeners {
+        for (reason, c) in [
+            ("client_close", &l.closed_client),
+            ("idle_timeout", &l.closed_idle),
+            ("frame_too_large", &l.closed_frame_too_large),
+            ("bad_frame", &l.closed_bad_frame),
+            ("protocol_error", &l.closed_protocol_error),
+            ("shutdown", &l.closed_shutdown),
+            ("io_error", &l.closed_io_error),
+        ] {
+            sample(out, "thriftworker_listener_connections_closed_total", &[("listener", n.as_str()), ("reason", reason)], c.get());
+        }
+    }
+
+    // Per worker (series disappear when the worker leaves).
+    let now_ms = stats.now_ms();
+    family(out, "thriftworker_worker_in_flight", "gauge", "Calls the worker holds now.");
+    for w in &workers {
+        sample(out, "thriftworker_worker_in_flight", &[("worker", w.id.as_str())], w.in_flight.get());
+    }
+    family(out, "thriftworker_worker_credit", "gauge", "Concurrent calls the worker announced.");
+    for w in &workers {
+        sample(out, "thriftworker_worker_credit", &[("worker", w.id.as_str())], w.credit);
+    }
+    family(out, "thriftworker_worker_calls_served_total", "counter", "Replies received from the worker.");
+    for w in &workers {
+        sample(out, "thriftworker_worker_calls_served_total", &[("worker", w.id.as_str())], w.served.get());
+    }
+    family(out, "thriftworker_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker was last heard from.");
+    for w in &workers {
+        let last = w.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed);
+        sample(out, "thriftworker_worker_heartbeat_age_seconds", &[("worker", w.id.as_str())], now_ms.saturating_sub(last) as f64 / 1000.0);
+    }
+
+    // Worker lifecycle.
+    let d = &stats.dispatch;
+    for (name, kind, help, v) in [
+        ("thriftworker_workers_live", "gauge", "Workers registered now.", d.live_workers.get()),
+        ("thriftworker_workers_registered_total", "counter", "Worker registrations accepted.", d.workers_registered.get()),
+        ("thriftworker_workers_refused_total", "counter", "Worker registrations refused (token, unknown service, bad READY).", d.workers_refused.get()),
+        ("thriftworker_workers_dead_total", "counter", "Workers declared dead (missed heartbeats, disconnected, evicted).", d.workers_dead.get()),
+        ("thriftworker_worker_bad_messages_total", "counter", "Malformed messages from workers (dropped).", d.bad_worker_messages.get()),
+        ("thriftworker_worker_unknown_replies_total", "counter", "Replies for calls the worker did not hold (dropped).", d.unknown_replies.get()),
+    ] {
+        family(out, name, kind, help);
+        sample(out, name, &[], v);
+    }
+}
+
+/// VmRSS from /proc/self/status (Linux); None elsewhere.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn le_labels_match_the_bounds() {
+        for (le, b) in LE.iter().zip(PROMETHEUS_BOUNDS) {
+            assert_eq!(le.parse::<f64>().unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        sample(&mut out, "m", &[("method", "a\"b\\c\nd")], 1);
+        assert_eq!(out, "m{method=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(70));
+        h.observe(Duration::from_millis(2));
+        let mut out = String::new();
+        histogram(&mut out, "h_seconds", &[("service", "S")], &h);
+        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"0.00005\"} 0\n"), "{out}");
+        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"0.0025\"} 2\n"), "{out}");
+        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"+Inf\"} 2\n"), "{out}");
+        assert!(out.contains("h_seconds_count{service=\"S\"} 2\n"), "{out}");
+        assert!(out.contains("h_seconds_sum{service=\"S\"} 0.00207\n"), "{out}");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let stats = Stats::default();
+        stats.listener("l");
+        let s = stats.service("S");
+        s.method(b"m");
+        let mut out = String::new();
+        encode(&stats, &mut out);
+        let mut typed = std::collections::HashSet::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suf| name.strip_suffix(suf).filter(|b| typed.contains(*b)))
+                    .unwrap_or(name);
+                assert!(typed.contains(base), "no TYPE for {name}");
+            }
+        }
+        assert!(out.contains("thriftworker_calls_total{service=\"S\",method=\"m\",kind=\"call\"} 0"));
+    }
+}
