@@ -114,15 +114,24 @@ pub enum Command {
     #[command(subcommand, after_help = "Example:\n  thriftctl workers list")]
     Workers(WorkersCmd),
 
-    /// Counters per service, listener and method; --watch refreshes like top.
+    /// Counters per service, method and listener; --watch refreshes like top.
     #[command(after_help = "\
 Examples:
   thriftctl stats
   thriftctl stats --service Echo --listener echo
   thriftctl stats --watch --interval 2s
   thriftctl -o json stats --watch      # one JSON object per line
+  thriftctl -o json stats | jq '.methods[] | {service, method, errors, p99: .total.p99_ms}'
 
-ERRORS counts calls answered overloaded, timed out or worker died.")]
+CALLS counts two-way and oneway calls. ERRORS counts calls that ended in a
+failure: timeout, overloaded, no worker, worker died, application exception,
+empty reply or shutdown (a declared exception is an answer, not an error).
+ERR% is errors per finished call. CALLS/S and ERR% cover the last interval
+with --watch, the whole uptime otherwise (the header says which); the other
+columns are totals since start or current values. P50/P99: latency of
+two-way calls in the data plane since start ('-' before the first one).
+CLOSED-BAD: connections closed for a bad frame, a frame too large or a
+protocol error.")]
     Stats(StatsArgs),
 
     /// Drains and stops thriftworker (like SIGTERM): stops accepting, lets
@@ -370,11 +379,12 @@ pub struct StatsArgs {
     #[arg(long = "listener", value_name = "LISTENER")]
     pub listeners: Vec<String>,
 
-    /// Refresh in place until Ctrl-C (with -o json: one object per line).
+    /// Refresh until Ctrl-C: in place like top on a terminal, else one
+    /// screen after another (with -o json: one object per line).
     #[arg(long, short = 'w')]
     pub watch: bool,
 
-    /// Refresh interval of --watch.
+    /// Refresh interval of --watch, also the window of CALLS/S and ERR%.
     #[arg(
         long,
         value_name = "DURATION",

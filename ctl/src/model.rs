@@ -80,7 +80,9 @@ pub struct WorkerList {
     pub workers: Vec<Worker>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Latency estimated from the server's histogram (quantiles within ~12%;
+/// max is exact). All zero while `count` is 0.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct LatencySummary {
     pub count: u64,
     pub p50_ms: f64,
@@ -89,6 +91,10 @@ pub struct LatencySummary {
     pub max_ms: f64,
 }
 
+/// One method of one service. Every call ends in one outcome: success,
+/// declared_exception, app_exception, timeouts, overloaded, no_worker,
+/// worker_died, shutdown or empty_reply; `errors` sums all but success and
+/// declared_exception.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MethodStats {
     pub service: String,
@@ -96,8 +102,20 @@ pub struct MethodStats {
     pub calls: u64,
     pub oneway: u64,
     pub success: u64,
+    pub declared_exception: u64,
+    pub app_exception: u64,
+    pub timeouts: u64,
+    pub overloaded: u64,
+    pub no_worker: u64,
+    pub worker_died: u64,
+    pub shutdown: u64,
+    pub empty_reply: u64,
     pub errors: u64,
-    pub total: Option<LatencySummary>,
+    pub late_replies: u64,
+    /// Request read to answer handed back (two-way calls).
+    pub total: LatencySummary,
+    pub queue_wait: LatencySummary,
+    pub worker: LatencySummary,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -106,13 +124,22 @@ pub struct ServiceStats {
     pub calls: u64,
     pub oneway: u64,
     pub replies: u64,
-    pub overloaded: u64,
+    pub success: u64,
+    pub declared_exception: u64,
+    pub app_exception: u64,
     pub timeouts: u64,
+    pub overloaded: u64,
+    pub no_worker: u64,
     pub worker_died: u64,
+    pub shutdown: u64,
+    pub empty_reply: u64,
+    pub errors: u64,
     pub late_replies: u64,
     pub queue_depth: u64,
     pub in_flight: u64,
     pub live_workers: u32,
+    pub total_credit: u64,
+    pub free_credit: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -126,19 +153,36 @@ pub struct ListenerStats {
     pub closed_frame_too_large: u64,
     pub closed_bad_frame: u64,
     pub closed_protocol_error: u64,
+    pub closed_shutdown: u64,
+    pub closed_io_error: u64,
+    pub unknown_service: u64,
+    pub invalid_type: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub paused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerStats {
+    pub id: String,
+    pub services: Vec<String>,
+    pub credit: u32,
+    pub in_flight: u64,
+    pub served: u64,
+    pub heartbeat_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Stats {
     pub uptime_ms: u64,
     pub draining: bool,
+    pub version: String,
+    pub git_sha: String,
     pub services: Vec<ServiceStats>,
     pub listeners: Vec<ListenerStats>,
     pub methods: Vec<MethodStats>,
     pub workers: u32,
+    pub worker_stats: Vec<WorkerStats>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -247,6 +291,10 @@ impl From<&pb::LatencySummary> for LatencySummary {
     }
 }
 
+fn latency_summary(l: &Option<pb::LatencySummary>) -> LatencySummary {
+    l.as_ref().map(Into::into).unwrap_or_default()
+}
+
 impl From<&pb::MethodStats> for MethodStats {
     fn from(m: &pb::MethodStats) -> Self {
         MethodStats {
@@ -255,8 +303,19 @@ impl From<&pb::MethodStats> for MethodStats {
             calls: m.calls,
             oneway: m.oneway,
             success: m.success,
+            declared_exception: m.declared_exception,
+            app_exception: m.app_exception,
+            timeouts: m.timeouts,
+            overloaded: m.overloaded,
+            no_worker: m.no_worker,
+            worker_died: m.worker_died,
+            shutdown: m.shutdown,
+            empty_reply: m.empty_reply,
             errors: m.errors,
-            total: m.total.as_ref().map(Into::into),
+            late_replies: m.late_replies,
+            total: latency_summary(&m.total),
+            queue_wait: latency_summary(&m.queue_wait),
+            worker: latency_summary(&m.worker),
         }
     }
 }
@@ -268,13 +327,22 @@ impl From<&pb::ServiceStats> for ServiceStats {
             calls: s.calls,
             oneway: s.oneway,
             replies: s.replies,
-            overloaded: s.overloaded,
+            success: s.success,
+            declared_exception: s.declared_exception,
+            app_exception: s.app_exception,
             timeouts: s.timeouts,
+            overloaded: s.overloaded,
+            no_worker: s.no_worker,
             worker_died: s.worker_died,
+            shutdown: s.shutdown,
+            empty_reply: s.empty_reply,
+            errors: s.errors,
             late_replies: s.late_replies,
             queue_depth: s.queue_depth,
             in_flight: s.in_flight,
             live_workers: s.live_workers,
+            total_credit: s.total_credit,
+            free_credit: s.free_credit,
         }
     }
 }
@@ -291,9 +359,26 @@ impl From<&pb::ListenerStats> for ListenerStats {
             closed_frame_too_large: l.closed_frame_too_large,
             closed_bad_frame: l.closed_bad_frame,
             closed_protocol_error: l.closed_protocol_error,
+            closed_shutdown: l.closed_shutdown,
+            closed_io_error: l.closed_io_error,
+            unknown_service: l.unknown_service,
+            invalid_type: l.invalid_type,
             bytes_in: l.bytes_in,
             bytes_out: l.bytes_out,
             paused: l.paused,
+        }
+    }
+}
+
+impl From<&pb::WorkerStats> for WorkerStats {
+    fn from(w: &pb::WorkerStats) -> Self {
+        WorkerStats {
+            id: w.id.clone(),
+            services: w.services.clone(),
+            credit: w.credit,
+            in_flight: w.in_flight,
+            served: w.served,
+            heartbeat_age_ms: w.heartbeat_age_ms,
         }
     }
 }
@@ -303,10 +388,13 @@ impl From<&pb::Stats> for Stats {
         Stats {
             uptime_ms: s.uptime_ms,
             draining: s.draining,
+            version: s.version.clone(),
+            git_sha: s.git_sha.clone(),
             services: s.services.iter().map(Into::into).collect(),
             listeners: s.listeners.iter().map(Into::into).collect(),
             methods: s.methods.iter().map(Into::into).collect(),
             workers: s.workers,
+            worker_stats: s.worker_stats.iter().map(Into::into).collect(),
         }
     }
 }
@@ -467,102 +555,227 @@ pub fn workers_table(workers: &[Worker]) -> String {
     t.render()
 }
 
-/// calls/s per service: from the difference with the previous sample when
-/// there is one (watching), else the average since the server started.
-pub fn call_rates(prev: Option<&Stats>, cur: &Stats) -> BTreeMap<String, f64> {
-    let mut rates = BTreeMap::new();
-    for s in &cur.services {
-        let before = prev.filter(|p| p.uptime_ms < cur.uptime_ms).and_then(|p| {
-            p.services
-                .iter()
-                .find(|ps| ps.name == s.name)
-                .map(|ps| (ps.calls, p.uptime_ms))
-        });
-        let rate = match before {
-            Some((calls, uptime)) if calls <= s.calls => {
-                (s.calls - calls) as f64 * 1000.0 / (cur.uptime_ms - uptime) as f64
-            }
-            _ if cur.uptime_ms > 0 => s.calls as f64 * 1000.0 / cur.uptime_ms as f64,
-            _ => 0.0,
-        };
-        rates.insert(s.name.clone(), rate);
-    }
-    rates
+// -- the stats screen -----------------------------------------------------------
+
+/// The counters of one row that CALLS/S and ERR% come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    /// Calls received, two-way and oneway.
+    calls: u64,
+    /// Calls that ended, in any outcome.
+    finished: u64,
+    errors: u64,
 }
 
+impl Counts {
+    fn service(s: &ServiceStats) -> Counts {
+        Counts {
+            calls: s.calls + s.oneway,
+            finished: s.success + s.declared_exception + s.errors,
+            errors: s.errors,
+        }
+    }
+
+    fn method(m: &MethodStats) -> Counts {
+        Counts {
+            calls: m.calls + m.oneway,
+            finished: m.success + m.declared_exception + m.errors,
+            errors: m.errors,
+        }
+    }
+
+    /// Whether `before` can be an earlier sample of the same counters.
+    fn follows(self, before: Counts) -> bool {
+        self.calls >= before.calls
+            && self.finished >= before.finished
+            && self.errors >= before.errors
+    }
+}
+
+/// What one row did over the window of the screen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Activity {
+    /// Calls received per second, two-way and oneway.
+    pub calls_per_s: f64,
+    /// Errors in percent of the calls that finished; None when none did.
+    pub err_pct: Option<f64>,
+}
+
+/// CALLS/S and ERR% of every service and method, over one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates {
+    /// Milliseconds since the previous sample, or None: averages since the
+    /// server started (one-shot, first frame of --watch, server restarted).
+    pub window_ms: Option<u64>,
+    pub services: BTreeMap<String, Activity>,
+    /// By (service, method).
+    pub methods: BTreeMap<(String, String), Activity>,
+}
+
+/// Rates from the difference with the previous sample when there is one
+/// (watching), else the average since the server started. A row missing
+/// from the previous sample, or whose counters went back (re-registered),
+/// counts from zero over the window.
+pub fn rates(prev: Option<&Stats>, cur: &Stats) -> Rates {
+    let prev = prev.filter(|p| p.uptime_ms < cur.uptime_ms);
+    let window_ms = prev.map(|p| cur.uptime_ms - p.uptime_ms);
+    let activity = |now: Counts, before: Option<Counts>| {
+        let (base, ms) = match window_ms {
+            Some(ms) => (before.filter(|b| now.follows(*b)).unwrap_or_default(), ms),
+            None => (Counts::default(), cur.uptime_ms),
+        };
+        let calls = now.calls - base.calls;
+        let finished = now.finished - base.finished;
+        let errors = now.errors - base.errors;
+        Activity {
+            calls_per_s: if ms > 0 {
+                calls as f64 * 1000.0 / ms as f64
+            } else {
+                0.0
+            },
+            err_pct: (finished > 0).then(|| errors as f64 * 100.0 / finished as f64),
+        }
+    };
+    let services = cur
+        .services
+        .iter()
+        .map(|s| {
+            let before = prev.and_then(|p| p.services.iter().find(|ps| ps.name == s.name));
+            let a = activity(Counts::service(s), before.map(Counts::service));
+            (s.name.clone(), a)
+        })
+        .collect();
+    let methods = cur
+        .methods
+        .iter()
+        .map(|m| {
+            let before = prev.and_then(|p| {
+                p.methods
+                    .iter()
+                    .find(|pm| pm.service == m.service && pm.method == m.method)
+            });
+            let a = activity(Counts::method(m), before.map(Counts::method));
+            ((m.service.clone(), m.method.clone()), a)
+        })
+        .collect();
+    Rates {
+        window_ms,
+        services,
+        methods,
+    }
+}
+
+/// P50 and P99 cells of a latency summary: "-" before the first call.
+fn p50_p99(l: &LatencySummary) -> (String, String) {
+    if l.count == 0 {
+        ("-".into(), "-".into())
+    } else {
+        (table::latency(l.p50_ms), table::latency(l.p99_ms))
+    }
+}
+
+fn stats_header(cur: &Stats, rates: &Rates) -> String {
+    let mut parts = vec![format!("uptime {}", table::uptime(cur.uptime_ms))];
+    if !cur.version.is_empty() {
+        let mut v = format!("thriftworker {}", cur.version);
+        if !cur.git_sha.is_empty() {
+            v.push_str(&format!(" ({})", cur.git_sha));
+        }
+        parts.push(v);
+    }
+    parts.push(format!("workers {}", cur.workers));
+    parts.push(if cur.draining { "DRAINING" } else { "running" }.into());
+    parts.push(match rates.window_ms {
+        Some(ms) => format!("rates: last {}", table::window(ms)),
+        None => "rates: since start".into(),
+    });
+    parts.join("   ") + "\n"
+}
+
+/// The screen of `thriftctl stats`: a header line, then services, methods
+/// and listeners. CALLS/S and ERR% cover the time since `prev` when given
+/// (--watch), else the whole uptime; the other columns are totals or gauges.
 pub fn stats_view(prev: Option<&Stats>, cur: &Stats) -> String {
-    let mut out = format!(
-        "uptime {}   workers {}   {}\n",
-        table::uptime(cur.uptime_ms),
-        cur.workers,
-        if cur.draining { "DRAINING" } else { "running" }
-    );
-    let rates = call_rates(prev, cur);
+    let rates = rates(prev, cur);
+    let mut out = stats_header(cur, &rates);
+
     let mut t = Table::new(&[
         ("SERVICE", Align::Left),
         ("CALLS", Align::Right),
         ("CALLS/S", Align::Right),
         ("ERRORS", Align::Right),
+        ("ERR%", Align::Right),
         ("QUEUE", Align::Right),
         ("IN-FLIGHT", Align::Right),
         ("WORKERS", Align::Right),
+        ("CREDIT", Align::Right),
     ]);
     for s in &cur.services {
+        let a = rates.services.get(&s.name);
         t.row(vec![
             s.name.clone(),
-            s.calls.to_string(),
-            table::rate(rates.get(&s.name).copied().unwrap_or(0.0)),
-            (s.overloaded + s.timeouts + s.worker_died).to_string(),
+            (s.calls + s.oneway).to_string(),
+            table::rate(a.map_or(0.0, |a| a.calls_per_s)),
+            s.errors.to_string(),
+            table::percent(a.and_then(|a| a.err_pct)),
             s.queue_depth.to_string(),
             s.in_flight.to_string(),
             s.live_workers.to_string(),
+            format!("{}/{}", s.free_credit, s.total_credit),
         ]);
     }
     out.push('\n');
     out.push_str(&t.render());
 
+    out.push('\n');
+    if cur.methods.is_empty() {
+        out.push_str("methods: no calls yet\n");
+    } else {
+        let mut t = Table::new(&[
+            ("SERVICE:METHOD", Align::Left),
+            ("CALLS", Align::Right),
+            ("CALLS/S", Align::Right),
+            ("ERR%", Align::Right),
+            ("P50", Align::Right),
+            ("P99", Align::Right),
+        ]);
+        let mut methods: Vec<&MethodStats> = cur.methods.iter().collect();
+        methods.sort_by(|a, b| (&a.service, &a.method).cmp(&(&b.service, &b.method)));
+        for m in methods {
+            let a = rates.methods.get(&(m.service.clone(), m.method.clone()));
+            let (p50, p99) = p50_p99(&m.total);
+            t.row(vec![
+                format!("{}:{}", m.service, m.method),
+                (m.calls + m.oneway).to_string(),
+                table::rate(a.map_or(0.0, |a| a.calls_per_s)),
+                table::percent(a.and_then(|a| a.err_pct)),
+                p50,
+                p99,
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+
     let mut t = Table::new(&[
         ("LISTENER", Align::Left),
-        ("ACCEPTED", Align::Right),
         ("ACTIVE", Align::Right),
+        ("ACCEPTED", Align::Right),
         ("REFUSED", Align::Right),
+        ("CLOSED-BAD", Align::Right),
         ("PAUSED", Align::Left),
     ]);
     for l in &cur.listeners {
         t.row(vec![
             l.name.clone(),
-            l.accepted.to_string(),
             l.active.to_string(),
+            l.accepted.to_string(),
             l.refused.to_string(),
+            (l.closed_bad_frame + l.closed_frame_too_large + l.closed_protocol_error).to_string(),
             table::yes_no(l.paused),
         ]);
     }
     out.push('\n');
     out.push_str(&t.render());
-
-    if !cur.methods.is_empty() {
-        let mut t = Table::new(&[
-            ("METHOD", Align::Left),
-            ("CALLS", Align::Right),
-            ("P50", Align::Right),
-            ("P99", Align::Right),
-        ]);
-        for m in &cur.methods {
-            let (p50, p99) = m
-                .total
-                .as_ref()
-                .map(|l| (table::latency(l.p50_ms), table::latency(l.p99_ms)))
-                .unwrap_or(("-".into(), "-".into()));
-            t.row(vec![
-                format!("{}:{}", m.service, m.method),
-                m.calls.to_string(),
-                p50,
-                p99,
-            ]);
-        }
-        out.push('\n');
-        out.push_str(&t.render());
-    }
     out
 }
 
@@ -570,84 +783,385 @@ pub fn stats_view(prev: Option<&Stats>, cur: &Stats) -> String {
 mod tests {
     use super::*;
 
-    fn stats(uptime_ms: u64, calls: u64) -> Stats {
+    fn lat(count: u64, p50_ms: f64, p99_ms: f64) -> LatencySummary {
+        LatencySummary {
+            count,
+            p50_ms,
+            p90_ms: p99_ms,
+            p99_ms,
+            max_ms: p99_ms * 2.0,
+        }
+    }
+
+    fn service(name: &str, calls: u64, errors: u64) -> ServiceStats {
+        ServiceStats {
+            name: name.into(),
+            calls,
+            oneway: 0,
+            replies: calls - errors,
+            success: calls - errors,
+            declared_exception: 0,
+            app_exception: 0,
+            timeouts: errors,
+            overloaded: 0,
+            no_worker: 0,
+            worker_died: 0,
+            shutdown: 0,
+            empty_reply: 0,
+            errors,
+            late_replies: 0,
+            queue_depth: 4,
+            in_flight: 0,
+            live_workers: 2,
+            total_credit: 8,
+            free_credit: 8,
+        }
+    }
+
+    /// A method whose calls all finished: `errors` timed out, the rest
+    /// split between success and `declared` exceptions.
+    fn method(
+        service: &str,
+        name: &str,
+        (calls, oneway, declared, errors): (u64, u64, u64, u64),
+        total: LatencySummary,
+    ) -> MethodStats {
+        MethodStats {
+            service: service.into(),
+            method: name.into(),
+            calls,
+            oneway,
+            success: calls + oneway - declared - errors,
+            declared_exception: declared,
+            app_exception: 0,
+            timeouts: errors,
+            overloaded: 0,
+            no_worker: 0,
+            worker_died: 0,
+            shutdown: 0,
+            empty_reply: 0,
+            errors,
+            late_replies: 0,
+            total,
+            queue_wait: LatencySummary::default(),
+            worker: LatencySummary::default(),
+        }
+    }
+
+    fn listener() -> ListenerStats {
+        ListenerStats {
+            name: "echo".into(),
+            accepted: 10,
+            active: 1,
+            refused: 2,
+            closed_client: 5,
+            closed_idle: 0,
+            closed_frame_too_large: 1,
+            closed_bad_frame: 2,
+            closed_protocol_error: 3,
+            closed_shutdown: 0,
+            closed_io_error: 0,
+            unknown_service: 0,
+            invalid_type: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            paused: true,
+        }
+    }
+
+    fn stats(uptime_ms: u64, methods: Vec<MethodStats>) -> Stats {
+        let mut calls = 0;
+        let mut errors = 0;
+        for m in &methods {
+            calls += m.calls + m.oneway;
+            errors += m.errors;
+        }
         Stats {
             uptime_ms,
             draining: false,
-            services: vec![ServiceStats {
-                name: "Echo".into(),
-                calls,
-                oneway: 0,
-                replies: calls,
-                overloaded: 1,
-                timeouts: 2,
-                worker_died: 3,
-                late_replies: 0,
-                queue_depth: 4,
-                in_flight: 5,
-                live_workers: 2,
-            }],
-            listeners: vec![ListenerStats {
-                name: "echo".into(),
-                accepted: 10,
-                active: 1,
-                refused: 0,
-                closed_client: 0,
-                closed_idle: 0,
-                closed_frame_too_large: 0,
-                closed_bad_frame: 0,
-                closed_protocol_error: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                paused: true,
-            }],
-            methods: vec![MethodStats {
-                service: "Echo".into(),
-                method: "echo".into(),
-                calls,
-                oneway: 0,
-                success: calls,
-                errors: 0,
-                total: Some(LatencySummary {
-                    count: calls,
-                    p50_ms: 0.5,
-                    p90_ms: 1.0,
-                    p99_ms: 12.0,
-                    max_ms: 20.0,
-                }),
-            }],
+            version: "0.1.0".into(),
+            git_sha: "3f2a9c1d0b7e".into(),
+            services: vec![service("Echo", calls, errors)],
+            listeners: vec![listener()],
+            methods,
             workers: 2,
+            worker_stats: vec![],
         }
+    }
+
+    fn echo_only(uptime_ms: u64, calls: u64) -> Stats {
+        stats(
+            uptime_ms,
+            vec![method(
+                "Echo",
+                "echo",
+                (calls, 0, 0, 0),
+                lat(calls, 0.5, 12.0),
+            )],
+        )
     }
 
     #[test]
     fn rates_since_start_and_between_samples() {
-        let first = stats(10_000, 100);
-        assert_eq!(call_rates(None, &first)["Echo"], 10.0);
-        let second = stats(12_000, 160);
-        assert_eq!(call_rates(Some(&first), &second)["Echo"], 30.0);
+        let first = echo_only(10_000, 100);
+        let r = rates(None, &first);
+        assert_eq!(r.window_ms, None);
+        assert_eq!(r.services["Echo"].calls_per_s, 10.0);
+        assert_eq!(r.methods[&("Echo".into(), "echo".into())].calls_per_s, 10.0);
+        let second = echo_only(12_000, 160);
+        let r = rates(Some(&first), &second);
+        assert_eq!(r.window_ms, Some(2000));
+        assert_eq!(r.services["Echo"].calls_per_s, 30.0);
+        assert_eq!(r.methods[&("Echo".into(), "echo".into())].calls_per_s, 30.0);
         // A restarted server (uptime went back) falls back to the average.
-        let restarted = stats(1_000, 5);
-        assert_eq!(call_rates(Some(&second), &restarted)["Echo"], 5.0);
-        assert_eq!(call_rates(None, &stats(0, 0))["Echo"], 0.0);
+        let restarted = echo_only(1_000, 5);
+        let r = rates(Some(&second), &restarted);
+        assert_eq!(r.window_ms, None);
+        assert_eq!(r.services["Echo"].calls_per_s, 5.0);
+        // Nothing yet: no rate, no error share.
+        let r = rates(None, &stats(0, vec![]));
+        assert_eq!(r.services["Echo"].calls_per_s, 0.0);
+        assert_eq!(r.services["Echo"].err_pct, None);
     }
 
     #[test]
-    fn stats_tables() {
-        let view = stats_view(None, &stats(10_000, 100));
+    fn rates_of_new_and_reset_rows_count_from_zero() {
+        let first = echo_only(10_000, 100);
+        let mut second = echo_only(11_000, 50);
+        second.methods.push(method(
+            "Echo",
+            "fresh",
+            (4, 0, 0, 1),
+            LatencySummary::default(),
+        ));
+        let r = rates(Some(&first), &second);
+        // echo went back from 100 to 50 (re-registered): 50 in the window.
+        assert_eq!(r.methods[&("Echo".into(), "echo".into())].calls_per_s, 50.0);
+        let fresh = r.methods[&("Echo".into(), "fresh".into())];
+        assert_eq!(fresh.calls_per_s, 4.0);
+        assert_eq!(fresh.err_pct, Some(25.0));
+    }
+
+    #[test]
+    fn stats_view_since_start() {
+        let view = stats_view(None, &echo_only(10_000, 100));
         assert_eq!(
             view,
-            "uptime 10s   workers 2   running\n\
+            "uptime 10s   thriftworker 0.1.0 (3f2a9c1d0b7e)   workers 2   running   rates: since start\n\
              \n\
-             SERVICE  CALLS  CALLS/S  ERRORS  QUEUE  IN-FLIGHT  WORKERS\n\
-             Echo       100     10.0       6      4          5        2\n\
+             SERVICE  CALLS  CALLS/S  ERRORS  ERR%  QUEUE  IN-FLIGHT  WORKERS  CREDIT\n\
+             Echo       100     10.0       0  0.0%      4          0        2     8/8\n\
              \n\
-             LISTENER  ACCEPTED  ACTIVE  REFUSED  PAUSED\n\
-             echo            10       1        0  yes\n\
+             SERVICE:METHOD  CALLS  CALLS/S  ERR%     P50     P99\n\
+             Echo:echo         100     10.0  0.0%  0.50ms  12.0ms\n\
              \n\
-             METHOD     CALLS     P50     P99\n\
-             Echo:echo    100  0.50ms  12.0ms\n"
+             LISTENER  ACTIVE  ACCEPTED  REFUSED  CLOSED-BAD  PAUSED\n\
+             echo           1        10        2           6  yes\n"
         );
+    }
+
+    #[test]
+    fn stats_view_over_an_interval() {
+        // 2 s apart. echo: 100 -> 300 calls, errors 0 -> 10 (of 200 finished
+        // in the window; 5 declared exceptions are answers, not errors); log:
+        // oneway only, 40 -> 50, so no latency at all. The service: 210
+        // calls finished in the window, 10 errors.
+        let before = stats(
+            10_000,
+            vec![
+                method("Echo", "echo", (100, 0, 0, 0), lat(100, 0.42, 9.5)),
+                method("Echo", "log", (0, 40, 0, 0), LatencySummary::default()),
+            ],
+        );
+        let mut now = stats(
+            12_000,
+            vec![
+                // Listed out of order: the view sorts by service and method.
+                method("Echo", "log", (0, 50, 0, 0), LatencySummary::default()),
+                method("Echo", "echo", (300, 0, 5, 10), lat(300, 0.42, 1234.5)),
+            ],
+        );
+        now.draining = true;
+        now.git_sha = String::new();
+        let view = stats_view(Some(&before), &now);
+        assert_eq!(
+            view,
+            "uptime 12s   thriftworker 0.1.0   workers 2   DRAINING   rates: last 2s\n\
+             \n\
+             SERVICE  CALLS  CALLS/S  ERRORS  ERR%  QUEUE  IN-FLIGHT  WORKERS  CREDIT\n\
+             Echo       350      105      10  4.8%      4          0        2     8/8\n\
+             \n\
+             SERVICE:METHOD  CALLS  CALLS/S  ERR%     P50    P99\n\
+             Echo:echo         300      100  5.0%  0.42ms  1.23s\n\
+             Echo:log           50      5.0  0.0%       -      -\n\
+             \n\
+             LISTENER  ACTIVE  ACCEPTED  REFUSED  CLOSED-BAD  PAUSED\n\
+             echo           1        10        2           6  yes\n"
+        );
+    }
+
+    #[test]
+    fn stats_view_without_calls() {
+        let mut s = stats(1_000, vec![]);
+        s.version = String::new();
+        let view = stats_view(None, &s);
+        assert!(
+            view.starts_with("uptime 1s   workers 2   running   rates: since start\n"),
+            "{view}"
+        );
+        assert!(
+            view.contains("\nmethods: no calls yet\n\nLISTENER"),
+            "{view}"
+        );
+        assert!(!view.contains("SERVICE:METHOD"), "{view}");
+    }
+
+    #[test]
+    fn stats_json_keys() {
+        let m = pb::MethodStats {
+            service: "Echo".into(),
+            method: "echo".into(),
+            calls: 3,
+            success: 2,
+            errors: 1,
+            timeouts: 1,
+            total: Some(pb::LatencySummary {
+                count: 3,
+                p50_ms: 0.5,
+                p90_ms: 0.9,
+                p99_ms: 1.5,
+                max_ms: 2.0,
+            }),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(MethodStats::from(&m)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut want = vec![
+            "service",
+            "method",
+            "calls",
+            "oneway",
+            "success",
+            "declared_exception",
+            "app_exception",
+            "timeouts",
+            "overloaded",
+            "no_worker",
+            "worker_died",
+            "shutdown",
+            "empty_reply",
+            "errors",
+            "late_replies",
+            "total",
+            "queue_wait",
+            "worker",
+        ];
+        let mut got = keys.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(v["total"]["p99_ms"], 1.5);
+        assert_eq!(v["success"], 2);
+        // A summary the server left out reads as zeros, not null.
+        assert_eq!(
+            v["queue_wait"],
+            serde_json::json!({"count": 0, "p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0})
+        );
+
+        let s = Stats::from(&pb::Stats {
+            uptime_ms: 5,
+            version: "0.1.0".into(),
+            git_sha: "abc".into(),
+            services: vec![pb::ServiceStats {
+                name: "Echo".into(),
+                errors: 4,
+                total_credit: 8,
+                free_credit: 6,
+                ..Default::default()
+            }],
+            listeners: vec![pb::ListenerStats {
+                name: "echo".into(),
+                refused: 1,
+                closed_bad_frame: 2,
+                unknown_service: 3,
+                invalid_type: 4,
+                closed_shutdown: 5,
+                closed_io_error: 6,
+                ..Default::default()
+            }],
+            methods: vec![m],
+            worker_stats: vec![pb::WorkerStats {
+                id: "7".into(),
+                services: vec!["Echo".into()],
+                credit: 4,
+                in_flight: 1,
+                served: 99,
+                heartbeat_age_ms: 250,
+            }],
+            workers: 1,
+            draining: false,
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        for key in [
+            "uptime_ms",
+            "draining",
+            "version",
+            "git_sha",
+            "services",
+            "listeners",
+            "methods",
+            "workers",
+            "worker_stats",
+        ] {
+            assert!(v.get(key).is_some(), "no {key} in {v}");
+        }
+        assert_eq!(v["version"], "0.1.0");
+        assert_eq!(v["git_sha"], "abc");
+        let svc = &v["services"][0];
+        assert_eq!(
+            (&svc["errors"], &svc["total_credit"], &svc["free_credit"]),
+            (&4.into(), &8.into(), &6.into())
+        );
+        for key in [
+            "calls",
+            "oneway",
+            "replies",
+            "success",
+            "declared_exception",
+            "app_exception",
+            "timeouts",
+            "overloaded",
+            "no_worker",
+            "worker_died",
+            "shutdown",
+            "empty_reply",
+            "late_replies",
+            "queue_depth",
+            "in_flight",
+            "live_workers",
+        ] {
+            assert!(svc.get(key).is_some(), "no {key} in {svc}");
+        }
+        assert!(svc.get("unknown_service").is_none(), "moved to listeners");
+        let l = &v["listeners"][0];
+        assert_eq!(l["refused"], 1);
+        assert_eq!(l["closed_bad_frame"], 2);
+        assert_eq!(l["unknown_service"], 3);
+        assert_eq!(l["invalid_type"], 4);
+        assert_eq!(l["closed_shutdown"], 5);
+        assert_eq!(l["closed_io_error"], 6);
+        assert_eq!(
+            v["worker_stats"][0],
+            serde_json::json!({
+                "id": "7",
+                "services": ["Echo"],
+                "credit": 4,
+                "in_flight": 1,
+                "served": 99,
+                "heartbeat_age_ms": 250
+            })
+        );
+        assert_eq!(v["methods"][0]["total"]["count"], 3);
     }
 
     #[test]

@@ -124,6 +124,40 @@ pub fn rate(r: f64) -> String {
     }
 }
 
+/// A share in percent with one decimal ("2.5%"), "<0.1%" for a small but
+/// non-zero one, "-" when there is nothing to take a share of.
+pub fn percent(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p.is_finite() && p >= 0.0 => {
+            if p > 0.0 && p < 0.05 {
+                "<0.1%".to_string()
+            } else {
+                format!("{p:.1}%")
+            }
+        }
+        _ => "-".to_string(),
+    }
+}
+
+/// The length of a sampling window, rounded so that the jitter of the
+/// samples does not show: "200ms", "2s", "1.5s", "5m".
+pub fn window(ms: u64) -> String {
+    let to_10ms = (ms + 5) / 10 * 10;
+    if to_10ms < 1000 {
+        return format!("{to_10ms}ms");
+    }
+    let tenths = (ms + 50) / 100;
+    if tenths < 600 {
+        if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        }
+    } else {
+        humantime::format_duration(Duration::from_secs((ms + 500) / 1000)).to_string()
+    }
+}
+
 pub fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
@@ -217,6 +251,18 @@ mod tests {
         assert_eq!(latency(0.0), "-");
         assert_eq!(rate(12.34), "12.3");
         assert_eq!(rate(1234.4), "1234");
+        assert_eq!(percent(None), "-");
+        assert_eq!(percent(Some(0.0)), "0.0%");
+        assert_eq!(percent(Some(0.01)), "<0.1%");
+        assert_eq!(percent(Some(12.345)), "12.3%");
+        assert_eq!(percent(Some(100.0)), "100.0%");
+        assert_eq!(window(198), "200ms");
+        assert_eq!(window(996), "1s");
+        assert_eq!(window(1998), "2s");
+        assert_eq!(window(2049), "2s");
+        assert_eq!(window(1520), "1.5s");
+        assert_eq!(window(59_990), "1m");
+        assert_eq!(window(90_200), "1m 30s");
         assert_eq!(list(&[]), "-");
         assert_eq!(list(&["Echo".into(), "Calc".into()]), "Echo,Calc");
     }

@@ -135,7 +135,9 @@ impl Built {
         if let Some(listener) = self.metrics {
             let addr = listener.local_addr().ok();
             match metrics::spawn(listener, self.stats.clone(), metrics_stop.clone()) {
-                Ok(_) => tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)"),
+                Ok(_) => {
+                    tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)")
+                }
                 Err(e) => tracing::error!(error = %e, "metrics server not started"),
             }
         }

@@ -195,6 +195,7 @@ pub async fn serve(
         }
     };
     ctx.stats.closed(reason);
+    tracing::debug!(?reason, "connection closed");
     let _ = write.shutdown().await;
 }
 

@@ -163,12 +163,8 @@ mod tests {
 
     #[test]
     fn every_prometheus_bound_is_one_of_ours() {
-        for i in 0..PROMETHEUS_BOUNDS.len() {
-            assert!(
-                BOUNDS_NS.contains(&prometheus_bound_ns(i)),
-                "{}",
-                PROMETHEUS_BOUNDS[i]
-            );
+        for (i, b) in PROMETHEUS_BOUNDS.iter().enumerate() {
+            assert!(BOUNDS_NS.contains(&prometheus_bound_ns(i)), "{b}");
         }
     }
 

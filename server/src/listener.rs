@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::ListenerConfig;
 use crate::connection::{self, ConnectionContext};
@@ -243,11 +244,18 @@ impl Listener {
             let drain = drain.clone();
             let abort = abort.clone();
             let stats = stats.clone();
-            tracker.spawn(async move {
-                connection::serve(stream, ctx, drain, abort).await;
-                stats.active.dec();
-                drop(permit);
-            });
+            // One span per connection (debug level: free when disabled);
+            // the dispatcher adds one per call.
+            let span = tracing::debug_span!("conn", listener = %self.handle.name, %peer);
+            tracker.spawn(
+                async move {
+                    tracing::debug!("connection accepted");
+                    connection::serve(stream, ctx, drain, abort).await;
+                    stats.active.dec();
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
 }

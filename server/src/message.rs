@@ -405,8 +405,14 @@ mod tests {
     #[test]
     fn reply_kind_reads_the_result_field() {
         for compact in [false, true] {
-            assert_eq!(reply_kind(&reply_from_thrift(compact, Some(0))), ReplyKind::Success);
-            assert_eq!(reply_kind(&reply_from_thrift(compact, None)), ReplyKind::Success);
+            assert_eq!(
+                reply_kind(&reply_from_thrift(compact, Some(0))),
+                ReplyKind::Success
+            );
+            assert_eq!(
+                reply_kind(&reply_from_thrift(compact, None)),
+                ReplyKind::Success
+            );
             assert_eq!(
                 reply_kind(&reply_from_thrift(compact, Some(1))),
                 ReplyKind::DeclaredException
@@ -417,7 +423,11 @@ mod tests {
                 ReplyKind::DeclaredException
             );
         }
-        for p in [Protocol::BinaryStrict, Protocol::BinaryLax, Protocol::Compact] {
+        for p in [
+            Protocol::BinaryStrict,
+            Protocol::BinaryLax,
+            Protocol::Compact,
+        ] {
             let e = application_exception(p, b"m", 1, AppErrorKind::InternalError, "x");
             assert_eq!(reply_kind(&e), ReplyKind::AppException);
             let call = msg(p, b"m", MessageType::Call, 1, &[0]);

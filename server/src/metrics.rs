@@ -49,7 +49,8 @@ pub enum MetricsError {
 
 /// Binds the metrics port (a std socket: it is served from another runtime).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
     l.set_nonblocking(true)
         .map_err(|source| MetricsError::Bind { addr, source })?;
     Ok(l)
@@ -148,7 +149,10 @@ fn respond(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match stats.not_ready() {
             None => text(StatusCode::OK, "ready\n".into()),
-            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
         },
         _ => text(
             StatusCode::NOT_FOUND,
@@ -231,49 +235,139 @@ pub fn encode(stats: &Stats, out: &mut String) {
     let listeners = stats.listeners();
     let workers = stats.workers();
 
-    family(out, "thriftworker_build_info", "gauge", "Version and git commit of this binary (always 1).");
-    sample(out, "thriftworker_build_info", &[("version", crate::VERSION), ("git_sha", crate::GIT_SHA)], 1);
-    family(out, "thriftworker_uptime_seconds", "gauge", "Seconds since the data plane started.");
-    sample(out, "thriftworker_uptime_seconds", &[], stats.started.elapsed().as_secs_f64());
-    family(out, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch in seconds.");
+    family(
+        out,
+        "thriftworker_build_info",
+        "gauge",
+        "Version and git commit of this binary (always 1).",
+    );
+    sample(
+        out,
+        "thriftworker_build_info",
+        &[("version", crate::VERSION), ("git_sha", crate::GIT_SHA)],
+        1,
+    );
+    family(
+        out,
+        "thriftworker_uptime_seconds",
+        "gauge",
+        "Seconds since the data plane started.",
+    );
+    sample(
+        out,
+        "thriftworker_uptime_seconds",
+        &[],
+        stats.started.elapsed().as_secs_f64(),
+    );
+    family(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch in seconds.",
+    );
     sample(out, "process_start_time_seconds", &[], stats.started_unix);
     if let Some(rss) = resident_memory_bytes() {
-        family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        family(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
         sample(out, "process_resident_memory_bytes", &[], rss);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        family(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+        family(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
         sample(out, "process_open_fds", &[], fds.count());
     }
-    family(out, "thriftworker_draining", "gauge", "1 while draining (SIGTERM or the Drain RPC): no new connections are accepted.");
-    sample(out, "thriftworker_draining", &[], u8::from(stats.draining()));
-    family(out, "thriftworker_ready", "gauge", "1 when /readyz answers 200: not draining and every service has a live worker.");
-    sample(out, "thriftworker_ready", &[], u8::from(stats.not_ready().is_none()));
+    family(
+        out,
+        "thriftworker_draining",
+        "gauge",
+        "1 while draining (SIGTERM or the Drain RPC): no new connections are accepted.",
+    );
+    sample(
+        out,
+        "thriftworker_draining",
+        &[],
+        u8::from(stats.draining()),
+    );
+    family(
+        out,
+        "thriftworker_ready",
+        "gauge",
+        "1 when /readyz answers 200: not draining and every service has a live worker.",
+    );
+    sample(
+        out,
+        "thriftworker_ready",
+        &[],
+        u8::from(stats.not_ready().is_none()),
+    );
 
     // Per service and method.
-    family(out, "thriftworker_calls_total", "counter", "Calls received, by service, method and kind (call or oneway).");
+    family(
+        out,
+        "thriftworker_calls_total",
+        "counter",
+        "Calls received, by service, method and kind (call or oneway).",
+    );
     for (svc, s) in &services {
         for m in s.methods() {
             let l = [("service", svc.as_str()), ("method", &*m.name)];
-            sample(out, "thriftworker_calls_total", &[l[0], l[1], ("kind", "call")], m.calls.get());
-            sample(out, "thriftworker_calls_total", &[l[0], l[1], ("kind", "oneway")], m.oneway.get());
+            sample(
+                out,
+                "thriftworker_calls_total",
+                &[l[0], l[1], ("kind", "call")],
+                m.calls.get(),
+            );
+            sample(
+                out,
+                "thriftworker_calls_total",
+                &[l[0], l[1], ("kind", "oneway")],
+                m.oneway.get(),
+            );
         }
     }
     family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply.");
     for (svc, s) in &services {
         for m in s.methods() {
             for (outcome, n) in m.outcomes() {
-                sample(out, "thriftworker_call_outcomes_total", &[("service", svc.as_str()), ("method", &*m.name), ("outcome", outcome)], n);
+                sample(
+                    out,
+                    "thriftworker_call_outcomes_total",
+                    &[
+                        ("service", svc.as_str()),
+                        ("method", &*m.name),
+                        ("outcome", outcome),
+                    ],
+                    n,
+                );
             }
         }
     }
-    family(out, "thriftworker_late_replies_total", "counter", "Worker replies that arrived after their call had timed out (dropped).");
+    family(
+        out,
+        "thriftworker_late_replies_total",
+        "counter",
+        "Worker replies that arrived after their call had timed out (dropped).",
+    );
     for (svc, s) in &services {
         for m in s.methods() {
-            sample(out, "thriftworker_late_replies_total", &[("service", svc.as_str()), ("method", &*m.name)], m.late_replies.get());
+            sample(
+                out,
+                "thriftworker_late_replies_total",
+                &[("service", svc.as_str()), ("method", &*m.name)],
+                m.late_replies.get(),
+            );
         }
     }
-    let histograms: [(&str, &str, fn(&crate::stats::MethodStats) -> &Histogram); 3] = [
+    type Pick = fn(&crate::stats::MethodStats) -> &Histogram;
+    let histograms: [(&str, &str, Pick); 3] = [
         ("thriftworker_call_duration_seconds", "Time in the data plane per two-way call, request read to answer handed back, whatever the outcome.", |m| &m.total),
         ("thriftworker_call_queue_seconds", "Time a call waited before it was sent to a worker.", |m| &m.queue_wait),
         ("thriftworker_call_worker_seconds", "Time from sending a call to a worker to its reply (worker execution and transport).", |m| &m.worker),
@@ -282,7 +376,12 @@ pub fn encode(stats: &Stats, out: &mut String) {
         family(out, name, "histogram", help);
         for (svc, s) in &services {
             for m in s.methods() {
-                histogram(out, name, &[("service", svc.as_str()), ("method", &*m.name)], get(&m));
+                histogram(
+                    out,
+                    name,
+                    &[("service", svc.as_str()), ("method", &*m.name)],
+                    get(&m),
+                );
             }
         }
     }
@@ -290,11 +389,31 @@ pub fn encode(stats: &Stats, out: &mut String) {
     // Per service.
     type Gauge = fn(&crate::stats::ServiceStats) -> u64;
     let gauges: [(&str, &str, Gauge); 5] = [
-        ("thriftworker_service_queue_depth", "Calls waiting for a worker with free credit.", |s| s.queue_depth.get()),
-        ("thriftworker_service_in_flight", "Calls sent to workers and not yet answered.", |s| s.in_flight.get()),
-        ("thriftworker_service_live_workers", "Workers registered for the service.", |s| s.live_workers.get()),
-        ("thriftworker_service_credit", "Credit (concurrent calls) announced by the service's live workers.", |s| s.total_credit.get()),
-        ("thriftworker_service_free_credit", "Credit of the service's workers not used by calls in flight.", |s| s.free_credit.get()),
+        (
+            "thriftworker_service_queue_depth",
+            "Calls waiting for a worker with free credit.",
+            |s| s.queue_depth.get(),
+        ),
+        (
+            "thriftworker_service_in_flight",
+            "Calls sent to workers and not yet answered.",
+            |s| s.in_flight.get(),
+        ),
+        (
+            "thriftworker_service_live_workers",
+            "Workers registered for the service.",
+            |s| s.live_workers.get(),
+        ),
+        (
+            "thriftworker_service_credit",
+            "Credit (concurrent calls) announced by the service's live workers.",
+            |s| s.total_credit.get(),
+        ),
+        (
+            "thriftworker_service_free_credit",
+            "Credit of the service's workers not used by calls in flight.",
+            |s| s.free_credit.get(),
+        ),
     ];
     for (name, help, get) in gauges {
         family(out, name, "gauge", help);
@@ -306,12 +425,42 @@ pub fn encode(stats: &Stats, out: &mut String) {
     // Per listener.
     type Lc = fn(&crate::stats::ListenerStats) -> u64;
     let counters: [(&str, &str, &str, Lc); 6] = [
-        ("thriftworker_listener_connections_accepted_total", "counter", "Connections accepted.", |l| l.accepted.get()),
-        ("thriftworker_listener_connections_refused_total", "counter", "Connections refused at max_connections.", |l| l.refused.get()),
-        ("thriftworker_listener_received_bytes_total", "counter", "Bytes of frames read from clients.", |l| l.bytes_in.get()),
-        ("thriftworker_listener_sent_bytes_total", "counter", "Bytes of frames written to clients.", |l| l.bytes_out.get()),
-        ("thriftworker_listener_unknown_service_calls_total", "counter", "Calls naming no service the listener routes to (answered UNKNOWN_METHOD).", |l| l.unknown_service.get()),
-        ("thriftworker_listener_invalid_type_calls_total", "counter", "REPLY or EXCEPTION messages sent as requests (answered INVALID_MESSAGE_TYPE).", |l| l.invalid_type.get()),
+        (
+            "thriftworker_listener_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |l| l.accepted.get(),
+        ),
+        (
+            "thriftworker_listener_connections_refused_total",
+            "counter",
+            "Connections refused at max_connections.",
+            |l| l.refused.get(),
+        ),
+        (
+            "thriftworker_listener_received_bytes_total",
+            "counter",
+            "Bytes of frames read from clients.",
+            |l| l.bytes_in.get(),
+        ),
+        (
+            "thriftworker_listener_sent_bytes_total",
+            "counter",
+            "Bytes of frames written to clients.",
+            |l| l.bytes_out.get(),
+        ),
+        (
+            "thriftworker_listener_unknown_service_calls_total",
+            "counter",
+            "Calls naming no service the listener routes to (answered UNKNOWN_METHOD).",
+            |l| l.unknown_service.get(),
+        ),
+        (
+            "thriftworker_listener_invalid_type_calls_total",
+            "counter",
+            "REPLY or EXCEPTION messages sent as requests (answered INVALID_MESSAGE_TYPE).",
+            |l| l.invalid_type.get(),
+        ),
     ];
     for (name, kind, help, get) in counters {
         family(out, name, kind, help);
@@ -319,16 +468,41 @@ pub fn encode(stats: &Stats, out: &mut String) {
             sample(out, name, &[("listener", n.as_str())], get(l));
         }
     }
-    family(out, "thriftworker_listener_connections_active", "gauge", "Connections open now.");
+    family(
+        out,
+        "thriftworker_listener_connections_active",
+        "gauge",
+        "Connections open now.",
+    );
     for (n, l) in &listeners {
-        sample(out, "thriftworker_listener_connections_active", &[("listener", n.as_str())], l.active.get());
+        sample(
+            out,
+            "thriftworker_listener_connections_active",
+            &[("listener", n.as_str())],
+            l.active.get(),
+        );
     }
-    family(out, "thriftworker_listener_paused", "gauge", "1 while the listener's acceptor is paused.");
+    family(
+        out,
+        "thriftworker_listener_paused",
+        "gauge",
+        "1 while the listener's acceptor is paused.",
+    );
     for (n, l) in &listeners {
         let paused = l.paused.load(std::sync::atomic::Ordering::Relaxed);
-        sample(out, "thriftworker_listener_paused", &[("listener", n.as_str())], u8::from(paused));
+        sample(
+            out,
+            "thriftworker_listener_paused",
+            &[("listener", n.as_str())],
+            u8::from(paused),
+        );
     }
-    family(out, "thriftworker_listener_connections_closed_total", "counter", "Connections closed, by reason.");
+    family(
+        out,
+        "thriftworker_listener_connections_closed_total",
+        "counter",
+        "Connections closed, by reason.",
+    );
     for (n, l) in &listeners {
         for (reason, c) in [
             ("client_close", &l.closed_client),
@@ -339,39 +513,114 @@ pub fn encode(stats: &Stats, out: &mut String) {
             ("shutdown", &l.closed_shutdown),
             ("io_error", &l.closed_io_error),
         ] {
-            sample(out, "thriftworker_listener_connections_closed_total", &[("listener", n.as_str()), ("reason", reason)], c.get());
+            sample(
+                out,
+                "thriftworker_listener_connections_closed_total",
+                &[("listener", n.as_str()), ("reason", reason)],
+                c.get(),
+            );
         }
     }
 
     // Per worker (series disappear when the worker leaves).
     let now_ms = stats.now_ms();
-    family(out, "thriftworker_worker_in_flight", "gauge", "Calls the worker holds now.");
+    family(
+        out,
+        "thriftworker_worker_in_flight",
+        "gauge",
+        "Calls the worker holds now.",
+    );
     for w in &workers {
-        sample(out, "thriftworker_worker_in_flight", &[("worker", w.id.as_str())], w.in_flight.get());
+        sample(
+            out,
+            "thriftworker_worker_in_flight",
+            &[("worker", w.id.as_str())],
+            w.in_flight.get(),
+        );
     }
-    family(out, "thriftworker_worker_credit", "gauge", "Concurrent calls the worker announced.");
+    family(
+        out,
+        "thriftworker_worker_credit",
+        "gauge",
+        "Concurrent calls the worker announced.",
+    );
     for w in &workers {
-        sample(out, "thriftworker_worker_credit", &[("worker", w.id.as_str())], w.credit);
+        sample(
+            out,
+            "thriftworker_worker_credit",
+            &[("worker", w.id.as_str())],
+            w.credit,
+        );
     }
-    family(out, "thriftworker_worker_calls_served_total", "counter", "Replies received from the worker.");
+    family(
+        out,
+        "thriftworker_worker_calls_served_total",
+        "counter",
+        "Replies received from the worker.",
+    );
     for w in &workers {
-        sample(out, "thriftworker_worker_calls_served_total", &[("worker", w.id.as_str())], w.served.get());
+        sample(
+            out,
+            "thriftworker_worker_calls_served_total",
+            &[("worker", w.id.as_str())],
+            w.served.get(),
+        );
     }
-    family(out, "thriftworker_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker was last heard from.");
+    family(
+        out,
+        "thriftworker_worker_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the worker was last heard from.",
+    );
     for w in &workers {
         let last = w.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed);
-        sample(out, "thriftworker_worker_heartbeat_age_seconds", &[("worker", w.id.as_str())], now_ms.saturating_sub(last) as f64 / 1000.0);
+        sample(
+            out,
+            "thriftworker_worker_heartbeat_age_seconds",
+            &[("worker", w.id.as_str())],
+            now_ms.saturating_sub(last) as f64 / 1000.0,
+        );
     }
 
     // Worker lifecycle.
     let d = &stats.dispatch;
     for (name, kind, help, v) in [
-        ("thriftworker_workers_live", "gauge", "Workers registered now.", d.live_workers.get()),
-        ("thriftworker_workers_registered_total", "counter", "Worker registrations accepted.", d.workers_registered.get()),
-        ("thriftworker_workers_refused_total", "counter", "Worker registrations refused (token, unknown service, bad READY).", d.workers_refused.get()),
-        ("thriftworker_workers_dead_total", "counter", "Workers declared dead (missed heartbeats, disconnected, evicted).", d.workers_dead.get()),
-        ("thriftworker_worker_bad_messages_total", "counter", "Malformed messages from workers (dropped).", d.bad_worker_messages.get()),
-        ("thriftworker_worker_unknown_replies_total", "counter", "Replies for calls the worker did not hold (dropped).", d.unknown_replies.get()),
+        (
+            "thriftworker_workers_live",
+            "gauge",
+            "Workers registered now.",
+            d.live_workers.get(),
+        ),
+        (
+            "thriftworker_workers_registered_total",
+            "counter",
+            "Worker registrations accepted.",
+            d.workers_registered.get(),
+        ),
+        (
+            "thriftworker_workers_refused_total",
+            "counter",
+            "Worker registrations refused (token, unknown service, bad READY).",
+            d.workers_refused.get(),
+        ),
+        (
+            "thriftworker_workers_dead_total",
+            "counter",
+            "Workers declared dead (missed heartbeats, disconnected, evicted).",
+            d.workers_dead.get(),
+        ),
+        (
+            "thriftworker_worker_bad_messages_total",
+            "counter",
+            "Malformed messages from workers (dropped).",
+            d.bad_worker_messages.get(),
+        ),
+        (
+            "thriftworker_worker_unknown_replies_total",
+            "counter",
+            "Replies for calls the worker did not hold (dropped).",
+            d.unknown_replies.get(),
+        ),
     ] {
         family(out, name, kind, help);
         sample(out, name, &[], v);
@@ -411,12 +660,27 @@ mod tests {
         h.observe(Duration::from_millis(2));
         let mut out = String::new();
         histogram(&mut out, "h_seconds", &[("service", "S")], &h);
-        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"0.00005\"} 0\n"), "{out}");
-        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"0.0001\"} 1\n"), "{out}");
-        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"0.0025\"} 2\n"), "{out}");
-        assert!(out.contains("h_seconds_bucket{service=\"S\",le=\"+Inf\"} 2\n"), "{out}");
+        assert!(
+            out.contains("h_seconds_bucket{service=\"S\",le=\"0.00005\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_seconds_bucket{service=\"S\",le=\"0.0001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_seconds_bucket{service=\"S\",le=\"0.0025\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_seconds_bucket{service=\"S\",le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
         assert!(out.contains("h_seconds_count{service=\"S\"} 2\n"), "{out}");
-        assert!(out.contains("h_seconds_sum{service=\"S\"} 0.00207\n"), "{out}");
+        assert!(
+            out.contains("h_seconds_sum{service=\"S\"} 0.00207\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -440,6 +704,8 @@ mod tests {
                 assert!(typed.contains(base), "no TYPE for {name}");
             }
         }
-        assert!(out.contains("thriftworker_calls_total{service=\"S\",method=\"m\",kind=\"call\"} 0"));
+        assert!(
+            out.contains("thriftworker_calls_total{service=\"S\",method=\"m\",kind=\"call\"} 0")
+        );
     }
 }

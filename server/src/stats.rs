@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use crate::histogram::Histogram;
 use crate::histogram::owner_add;
+pub use crate::histogram::Histogram;
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -521,7 +521,8 @@ impl Stats {
             .filter(|(_, s)| s.live_workers.get() == 0)
             .map(|(n, _)| n)
             .collect();
-        (!missing.is_empty()).then(|| format!("no live worker for service(s): {}", missing.join(", ")))
+        (!missing.is_empty())
+            .then(|| format!("no live worker for service(s): {}", missing.join(", ")))
     }
 }
 

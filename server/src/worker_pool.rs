@@ -212,9 +212,15 @@ mod tests {
         let second = pool.pick(0).unwrap();
         assert_ne!(first, second);
         pool.get_mut(b).unwrap().in_flight.remove(&9);
-        pool.get_mut(b).unwrap().in_flight.extend([(1, (0, 0)), (2, (0, 0))]);
+        pool.get_mut(b)
+            .unwrap()
+            .in_flight
+            .extend([(1, (0, 0)), (2, (0, 0))]);
         assert_eq!(pool.pick(0), Some(a));
-        pool.get_mut(a).unwrap().in_flight.extend([(3, (0, 0)), (4, (0, 0))]);
+        pool.get_mut(a)
+            .unwrap()
+            .in_flight
+            .extend([(3, (0, 0)), (4, (0, 0))]);
         assert_eq!(pool.pick(0), Some(b));
         pool.get_mut(b).unwrap().in_flight.insert(5, (0, 0));
         assert_eq!(pool.pick(0), None);

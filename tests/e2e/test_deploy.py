@@ -1,0 +1,822 @@
+"""The Kubernetes deployment (deploy/) and the container images, checked
+offline, without a cluster:
+
+- `kubectl kustomize` renders every overlay (and the optional ServiceMonitor
+  component on top of each);
+- every rendered object passes the Kubernetes JSON schemas of 1.30 (the
+  oldest version the manifests need: the preStop `sleep` action) and of the
+  newest version bundled with kubernetes-validate, unknown fields rejected;
+- checkov's Kubernetes and Dockerfile policies pass, offline
+  (deploy/.checkov.yaml lists each skipped check with its reason);
+- the manifests agree with the binaries and with themselves: ports, probes,
+  grace period vs. shutdown_timeout, network policies, image names and the
+  paths the Dockerfiles install the binaries at;
+- a smoke test runs the rendered pod spec for real: the data-plane container's
+  command, args, env and mounted ConfigMap/Secret, then the worker container
+  of the overlay, and checks every probe and containerPort as the manifest
+  expects, a real Thrift call on every listener, the README's thriftctl
+  command, and a drain that loses no call.
+
+Needs kubectl (with kustomize v5) on PATH, and the binaries of
+`cargo build --workspace --bins` (THRIFTWORKER_TARGET_DIR, like the rest of
+tests/e2e).
+"""
+
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+import harness
+from harness import MAX_WAIT, Calc, Echo, binary, clean_env, thrift_client, wait_for
+
+DEPLOY = harness.REPO / "deploy"
+OVERLAYS = ("sidecar", "pool")
+SERVICEMONITOR = DEPLOY / "components" / "servicemonitor"
+# What `kubectl kustomize` is asked to render: each overlay, and each overlay
+# with the ServiceMonitor component, composed as deploy/README.md shows.
+VARIANTS = OVERLAYS + tuple(f"{o}+servicemonitor" for o in OVERLAYS)
+# The oldest Kubernetes the manifests are for (lifecycle.preStop.sleep is on
+# by default from 1.30) and the newest whose schemas kubernetes-validate has.
+MIN_K8S = "1.30.0"
+# After shutdown_timeout the data plane gives its last answers this long to be
+# written (docs/architecture.md, "Graceful shutdown").
+FLUSH_SECONDS = 5
+GRACE_MARGIN_SECONDS = 5
+ADMIN_DEFAULT = "127.0.0.1:9901"
+METRICS_DEFAULT = "0.0.0.0:9900"
+
+
+# -- rendering ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kubectl():
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail(
+            "kubectl not found on PATH. The deployment checks render deploy/ with "
+            "`kubectl kustomize` (kustomize v5). Install kubectl >= 1.27 (it embeds "
+            "kustomize v5): the machine images of this project have it at /usr/bin/kubectl "
+            "(Debian package kubectl of the Google Cloud CLI repository); elsewhere see "
+            "https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/ . Debian's own "
+            "kubernetes-client (1.20) is too old.",
+            pytrace=False,
+        )
+    out = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30)
+    kustomize = json.loads(out.stdout or "{}").get("kustomizeVersion", "")
+    m = re.match(r"v(\d+)\.", kustomize)
+    if not m or int(m.group(1)) < 5:
+        pytest.fail(f"{path} embeds kustomize {kustomize or '(unknown)'}; deploy/ needs v5 (kubectl >= 1.27)", pytrace=False)
+    return path
+
+
+class Manifests:
+    """The objects `kubectl kustomize` rendered for one variant."""
+
+    def __init__(self, name, text):
+        self.name = name
+        self.text = text
+        self.docs = [d for d in yaml.safe_load_all(text) if d]
+
+    def all(self, kind):
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def get(self, kind, name):
+        found = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
+        assert len(found) == 1, f"{self.name}: expected one {kind} {name!r}, found {len(found)}"
+        return found[0]
+
+    def deployment(self, name):
+        return self.get("Deployment", name)
+
+    def dataplane(self):
+        """(pod spec, the data-plane container)."""
+        spec = self.deployment("thriftworker")["spec"]["template"]["spec"]
+        return spec, container(spec, "thriftworker")
+
+    def config_text(self):
+        """The data plane's TOML config, as mounted from the ConfigMap."""
+        spec, c = self.dataplane()
+        return mounted_file(self, spec, c, arg_value(c.get("args", []), "--config", "-c"))
+
+
+def render(kubectl, path):
+    r = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"kubectl kustomize {path} failed:\n{r.stderr}"
+    return r.stdout
+
+
+@pytest.fixture(scope="session")
+def rendered(kubectl, tmp_path_factory):
+    """variant name → Manifests, for every variant in VARIANTS."""
+    out = {}
+    for overlay in OVERLAYS:
+        out[overlay] = Manifests(overlay, render(kubectl, DEPLOY / "overlays" / overlay))
+        # The composition deploy/README.md documents: your overlay = ours + the component.
+        d = tmp_path_factory.mktemp(f"{overlay}-servicemonitor")
+        rel = lambda p: os.path.relpath(p, d)  # kustomize refuses absolute paths here
+        (d / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n  - {rel(DEPLOY / 'overlays' / overlay)}\n"
+            f"components:\n  - {rel(SERVICEMONITOR)}\n"
+        )
+        out[f"{overlay}+servicemonitor"] = Manifests(f"{overlay}+servicemonitor", render(kubectl, d))
+    return out
+
+
+# -- small helpers ------------------------------------------------------------------
+
+
+def container(spec, name):
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"no container {name!r} in the pod spec")
+
+
+def all_containers(spec):
+    return spec.get("containers", []) + spec.get("initContainers", [])
+
+
+def arg_value(args, *names):
+    """The value of a flag in an argv list (`--flag V` or `--flag=V`), or None."""
+    for i, a in enumerate(args):
+        for n in names:
+            if a == n and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(n + "="):
+                return a[len(n) + 1 :]
+    return None
+
+
+def env_value(c, name):
+    for e in c.get("env", []):
+        if e["name"] == name:
+            assert "value" in e, f"{name}: only literal env values are expected here"
+            return e["value"]
+    return None
+
+
+def mount_for(spec, c, path):
+    """(volumeMount, volume) holding `path` in container `c`."""
+    best = None
+    for vm in c.get("volumeMounts", []):
+        mp = vm["mountPath"].rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best["mountPath"]):
+                best = vm
+    assert best is not None, f"{path} is on no volume of container {c['name']}"
+    assert "subPath" not in best, "subPath mounts are not modelled by this test"
+    vol = next(v for v in spec["volumes"] if v["name"] == best["name"])
+    return best, vol
+
+
+def mounted_file(m, spec, c, path):
+    """The content of a file a container sees under a ConfigMap or Secret mount."""
+    vm, vol = mount_for(spec, c, path)
+    key = path[len(vm["mountPath"].rstrip("/")) + 1 :]
+    if "configMap" in vol:
+        return m.get("ConfigMap", vol["configMap"]["name"])["data"][key]
+    if "secret" in vol:
+        return base64.b64decode(m.get("Secret", vol["secret"]["secretName"])["data"][key]).decode()
+    raise AssertionError(f"{path} is not on a ConfigMap or Secret volume")
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
+def duration(text):
+    """Seconds of a humantime duration like "30s", "1m 30s", "500ms"."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    total, rest = 0.0, text.replace(" ", "")
+    for n, u in re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", rest):
+        assert u in units, f"unsupported duration unit in {text!r}"
+        total += float(n) * units[u]
+    assert re.fullmatch(r"(\d+(\.\d+)?[a-z]+)+", rest), f"not a duration: {text!r}"
+    return total
+
+
+def shutdown_timeout(c, config):
+    """The data plane's effective shutdown_timeout: flag, then env, then file."""
+    v = arg_value(c.get("args", []), "--shutdown-timeout") or env_value(c, "THRIFTWORKER_SHUTDOWN_TIMEOUT")
+    if v is None:
+        v = config.get("server", {}).get("shutdown_timeout", "30s")
+    return duration(v)
+
+
+def container_ports(c):
+    return {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+
+
+def listener_ports(config):
+    return {port_of(l["address"]): l for l in config["listeners"]}
+
+
+# -- rendering, schemas, policy -----------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overlay_renders(rendered, variant):
+    m = rendered[variant]
+    kinds = sorted({d["kind"] for d in m.docs})
+    expected = {"ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"}
+    if variant.startswith("pool"):
+        expected.add("HorizontalPodAutoscaler")
+    if variant.endswith("+servicemonitor"):
+        expected.add("ServiceMonitor")
+    assert set(kinds) == expected, f"{variant}: rendered kinds {kinds}"
+    for d in m.docs:
+        assert "namespace" not in d["metadata"], f"{variant}: {d['kind']} {d['metadata']['name']} names a namespace"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_schemas_strict(rendered, variant):
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError, latest_version
+
+    versions = (MIN_K8S, latest_version())
+    checked = 0
+    for d in rendered[variant].docs:
+        for v in versions:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+                checked += 1
+            except SchemaNotFoundError:
+                # A CRD: kubernetes-validate has only the built-in kinds.
+                assert d["kind"] == "ServiceMonitor", f"no schema for {d['kind']} {d['apiVersion']}"
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                pytest.fail(f"{variant}: {d['kind']}/{d['metadata']['name']} is invalid for Kubernetes {v}: {path}: {e.message}", pytrace=False)
+    assert checked >= 2 * (len(rendered[variant].docs) - 1)
+
+
+def test_schemas_need_kubernetes_1_30(rendered):
+    """The schema check has teeth: the preStop sleep action is unknown to 1.28."""
+    import kubernetes_validate
+
+    d = rendered["sidecar"].deployment("thriftworker")
+    with pytest.raises(kubernetes_validate.ValidationError, match="sleep"):
+        kubernetes_validate.validate(d, "1.28.0", strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servicemonitor_selects_the_metrics_port(rendered, overlay):
+    m = rendered[f"{overlay}+servicemonitor"]
+    (sm,) = m.all("ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    services = [s for s in m.all("Service") if all(s["metadata"].get("labels", {}).get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())]
+    assert [s["metadata"]["name"] for s in services] == ["thriftworker-metrics"]
+    svc = services[0]
+    spec, c = m.dataplane()
+    pod_labels = m.deployment("thriftworker")["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    (ep,) = sm["spec"]["endpoints"]
+    port = next(p for p in svc["spec"]["ports"] if p["name"] == ep["port"])
+    assert port["targetPort"] in container_ports(c), port
+    # The annotation-based scrape config points at the same port and path.
+    ann = m.deployment("thriftworker")["spec"]["template"]["metadata"]["annotations"]
+    assert int(ann["prometheus.io/port"]) == container_ports(c)["metrics"]
+    assert ann["prometheus.io/path"] == ep["path"] == "/metrics"
+
+
+def checkov_summary(reports):
+    return {r["check_type"]: r["summary"] for r in reports}
+
+
+def test_checkov(rendered, tmp_path):
+    """checkov's Kubernetes policies on every rendered variant and its
+    Dockerfile policies on both images, offline (--skip-download in the
+    config: no connection to any platform). Fails on any failed check; the
+    skipped ones are those of deploy/.checkov.yaml and the per-resource
+    annotations, each of which must carry a reason."""
+    exe = Path(sys.executable).with_name("checkov")
+    if not exe.exists():
+        pytest.fail(f"{exe} not found: pip install -r tests/requirements.txt", pytrace=False)
+    files = []
+    for name, m in rendered.items():
+        f = tmp_path / (name.replace("+", "-") + ".yaml")
+        f.write_text(m.text)
+        files.append(f)
+    files += [harness.REPO / "Dockerfile", DEPLOY / "worker.Dockerfile"]
+    env = {k: v for k, v in clean_env().items() if not k.startswith(("BC_", "PRISMA_", "CKV_", "CHECKOV_"))}
+    argv = [str(exe), "--config-file", str(DEPLOY / ".checkov.yaml"), "-o", "json"]
+    for f in files:
+        argv += ["-f", str(f)]
+    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=100)
+    try:
+        reports = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"checkov printed no JSON (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False)
+    reports = reports if isinstance(reports, list) else [reports]
+    summary = checkov_summary(reports)
+    print(f"checkov: {summary}")
+    assert set(summary) == {"kubernetes", "dockerfile"}, summary
+    failed = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']} ({c['file_path']})"
+        for rep in reports
+        for c in rep["results"]["failed_checks"]
+    ]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert all(s["parsing_errors"] == 0 for s in summary.values()), summary
+    assert summary["dockerfile"]["resource_count"] == 2, summary
+    assert r.returncode == 0, r.stderr[-3000:]
+    # Per-resource skips (annotations) say why.
+    for rep in reports:
+        for c in rep["results"]["skipped_checks"]:
+            why = c["check_result"].get("suppress_comment")
+            assert why not in (None, "", "No comment provided"), f"{c['check_id']} skipped without a reason on {c['resource']}"
+
+
+def test_checkov_config_justifies_each_skip():
+    """Each check skipped in deploy/.checkov.yaml has a comment right above it."""
+    lines = (DEPLOY / ".checkov.yaml").read_text().splitlines()
+    start = lines.index("skip-check:")
+    skipped = 0
+    for i in range(start + 1, len(lines)):
+        line = lines[i].strip()
+        if not line.startswith(("-", "#")) and line:
+            break
+        if line.startswith("- "):
+            skipped += 1
+            assert lines[i - 1].strip().startswith("#"), f"no justification above {line}"
+    assert skipped >= 1
+
+
+# -- what the manifests promise ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pod_security_and_resources(rendered, overlay):
+    m = rendered[overlay]
+    for dep in m.all("Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        where = f"{overlay}: Deployment {dep['metadata']['name']}"
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] >= 10000, where
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["enableServiceLinks"] is False, where
+        for c in all_containers(spec):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (where, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (where, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (where, c["name"])
+            assert not sc.get("capabilities", {}).get("add"), (where, c["name"])
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), (where, c["name"], kind)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_config_is_the_example_services(rendered, overlay):
+    """The ConfigMap runs examples/echo.toml's services and listeners; each
+    listener port is a containerPort and a port of the Service."""
+    m = rendered[overlay]
+    config = tomllib.loads(m.config_text())
+    example = tomllib.loads((harness.REPO / "examples" / "echo.toml").read_text())
+    assert config["services"] == example["services"]
+    strip = lambda ls: [{k: v for k, v in l.items() if k != "address"} for l in ls]
+    assert strip(config["listeners"]) == strip(example["listeners"])
+    assert [port_of(l["address"]) for l in config["listeners"]] == [port_of(l["address"]) for l in example["listeners"]]
+    spec, c = m.dataplane()
+    ports = container_ports(c)
+    svc = m.get("Service", "thriftworker")
+    svc_targets = {p["targetPort"] for p in svc["spec"]["ports"]}
+    for port, listener in listener_ports(config).items():
+        assert listener["address"].startswith("0.0.0.0:"), listener  # reachable on the pod IP
+        name = next((n for n, p in ports.items() if p == port), None)
+        assert name is not None, f"listener {listener['name']} ({port}) has no containerPort"
+        assert name in svc_targets, f"listener {listener['name']} is not on Service thriftworker"
+    # The admin API stays on loopback and is declared nowhere.
+    admin = config.get("admin", {}).get("address", ADMIN_DEFAULT)
+    assert arg_value(c.get("args", []), "--admin-addr") is None and env_value(c, "THRIFTWORKER_ADMIN_ADDR") is None
+    assert admin.startswith("127.0.0.1:"), admin
+    assert port_of(admin) not in ports.values()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grace_period_covers_the_drain(rendered, overlay):
+    """terminationGracePeriodSeconds >= preStop sleep + shutdown_timeout +
+    the 5 s flush + margin, so SIGKILL never cuts a drain short; workers get
+    as long as their longest call."""
+    m = rendered[overlay]
+    spec, c = m.dataplane()
+    config = tomllib.loads(m.config_text())
+    sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    need = sleep + shutdown_timeout(c, config) + FLUSH_SECONDS + GRACE_MARGIN_SECONDS
+    assert spec["terminationGracePeriodSeconds"] >= need, (spec["terminationGracePeriodSeconds"], need)
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    longest_call = max(
+        [duration(s.get("timeout", "30s")) for s in config["services"]]
+        + [duration(t) for s in config["services"] for t in s.get("method_timeouts", {}).values()]
+    )
+    if overlay == "pool":
+        worker_spec = m.deployment("echo-worker")["spec"]["template"]["spec"]
+        assert worker_spec["terminationGracePeriodSeconds"] >= longest_call + GRACE_MARGIN_SECONDS
+    else:
+        # Native sidecar: stopped after the data plane, inside the same grace period.
+        (w,) = spec["initContainers"]
+        assert w["restartPolicy"] == "Always"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies(rendered, overlay):
+    """Thrift ports open, metrics from the cluster, the worker port (pool) only
+    from worker pods, admin nowhere, workers closed."""
+    m = rendered[overlay]
+    spec, c = m.dataplane()
+    ports = container_ports(c)
+    dp_labels = m.deployment("thriftworker")["spec"]["template"]["metadata"]["labels"]
+    admitted = {}  # port name -> list of `from` clauses (None: from anywhere)
+    for pol in m.all("NetworkPolicy"):
+        sel = pol["spec"]["podSelector"].get("matchLabels", {})
+        if not all(dp_labels.get(k) == v for k, v in sel.items()):
+            continue
+        assert pol["spec"]["policyTypes"] == ["Ingress"]
+        for rule in pol["spec"].get("ingress", []):
+            for p in rule["ports"]:
+                admitted.setdefault(p["port"], []).append(rule.get("from"))
+    assert set(admitted) == set(ports), (admitted, ports)  # every declared port, nothing else
+    for name in ("thrift-echo", "thrift-mux"):
+        assert admitted[name] == [None]
+    assert admitted["metrics"] == [[{"namespaceSelector": {}}]]
+    if overlay == "pool":
+        worker_labels = m.deployment("echo-worker")["spec"]["template"]["metadata"]["labels"]
+        (sources,) = admitted["workers"]
+        (src,) = sources
+        assert set(src) == {"podSelector"}, src
+        assert src["podSelector"]["matchLabels"] == worker_labels
+        assert worker_labels["app.kubernetes.io/component"] != dp_labels["app.kubernetes.io/component"]
+        wp = [p for p in m.all("NetworkPolicy") if p["spec"]["podSelector"].get("matchLabels") == worker_labels]
+        assert len(wp) == 1 and not wp[0]["spec"].get("ingress"), "worker pods should admit no ingress"
+        ws = m.get("Service", "thriftworker-workers")
+        assert ws["spec"]["publishNotReadyAddresses"] is True
+        assert [p["targetPort"] for p in ws["spec"]["ports"]] == ["workers"]
+    else:
+        assert "workers" not in ports
+        # Worker and data plane share the token and the socket's emptyDir.
+        (w,) = spec["initContainers"]
+        assert {vm["name"] for vm in w["volumeMounts"]} == {"run", "worker-token"}
+    # Thrift clients' Service: only Thrift ports.
+    svc = m.get("Service", "thriftworker")
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"thrift-echo", "thrift-mux"}
+
+
+def dockerfile_builds(path):
+    """(packages, binaries built, binaries installed in /usr/local/bin) of a Dockerfile."""
+    text = path.read_text()
+    cargo = " ".join(re.findall(r"cargo build [^\n\\&]*", text))
+    pkgs = set(re.findall(r"-p ([\w-]+)", cargo))
+    bins = set(re.findall(r"--bin ([\w-]+)", cargo))
+    copy = re.search(r"COPY --from=builder (.+) /usr/local/bin/", text)
+    installed = {Path(p).name for p in copy.group(1).split()}
+    return pkgs, bins, installed
+
+
+def test_images_match_manifests_and_workspace(rendered):
+    """The Dockerfiles build packages and binaries that exist, install them
+    where the manifests run them from, and the kustomize image names match
+    the tags the Dockerfiles document."""
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"],
+        cwd=harness.REPO, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout)
+    workspace_bins = {p["name"]: {t["name"] for t in p["targets"] if "bin" in t["kind"]} for p in meta["packages"]}
+    version = next(p["version"] for p in meta["packages"] if p["name"] == "thriftworker")
+    images = {}  # image name in the manifests -> binaries installed
+    for df, image in ((harness.REPO / "Dockerfile", "thriftworker"), (DEPLOY / "worker.Dockerfile", "thriftworker-echo-worker")):
+        pkgs, bins, installed = dockerfile_builds(df)
+        assert pkgs and pkgs <= set(workspace_bins), (df, pkgs)
+        assert bins <= set().union(*(workspace_bins[p] for p in pkgs)), (df, bins)
+        assert installed == bins, (df, installed, bins)
+        assert f"-t {image}:{version}" in df.read_text(), f"{df.name} should document `docker build ... -t {image}:{version}`"
+        images[f"{image}:{version}"] = installed
+    # .dockerignore keeps every workspace member (and the lock file) in the context.
+    ignored = [l.strip().rstrip("/") for l in (harness.REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    members = tomllib.loads((harness.REPO / "Cargo.toml").read_text())["workspace"]["members"]
+    assert not set(ignored) & set(members + ["Cargo.toml", "Cargo.lock"]), ignored
+    for overlay in OVERLAYS:
+        for dep in rendered[overlay].all("Deployment"):
+            for c in all_containers(dep["spec"]["template"]["spec"]):
+                assert c["image"] in images, f"{overlay}: {c['name']} runs {c['image']}, built by no Dockerfile"
+                exe = c["command"][0]
+                assert exe.startswith("/usr/local/bin/") and Path(exe).name in images[c["image"]], (c["name"], exe)
+
+
+# -- the smoke test: the rendered pod, run here ---------------------------------------
+
+
+ADDR_RE = re.compile(r"\b(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)\b")
+
+
+class LocalPod:
+    """Runs the containers of a rendered pod spec as local processes.
+
+    Substituted, and only that:
+    - paths under volume mounts → a short temp directory per volume, filled
+      from the rendered ConfigMap/Secret data (emptyDir: empty, mode 0777 like
+      the kubelet makes it), in args, env and the config file's text;
+    - every `0.0.0.0:PORT` / `127.0.0.1:PORT` → `127.0.0.1:0`: in the pod these
+      fixed ports are the pod's own, here they would collide with anything on
+      this machine (another test, a running demo) and 0.0.0.0 would expose the
+      test beyond loopback. The kernel picks free ports and the ready file
+      (`--ready-file`, the one added flag) reports them; each manifest port is
+      then mapped to the port actually bound for it;
+    - a Service's `NAME:PORT` in a worker's endpoint → `localhost:BOUND`
+      (the host name is kept a name, so the worker still resolves it).
+    """
+
+    def __init__(self, manifests, root, processes):
+        self.m = manifests
+        self.root = root
+        self.processes = processes
+        self.volumes = {}  # volume name -> local dir (shared by a pod's containers)
+
+    def volume_dir(self, spec, vol):
+        key = (id(spec), vol["name"])
+        if key in self.volumes:
+            return self.volumes[key]
+        d = Path(tempfile.mkdtemp(prefix="v", dir=self.root))
+        if "configMap" in vol:
+            for k, v in self.m.get("ConfigMap", vol["configMap"]["name"])["data"].items():
+                (d / k).write_text(v)
+        elif "secret" in vol:
+            for k, v in self.m.get("Secret", vol["secret"]["secretName"])["data"].items():
+                (d / k).write_bytes(base64.b64decode(v))
+                os.chmod(d / k, vol["secret"].get("defaultMode", 0o644))
+        elif "emptyDir" in vol:
+            os.chmod(d, 0o777)
+        else:
+            raise AssertionError(f"volume type not modelled: {vol}")
+        self.volumes[key] = d
+        return d
+
+    def path_subs(self, spec, c):
+        subs = []
+        for vm in c.get("volumeMounts", []):
+            _, vol = mount_for(spec, c, vm["mountPath"])
+            subs.append((vm["mountPath"].rstrip("/"), str(self.volume_dir(spec, vol))))
+        return sorted(subs, key=lambda s: -len(s[0]))
+
+    @staticmethod
+    def substitute(text, subs, extra=()):
+        for old, new in list(subs) + list(extra):
+            text = re.sub(r"(?<![\w.-])" + re.escape(old) + r"(?![\w.-])", lambda _m: new, text)
+        return ADDR_RE.sub("127.0.0.1:0", text)
+
+    def start(self, name, spec, c, extra_args=(), extra_subs=(), rewrite_files=()):
+        subs = self.path_subs(spec, c)
+        for path in rewrite_files:  # files the process reads that hold paths/addresses
+            vm, vol = mount_for(spec, c, path)
+            local = Path(self.substitute(path, subs))
+            local.write_text(self.substitute(local.read_text(), subs, extra_subs))
+        exe = binary(Path(c["command"][0]).name)
+        if not exe.exists():
+            pytest.fail(f"{exe} not found: cargo build --workspace --bins", pytrace=False)
+        argv = [str(exe)] + [self.substitute(a, subs, extra_subs) for a in c["command"][1:] + c.get("args", [])]
+        env = {}
+        for e in c.get("env", []):
+            assert "value" in e, f"{c['name']}: env {e['name']} is not a literal"
+            env[e["name"]] = self.substitute(e["value"], subs, extra_subs)
+        return self.processes.start(name, argv + list(extra_args), clean_env(**env))
+
+
+def http_get(addr, path, timeout=5.0):
+    host, port = harness.split_addr(addr)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def metric(text, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        mt = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if mt:
+            have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', mt.group(1) or ""))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += float(mt.group(2))
+    return total
+
+
+class RunningDataPlane:
+    """The data-plane container of a rendered overlay, started locally, with
+    each manifest port mapped to the address bound for it."""
+
+    def __init__(self, m, pod, root):
+        self.m = m
+        self.spec, self.c = m.dataplane()
+        config_path = arg_value(self.c["args"], "--config", "-c")
+        self.config = tomllib.loads(m.config_text())
+        ready_path = root / "ready.json"
+        self.process = pod.start("thriftworker", self.spec, self.c, ["--ready-file", str(ready_path)], rewrite_files=[config_path])
+
+        def ready():
+            if not self.process.alive():
+                raise AssertionError(f"thriftworker exited at startup\n{self.process.tail()}")
+            try:
+                return json.loads(ready_path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return None
+
+        self.ready = wait_for(ready, MAX_WAIT, "the ready file", self.process.tail)
+        assert self.ready.get("metrics"), f"the ready file has no metrics address (a thriftworker without the metrics server?): {self.ready}"
+        # manifest port -> bound "127.0.0.1:P"
+        self.bound = {}
+        for l in self.config["listeners"]:
+            self.bound[port_of(l["address"])] = self.ready["listeners"][l["name"]]
+        metrics = arg_value(self.c["args"], "--metrics-addr") or env_value(self.c, "THRIFTWORKER_METRICS_ADDR") or self.config.get("metrics", {}).get("address", METRICS_DEFAULT)
+        self.bound[port_of(metrics)] = self.ready["metrics"]
+        endpoints = env_value(self.c, "THRIFTWORKER_WORKER_ENDPOINTS")
+        endpoints = endpoints.split(",") if endpoints else self.config["workers"]["endpoints"]
+        for orig, actual in zip(endpoints, self.ready["worker_endpoints"]):
+            if orig.startswith("tcp://"):
+                self.bound[port_of(orig)] = actual.removeprefix("tcp://")
+        self.admin_port = port_of(self.config.get("admin", {}).get("address", ADMIN_DEFAULT))
+        self.ports = container_ports(self.c)
+
+    def addr(self, port):
+        """The bound address of a manifest port (number or containerPort name)."""
+        if isinstance(port, str):
+            port = self.ports[port]
+        assert port in self.bound, f"containerPort {port} is bound by nothing the data plane reports: {self.ready}"
+        return self.bound[port]
+
+    def probe(self, which):
+        g = self.c[which]["httpGet"]
+        return http_get(self.addr(g["port"]), g["path"])
+
+    def metrics(self):
+        status, ctype, body = http_get(self.addr("metrics"), "/metrics")
+        assert status == 200 and ctype.startswith("text/plain"), (status, ctype)
+        return body
+
+    def tail(self):
+        return self.process.tail()
+
+
+def thrift_calls(dp):
+    """A real call of every service on every listener port the manifest declares."""
+    for name, port in dp.ports.items():
+        listener = listener_ports(dp.config).get(port)
+        if listener is None:
+            continue
+        addr = harness.split_addr(dp.addr(port))
+        if len(listener["services"]) == 1:
+            with thrift_client(addr) as client:
+                assert client.echo(f"via {name}") == f"via {name}"
+        for service in listener["services"] if len(listener["services"]) > 1 else ():
+            with thrift_client(addr, service=Echo if service == "Echo" else Calc, multiplexed=service) as client:
+                if service == "Echo":
+                    assert client.echo(f"via {name}") == f"via {name}"
+                else:
+                    assert client.add(40, 2) == 42
+
+
+def worker_service_subs(m, dp, c):
+    """`SERVICE:PORT` in a worker's args → localhost and the port bound for
+    the Service's target port."""
+    subs = []
+    for svc in m.all("Service"):
+        for p in svc["spec"]["ports"]:
+            needle = f"{svc['metadata']['name']}:{p['port']}"
+            if any(needle in a for a in c.get("args", [])):
+                subs.append((needle, f"localhost:{port_of(dp.addr(p['targetPort']))}"))
+    return subs
+
+
+def test_smoke_sidecar(rendered, processes):
+    m = rendered["sidecar"]
+    root = Path(tempfile.mkdtemp(prefix="twk", dir="/tmp"))  # short: ipc paths <= 100 bytes
+    try:
+        pod = LocalPod(m, root, processes)
+        dp = RunningDataPlane(m, pod, root)
+        context = processes.tails
+
+        # Every containerPort is bound; admin stays off them and on loopback.
+        for name in dp.ports:
+            dp.addr(name)
+        assert dp.admin_port not in dp.ports.values()
+        assert dp.ready["admin"].startswith("127.0.0.1:")
+
+        # Probes, before any worker: alive but not ready (the reason in the body).
+        status, _, _ = dp.probe("livenessProbe")
+        assert status == 200
+        status, _, body = dp.probe("readinessProbe")
+        assert status == 503 and body.strip(), (status, body)
+        assert "# TYPE " in dp.metrics()
+
+        # The sidecar worker, exactly as the manifest runs it.
+        (wc,) = dp.spec["initContainers"]
+        worker = pod.start("echo-worker", dp.spec, wc)
+        wait_for(lambda: dp.probe("readinessProbe")[0] == 200, MAX_WAIT, "readyz 200 once the sidecar worker is connected", context)
+        assert dp.probe("livenessProbe")[0] == 200
+        thrift_calls(dp)
+        body = dp.metrics()
+        assert metric(body, "thriftworker_ready") == 1
+        assert metric(body, "thriftworker_calls_total", service="Calc") >= 1
+
+        # deploy/README.md: kubectl exec deploy/thriftworker -c thriftworker -- thriftctl listeners pause echo
+        # (in the pod thriftctl's default address is the admin API's; here its port is the one bound).
+        ctl = harness.Thriftctl(None, env={"THRIFTCTL_ADDR": dp.ready["admin"]})
+        for verb, paused in (("pause", 1), ("resume", 0)):
+            r = ctl.run("listeners", verb, "echo")
+            assert r.rc == 0, r
+            assert metric(dp.metrics(), "thriftworker_listener_paused", listener="echo") == paused
+
+        # A rolling update's drain: SIGTERM with a call in flight. The call is
+        # answered, readiness drops while liveness stays 200, the Thrift
+        # port stops accepting, the process exits 0 well within the grace
+        # period; then the sidecar gets its SIGTERM and leaves cleanly.
+        result = {}
+        echo_addr = harness.split_addr(dp.addr("thrift-echo"))
+
+        def slow_call():
+            try:
+                with thrift_client(echo_addr) as client:
+                    result["value"] = client.slow("in flight during the drain", 1500)
+            except Exception as e:  # reported below
+                result["error"] = repr(e)
+
+        t = threading.Thread(target=slow_call, daemon=True)
+        t.start()
+        wait_for(lambda: metric(dp.metrics(), "thriftworker_service_in_flight", service="Echo") >= 1, MAX_WAIT, "the slow call at the worker", context)
+        dp.process.signal(signal.SIGTERM)
+        wait_for(lambda: dp.probe("readinessProbe")[0] == 503, 5, "readyz 503 while draining", context)
+        assert t.is_alive(), "the slow call finished before the drain could be observed"
+        assert dp.probe("livenessProbe")[0] == 200
+
+        def refused():
+            try:
+                harness.RawConnection(echo_addr, timeout=1).close()
+                return False
+            except OSError:
+                return True
+
+        wait_for(refused, 5, "the Thrift port to stop accepting", context)
+        t.join(MAX_WAIT)
+        assert result == {"value": "in flight during the drain"}, result
+        # Nothing is left in flight: the exit is prompt (the grace period, 45 s, is the bound in a cluster).
+        assert dp.process.wait_exit(MAX_WAIT) == 0, dp.tail()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(10) == 0, worker.tail()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_smoke_pool(rendered, processes):
+    m = rendered["pool"]
+    root = Path(tempfile.mkdtemp(prefix="twk", dir="/tmp"))
+    try:
+        pod = LocalPod(m, root, processes)
+        dp = RunningDataPlane(m, pod, root)
+        context = processes.tails
+        for name in dp.ports:
+            dp.addr(name)
+        assert set(dp.ports) == {"thrift-echo", "thrift-mux", "metrics", "workers"}
+        assert dp.probe("livenessProbe")[0] == 200
+        assert dp.probe("readinessProbe")[0] == 503
+
+        # Two workers of the pool Deployment, as its pod spec runs them,
+        # reaching the worker port through the Service's name.
+        wspec = m.deployment("echo-worker")["spec"]["template"]["spec"]
+        (wc,) = wspec["containers"]
+        subs = worker_service_subs(m, dp, wc)
+        assert subs, "the worker's endpoint names no Service"
+        workers = [pod.start(f"echo-worker#{i}", wspec, wc, extra_subs=subs) for i in range(2)]
+        wait_for(lambda: dp.probe("readinessProbe")[0] == 200, MAX_WAIT, "readyz 200 once pool workers are connected", context)
+        wait_for(lambda: len(re.findall(r"^thriftworker_worker_credit\{", dp.metrics(), re.M)) == 2, MAX_WAIT, "both workers registered", context)
+        thrift_calls(dp)
+
+        # Scale-in: a worker leaves gracefully (SIGTERM) and the other serves.
+        workers[0].signal(signal.SIGTERM)
+        assert workers[0].wait_exit(10) == 0, workers[0].tail()
+        thrift_calls(dp)
+        assert dp.probe("readinessProbe")[0] == 200
+        # The last one leaves: no live worker, the pod is not ready.
+        workers[1].signal(signal.SIGTERM)
+        assert workers[1].wait_exit(10) == 0, workers[1].tail()
+        wait_for(lambda: dp.probe("readinessProbe")[0] == 503, MAX_WAIT, "readyz 503 with no worker left", context)
+        dp.process.signal(signal.SIGTERM)
+        assert dp.process.wait_exit(MAX_WAIT) == 0, dp.tail()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
