@@ -12,6 +12,10 @@
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS builder
+# The workspace's release profile keeps debug info (debug = 1, for
+# profiling); the image drops it but keeps the symbols, so a panic's
+# backtrace still names functions (echo-worker: ~31 MB -> ~4 MB).
+ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \

@@ -29,7 +29,7 @@ def refuses_connections(addr):
 
 def test_ready_file(dataplane):
     dp = dataplane()
-    assert set(dp.ready) == {"pid", "listeners", "worker_endpoints", "admin"}, dp.ready
+    assert set(dp.ready) == {"pid", "listeners", "worker_endpoints", "admin", "metrics"}, dp.ready
     admin_host, admin_port = dp.ready["admin"].rsplit(":", 1)
     assert admin_host == "127.0.0.1" and int(admin_port) > 0, "admin API binds loopback"
     assert dp.ready["pid"] == dp.pid

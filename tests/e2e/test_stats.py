@@ -462,7 +462,8 @@ def test_debug_logs_have_connection_and_call_spans(dataplane, worker):
     worker()
     with thrift_client(dp.addr("echo")) as client:
         client.echo("traced")
-    wait_for(lambda: "call finished" in dp.stderr, 5, "a debug line for the call", dp.tail)
+    wait_for(lambda: "call finished" in dp.stderr and "connection closed" in dp.stderr, 5,
+             "debug lines for the call and the connection's close", dp.tail)
     lines = [json.loads(l) for l in dp.stderr.splitlines() if l.startswith("{")]
     done = [l for l in lines if l.get("fields", {}).get("message") == "call finished"]
     assert done, lines[-5:]
