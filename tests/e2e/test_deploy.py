@@ -476,6 +476,27 @@ def test_network_policies(rendered, overlay):
     assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"thrift-echo", "thrift-mux"}
 
 
+def test_sidecar_socket(rendered):
+    """The sidecar worker connects where the data plane binds, on the shared
+    emptyDir, in a subdirectory: the emptyDir's root is owned by root and the
+    data plane refuses a socket directory that is not its own (it creates the
+    subdirectory itself, mode 0700; the smoke test runs it as uid 65532)."""
+    m = rendered["sidecar"]
+    spec, c = m.dataplane()
+    config = tomllib.loads(m.config_text())
+    (endpoint,) = config["workers"]["endpoints"]
+    assert env_value(c, "THRIFTWORKER_WORKER_ENDPOINTS") is None
+    (w,) = spec["initContainers"]
+    assert arg_value(w["args"], "--endpoint") == endpoint
+    path = endpoint.removeprefix("ipc://")
+    assert len(path) <= 100
+    for cont in (c, w):
+        vm, vol = mount_for(spec, cont, path)
+        assert "emptyDir" in vol and not vm.get("readOnly")
+        assert str(Path(path).parent) != vm["mountPath"].rstrip("/"), "the socket must be in a subdirectory of the emptyDir"
+    assert arg_value(w["args"], "--token-file") == arg_value(c["args"], "--worker-token-file")
+
+
 def dockerfile_builds(path):
     """(packages, binaries built, binaries installed in /usr/local/bin) of a Dockerfile."""
     text = path.read_text()
@@ -538,6 +559,14 @@ class LocalPod:
       then mapped to the port actually bound for it;
     - a Service's `NAME:PORT` in a worker's endpoint → `localhost:BOUND`
       (the host name is kept a name, so the worker still resolves it).
+
+    When the test runs as root (as CI does here), each process runs as the pod's
+    runAsUser/runAsGroup with fsGroup as supplementary group, no new
+    privileges and no capabilities (setpriv), and the volumes get the owners
+    and modes the kubelet gives them: ConfigMap files 0644, Secret files
+    root:fsGroup with defaultMode, emptyDir root:fsGroup 2777. So the data
+    plane really has to create its socket directory inside the root-owned
+    emptyDir, as in the pod. Otherwise everything runs as the current user.
     """
 
     def __init__(self, manifests, root, processes):
@@ -545,21 +574,45 @@ class LocalPod:
         self.root = root
         self.processes = processes
         self.volumes = {}  # volume name -> local dir (shared by a pod's containers)
+        self.as_root = os.geteuid() == 0 and shutil.which("setpriv") is not None
+        os.chmod(root, 0o755)
+
+    def identity(self, spec):
+        """(uid, gid, fsGroup) of a pod spec, or None when not switching users."""
+        psc = spec.get("securityContext", {})
+        if not self.as_root or "runAsUser" not in psc:
+            return None
+        return psc["runAsUser"], psc.get("runAsGroup", psc["runAsUser"]), psc.get("fsGroup")
+
+    def writable_dir(self, spec, name):
+        """A directory the pod's user may write (for the ready file)."""
+        d = self.root / name
+        d.mkdir(exist_ok=True)
+        ident = self.identity(spec)
+        if ident:
+            os.chown(d, ident[0], ident[1])
+        return d
 
     def volume_dir(self, spec, vol):
         key = (id(spec), vol["name"])
         if key in self.volumes:
             return self.volumes[key]
         d = Path(tempfile.mkdtemp(prefix="v", dir=self.root))
+        os.chmod(d, 0o755)
+        ident = self.identity(spec)
+        fs_group = ident[2] if ident and ident[2] is not None else -1
         if "configMap" in vol:
             for k, v in self.m.get("ConfigMap", vol["configMap"]["name"])["data"].items():
                 (d / k).write_text(v)
+                os.chmod(d / k, vol["configMap"].get("defaultMode", 0o644))
         elif "secret" in vol:
             for k, v in self.m.get("Secret", vol["secret"]["secretName"])["data"].items():
                 (d / k).write_bytes(base64.b64decode(v))
+                os.chown(d / k, -1, fs_group)
                 os.chmod(d / k, vol["secret"].get("defaultMode", 0o644))
         elif "emptyDir" in vol:
-            os.chmod(d, 0o777)
+            os.chown(d, -1, fs_group)
+            os.chmod(d, 0o2777 if fs_group != -1 else 0o777)
         else:
             raise AssertionError(f"volume type not modelled: {vol}")
         self.volumes[key] = d
@@ -592,6 +645,14 @@ class LocalPod:
         for e in c.get("env", []):
             assert "value" in e, f"{c['name']}: env {e['name']} is not a literal"
             env[e["name"]] = self.substitute(e["value"], subs, extra_subs)
+        ident = self.identity(spec)
+        if ident:
+            uid, gid, fs_group = ident
+            argv = [
+                "setpriv", f"--reuid={uid}", f"--regid={gid}",
+                f"--groups={fs_group}" if fs_group is not None else "--clear-groups",
+                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
+            ] + argv
         return self.processes.start(name, argv + list(extra_args), clean_env(**env))
 
 
@@ -627,7 +688,7 @@ class RunningDataPlane:
         self.spec, self.c = m.dataplane()
         config_path = arg_value(self.c["args"], "--config", "-c")
         self.config = tomllib.loads(m.config_text())
-        ready_path = root / "ready.json"
+        ready_path = pod.writable_dir(self.spec, "ready") / "ready.json"
         self.process = pod.start("thriftworker", self.spec, self.c, ["--ready-file", str(ready_path)], rewrite_files=[config_path])
 
         def ready():
@@ -737,6 +798,8 @@ def test_smoke_sidecar(rendered, processes):
 
         # deploy/README.md: kubectl exec deploy/thriftworker -c thriftworker -- thriftctl listeners pause echo
         # (in the pod thriftctl's default address is the admin API's; here its port is the one bound).
+        if not binary("thriftctl").exists():
+            pytest.fail(f"{binary('thriftctl')} not found: cargo build --workspace --bins", pytrace=False)
         ctl = harness.Thriftctl(None, env={"THRIFTCTL_ADDR": dp.ready["admin"]})
         for verb, paused in (("pause", 1), ("resume", 0)):
             r = ctl.run("listeners", verb, "echo")
