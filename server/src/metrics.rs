@@ -241,73 +241,49 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "gauge",
         "Version and git commit of this binary (always 1).",
     );
-    sample(
-        out,
-        "thriftworker_build_info",
-        &[("version", crate::VERSION), ("git_sha", crate::GIT_SHA)],
-        1,
-    );
-    family(
-        out,
-        "thriftworker_uptime_seconds",
-        "gauge",
-        "Seconds since the data plane started.",
-    );
-    sample(
-        out,
-        "thriftworker_uptime_seconds",
-        &[],
-        stats.started.elapsed().as_secs_f64(),
-    );
-    family(
-        out,
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch in seconds.",
-    );
-    sample(out, "process_start_time_seconds", &[], stats.started_unix);
-    if let Some(rss) = resident_memory_bytes() {
-        family(
-            out,
+    let build = [("version", crate::VERSION), ("git_sha", crate::GIT_SHA)];
+    sample(out, "thriftworker_build_info", &build, 1);
+    // Unlabelled gauges: (name, help, value); the process ones only where
+    // /proc has them.
+    let rss = resident_memory_bytes().map(|b| b as f64);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as f64);
+    let ready = stats.not_ready().is_none();
+    let process: [(&str, &str, Option<f64>); 6] = [
+        (
+            "thriftworker_uptime_seconds",
+            "Seconds since the data plane started.",
+            Some(stats.started.elapsed().as_secs_f64()),
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+            Some(stats.started_unix),
+        ),
+        (
             "process_resident_memory_bytes",
-            "gauge",
             "Resident memory size in bytes.",
-        );
-        sample(out, "process_resident_memory_bytes", &[], rss);
+            rss,
+        ),
+        ("process_open_fds", "Number of open file descriptors.", fds),
+        (
+            "thriftworker_draining",
+            "1 while draining (SIGTERM or the Drain RPC): no new connections are accepted.",
+            Some(f64::from(u8::from(stats.draining()))),
+        ),
+        (
+            "thriftworker_ready",
+            "1 when /readyz answers 200: not draining and every service has a live worker.",
+            Some(f64::from(u8::from(ready))),
+        ),
+    ];
+    for (name, help, value) in process {
+        if let Some(v) = value {
+            family(out, name, "gauge", help);
+            sample(out, name, &[], v);
+        }
     }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        family(
-            out,
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-        );
-        sample(out, "process_open_fds", &[], fds.count());
-    }
-    family(
-        out,
-        "thriftworker_draining",
-        "gauge",
-        "1 while draining (SIGTERM or the Drain RPC): no new connections are accepted.",
-    );
-    sample(
-        out,
-        "thriftworker_draining",
-        &[],
-        u8::from(stats.draining()),
-    );
-    family(
-        out,
-        "thriftworker_ready",
-        "gauge",
-        "1 when /readyz answers 200: not draining and every service has a live worker.",
-    );
-    sample(
-        out,
-        "thriftworker_ready",
-        &[],
-        u8::from(stats.not_ready().is_none()),
-    );
 
     // Per service and method.
     family(
