@@ -93,7 +93,7 @@ pub struct LatencySummary {
 
 /// One method of one service. Every call ends in one outcome: success,
 /// declared_exception, app_exception, timeouts, overloaded, no_worker,
-/// worker_died, shutdown or empty_reply; `errors` sums all but success and
+/// worker_died, shutdown, empty_reply or abandoned; `errors` sums all but success, abandoned and
 /// declared_exception.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MethodStats {
@@ -110,6 +110,7 @@ pub struct MethodStats {
     pub worker_died: u64,
     pub shutdown: u64,
     pub empty_reply: u64,
+    pub abandoned: u64,
     pub errors: u64,
     pub late_replies: u64,
     /// Request read to answer handed back (two-way calls).
@@ -133,6 +134,7 @@ pub struct ServiceStats {
     pub worker_died: u64,
     pub shutdown: u64,
     pub empty_reply: u64,
+    pub abandoned: u64,
     pub errors: u64,
     pub late_replies: u64,
     pub queue_depth: u64,
@@ -155,6 +157,7 @@ pub struct ListenerStats {
     pub closed_protocol_error: u64,
     pub closed_shutdown: u64,
     pub closed_io_error: u64,
+    pub closed_with_calls_in_flight: u64,
     pub unknown_service: u64,
     pub invalid_type: u64,
     pub bytes_in: u64,
@@ -311,6 +314,7 @@ impl From<&pb::MethodStats> for MethodStats {
             worker_died: m.worker_died,
             shutdown: m.shutdown,
             empty_reply: m.empty_reply,
+            abandoned: m.abandoned,
             errors: m.errors,
             late_replies: m.late_replies,
             total: latency_summary(&m.total),
@@ -336,6 +340,7 @@ impl From<&pb::ServiceStats> for ServiceStats {
             worker_died: s.worker_died,
             shutdown: s.shutdown,
             empty_reply: s.empty_reply,
+            abandoned: s.abandoned,
             errors: s.errors,
             late_replies: s.late_replies,
             queue_depth: s.queue_depth,
@@ -361,6 +366,7 @@ impl From<&pb::ListenerStats> for ListenerStats {
             closed_protocol_error: l.closed_protocol_error,
             closed_shutdown: l.closed_shutdown,
             closed_io_error: l.closed_io_error,
+            closed_with_calls_in_flight: l.closed_with_calls_in_flight,
             unknown_service: l.unknown_service,
             invalid_type: l.invalid_type,
             bytes_in: l.bytes_in,
@@ -808,6 +814,7 @@ mod tests {
             worker_died: 0,
             shutdown: 0,
             empty_reply: 0,
+            abandoned: 0,
             errors,
             late_replies: 0,
             queue_depth: 4,
@@ -840,6 +847,7 @@ mod tests {
             worker_died: 0,
             shutdown: 0,
             empty_reply: 0,
+            abandoned: 0,
             errors,
             late_replies: 0,
             total,
@@ -861,6 +869,7 @@ mod tests {
             closed_protocol_error: 3,
             closed_shutdown: 0,
             closed_io_error: 0,
+            closed_with_calls_in_flight: 0,
             unknown_service: 0,
             invalid_type: 0,
             bytes_in: 0,
@@ -1050,6 +1059,7 @@ mod tests {
             "worker_died",
             "shutdown",
             "empty_reply",
+            "abandoned",
             "errors",
             "late_replies",
             "total",
@@ -1135,6 +1145,7 @@ mod tests {
             "worker_died",
             "shutdown",
             "empty_reply",
+            "abandoned",
             "late_replies",
             "queue_depth",
             "in_flight",

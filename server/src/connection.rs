@@ -195,7 +195,11 @@ pub async fn serve(
         }
     };
     ctx.stats.closed(reason);
-    tracing::debug!(?reason, "connection closed");
+    let unanswered = pending.iter().filter(|a| a.is_none()).count();
+    if unanswered > 0 {
+        ctx.stats.closed_with_calls_in_flight.inc();
+    }
+    tracing::debug!(?reason, unanswered, "connection closed");
     let _ = write.shutdown().await;
 }
 

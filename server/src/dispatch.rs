@@ -478,6 +478,7 @@ impl Dispatcher {
             if gone {
                 if let Some(entry) = self.calls.remove(&id) {
                     self.timers.remove(&entry.timer);
+                    self.method_stats(&entry.call).outcome(Outcome::Abandoned);
                 }
                 continue;
             }

@@ -309,7 +309,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
             );
         }
     }
-    family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply.");
+    family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply, abandoned.");
     for (svc, s) in &services {
         for m in s.methods() {
             for (outcome, n) in m.outcomes() {
@@ -400,7 +400,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
 
     // Per listener.
     type Lc = fn(&crate::stats::ListenerStats) -> u64;
-    let counters: [(&str, &str, &str, Lc); 6] = [
+    let counters: [(&str, &str, &str, Lc); 7] = [
         (
             "thriftworker_listener_connections_accepted_total",
             "counter",
@@ -436,6 +436,12 @@ pub fn encode(stats: &Stats, out: &mut String) {
             "counter",
             "REPLY or EXCEPTION messages sent as requests (answered INVALID_MESSAGE_TYPE).",
             |l| l.invalid_type.get(),
+        ),
+        (
+            "thriftworker_listener_connections_closed_with_calls_in_flight_total",
+            "counter",
+            "Connections closed (any reason) with two-way calls not yet answered.",
+            |l| l.closed_with_calls_in_flight.get(),
         ),
     ];
     for (name, kind, help, get) in counters {

@@ -126,6 +126,8 @@ pub struct ListenerStats {
     pub unknown_service: Counter,
     /// REPLY/EXCEPTION messages sent as requests.
     pub invalid_type: Counter,
+    /// Connections closed with two-way calls not yet answered.
+    pub closed_with_calls_in_flight: Counter,
     /// Acceptor paused (set by the control API).
     pub paused: AtomicBool,
     /// Limits the warnings about bad clients.
@@ -184,6 +186,9 @@ pub enum Outcome {
     WorkerDied,
     Shutdown,
     EmptyReply,
+    /// The client closed its connection while the call waited in the queue:
+    /// dropped, never sent to a worker.
+    Abandoned,
 }
 
 /// Counters and latency histograms of one method of one service. Written
@@ -203,6 +208,7 @@ pub struct MethodStats {
     pub worker_died: Tally,
     pub shutdown: Tally,
     pub empty_reply: Tally,
+    pub abandoned: Tally,
     pub late_replies: Tally,
     /// Request read → answer handed to the connection (two-way calls).
     pub total: Histogram,
@@ -227,6 +233,7 @@ impl MethodStats {
             worker_died: Tally::default(),
             shutdown: Tally::default(),
             empty_reply: Tally::default(),
+            abandoned: Tally::default(),
             late_replies: Tally::default(),
             total: Histogram::default(),
             queue_wait: Histogram::default(),
@@ -246,12 +253,13 @@ impl MethodStats {
             Outcome::WorkerDied => &self.worker_died,
             Outcome::Shutdown => &self.shutdown,
             Outcome::EmptyReply => &self.empty_reply,
+            Outcome::Abandoned => &self.abandoned,
         }
         .inc()
     }
 
     /// Each outcome with its label value, in a fixed order.
-    pub fn outcomes(&self) -> [(&'static str, u64); 9] {
+    pub fn outcomes(&self) -> [(&'static str, u64); 10] {
         [
             ("success", self.success.get()),
             ("declared_exception", self.declared_exception.get()),
@@ -262,10 +270,12 @@ impl MethodStats {
             ("worker_died", self.worker_died.get()),
             ("shutdown", self.shutdown.get()),
             ("empty_reply", self.empty_reply.get()),
+            ("abandoned", self.abandoned.get()),
         ]
     }
 
-    /// Failures: every outcome but success and declared exceptions.
+    /// Failures of the data plane or the worker: every outcome but success,
+    /// declared exceptions and calls the client abandoned.
     pub fn errors(&self) -> u64 {
         self.app_exception.get()
             + self.timeout.get()
@@ -367,7 +377,7 @@ impl ServiceStats {
 pub struct ServiceTotals {
     pub calls: u64,
     pub oneway: u64,
-    pub outcomes: [u64; 9],
+    pub outcomes: [u64; 10],
     pub errors: u64,
     pub late_replies: u64,
 }

@@ -5,6 +5,7 @@ a test must know a call has reached a worker: it logs each REQUEST."""
 import concurrent.futures
 import signal
 import time
+import urllib.request
 
 from harness import (
     INTERNAL_ERROR,
@@ -147,6 +148,12 @@ def test_client_disconnect_mid_call(dataplane, worker, processes):
     assert dp.alive(), dp.tail()
     assert "CREDIT VIOLATION" not in w.stderr
     assert "panic" not in dp.stderr, dp.tail()
+    # Counted: one connection closed with a call unanswered; the call itself
+    # still ends in one outcome (the worker's reply, taken by no one).
+    with urllib.request.urlopen(f"http://{dp.metrics_addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'thriftworker_listener_connections_closed_with_calls_in_flight_total{listener="echo"} 1\n' in text
+    assert 'thriftworker_call_outcomes_total{service="Echo",method="slow",outcome="success"} 2\n' in text
 
 
 def test_exceptions_keep_the_call_protocol(dataplane, worker, processes):

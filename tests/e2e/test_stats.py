@@ -114,7 +114,7 @@ EXPECTED = {
     "slow": {"calls": 2, "oneway": 0, "timeout": 1, "worker_died": 1, "late_replies": 1},
 }
 OUTCOMES = ["success", "declared_exception", "app_exception", "timeout", "overloaded",
-            "no_worker", "worker_died", "shutdown", "empty_reply"]
+            "no_worker", "worker_died", "shutdown", "empty_reply", "abandoned"]
 # Proto/JSON field name of each outcome where it differs.
 FIELD = {"timeout": "timeouts", "empty_reply": "empty_reply"}
 
@@ -236,7 +236,7 @@ def test_three_views_agree_with_the_traffic(dataplane, worker, processes, thrift
         assert pm.late_replies == late and cm["late_replies"] == late
         # Every call ended in exactly one outcome.
         assert sum(exp.get(o, 0) for o in OUTCOMES) == exp["calls"] + exp["oneway"], method
-        errors = sum(exp.get(o, 0) for o in OUTCOMES if o not in ("success", "declared_exception"))
+        errors = sum(exp.get(o, 0) for o in OUTCOMES if o not in ("success", "declared_exception", "abandoned"))
         assert pm.errors == errors and cm["errors"] == errors, method
         # Latency: one total observation per two-way call, in all views.
         count = metric(samples, "thriftworker_call_duration_seconds_count", service="Echo", method=method)
@@ -285,6 +285,25 @@ def test_three_views_agree_with_the_traffic(dataplane, worker, processes, thrift
     info = [dict(l) for (n, l) in samples if n == "thriftworker_build_info"]
     assert len(info) == 1 and info[0]["version"] == stats.version and info[0]["git_sha"] == stats.git_sha, info
     assert ctl["version"] == stats.version
+
+
+def test_a_queued_call_whose_client_left_is_abandoned_not_sent(dataplane, worker, processes, admin_pb, admin_channel):
+    dp = dataplane()
+    w = worker("py", concurrency=1)
+    with RawConnection(dp.addr("echo")) as busy:
+        busy.send_call("slow", slow_args("busy", 800), 1)
+        wait_requests(w, 1, processes)
+        with RawConnection(dp.addr("echo")) as leaving:
+            leaving.send_call("echo", Echo.echo_args(message="never sent"), 2)
+            wait_metric(dp, "thriftworker_service_queue_depth", 1, service="Echo")
+        r = busy.recv_message(result_cls=Echo.slow_result, timeout=10)
+        assert r.value.success == "busy", r
+    wait_metric(dp, "thriftworker_call_outcomes_total", 1, service="Echo", method="echo", outcome="abandoned")
+    assert w.requests_seen() == 1, "the abandoned call must not reach the worker"
+    m = pb_method(get_stats(admin_pb, admin_channel(dp)), "echo")
+    assert (m.calls, m.abandoned, m.errors, m.success) == (1, 1, 0, 0), m
+    samples = parse_metrics(scrape(dp))
+    assert metric(samples, "thriftworker_listener_connections_closed_with_calls_in_flight_total", listener="echo") == 1
 
 
 def test_promtool_accepts_the_live_exposition(dataplane, worker):
