@@ -7,4 +7,5 @@ mod support;
 
 mod credit;
 mod listener_control;
+mod outcomes;
 mod worker_liveness;
