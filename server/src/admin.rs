@@ -43,13 +43,16 @@ pub enum AdminError {
     Serve(String),
 }
 
-pub async fn bind(config: &AdminConfig) -> Result<TcpListener, AdminError> {
-    TcpListener::bind(config.address)
-        .await
-        .map_err(|source| AdminError::Bind {
-            addr: config.address,
-            source,
-        })
+/// Binds the admin port as a std socket: it is served from the admin
+/// thread's runtime (`app::spawn`), which converts it.
+pub fn bind(config: &AdminConfig) -> Result<std::net::TcpListener, AdminError> {
+    let err = |source| AdminError::Bind {
+        addr: config.address,
+        source,
+    };
+    let l = std::net::TcpListener::bind(config.address).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
 }
 
 /// Everything the admin service needs from the running data plane.
@@ -68,11 +71,16 @@ pub struct AdminContext {
 
 /// Serves the admin API on `listener` until `stop` is cancelled.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     config: AdminConfig,
     ctx: AdminContext,
     stop: CancellationToken,
 ) -> Result<(), AdminError> {
+    let addr = listener.local_addr().ok();
+    let listener = TcpListener::from_std(listener).map_err(|source| AdminError::Bind {
+        addr: addr.unwrap_or(config.address),
+        source,
+    })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(health, ctx.clone()));
     let reflection = tonic_reflection::server::Builder::configure()

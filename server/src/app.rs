@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +46,8 @@ pub struct Built {
     dispatch_tx: mpsc::Sender<Command>,
     dispatch_rx: mpsc::Receiver<Command>,
     drain: CancellationToken,
-    admin: Option<TcpListener>,
+    /// Served from the admin thread's runtime: bound as std sockets.
+    admin: Option<std::net::TcpListener>,
     metrics: Option<std::net::TcpListener>,
     listeners: Vec<ListenerHandle>,
 }
@@ -71,7 +71,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     let stats = Arc::new(Stats::new(config.metrics.method_cap));
     let transport = Transport::bind(&config.workers.endpoints).await?;
     let admin = match config.admin.enabled {
-        true => Some(admin::bind(&config.admin).await?),
+        true => Some(admin::bind(&config.admin)?),
         false => None,
     };
     let metrics = match config.metrics.enabled {
@@ -128,19 +128,12 @@ impl Built {
         }
     }
 
-    /// Starts the dispatcher, every acceptor and the admin API on the
-    /// current runtime, and the metrics server on a thread of its own.
+    /// Starts the dispatcher and every acceptor on the current runtime, and
+    /// the control plane (admin API, metrics and probes) on a thread of its
+    /// own, like linkerd2-proxy's admin runtime: the data plane may run on
+    /// one saturated thread, and the kubelet's probes, Prometheus and
+    /// `thriftctl` must still be answered then.
     pub async fn spawn(self) -> Running {
-        let metrics_stop = CancellationToken::new();
-        if let Some(listener) = self.metrics {
-            let addr = listener.local_addr().ok();
-            match metrics::spawn(listener, self.stats.clone(), metrics_stop.clone()) {
-                Ok(_) => {
-                    tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)")
-                }
-                Err(e) => tracing::error!(error = %e, "metrics server not started"),
-            }
-        }
         for e in &self.transport.endpoints {
             tracing::info!(endpoint = %e, "waiting for workers");
         }
@@ -160,7 +153,8 @@ impl Built {
         let shutdown_request = CancellationToken::new();
         let drain_timeout = Arc::new(std::sync::Mutex::new(None));
         let admin_stop = CancellationToken::new();
-        let admin_task = self.admin.map(|listener| {
+        let metrics_stop = CancellationToken::new();
+        let admin = self.admin.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, token = self.config.admin.token.is_some(), tls = self.config.admin.tls_cert.is_some(), "admin API listening");
             let ctx = AdminContext {
@@ -174,13 +168,26 @@ impl Built {
             let config: AdminConfig = self.config.admin.clone();
             let stop = admin_stop.clone();
             let failed = failed.clone();
-            tokio::spawn(async move {
+            async move {
                 if let Err(e) = admin::serve(listener, config, ctx, stop).await {
                     tracing::error!(error = %e, "admin API stopped");
                     failed.cancel();
                 }
-            })
+            }
         });
+        let metrics = self.metrics.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)");
+            metrics::serve(listener, self.stats.clone(), metrics_stop.clone())
+        });
+        let control_plane = match spawn_control_plane(admin, metrics) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the admin/metrics thread");
+                failed.cancel();
+                None
+            }
+        };
         Running {
             drain: self.drain,
             control: self.control,
@@ -191,11 +198,43 @@ impl Built {
             shutdown_request,
             drain_timeout,
             admin_stop,
-            admin_task,
             metrics_stop,
+            control_plane,
             shutdown_timeout: self.config.server.shutdown_timeout,
         }
     }
+}
+
+/// Runs the admin API and the metrics server on a thread with a
+/// single-threaded runtime of its own; the receiver completes when both have
+/// stopped.
+fn spawn_control_plane(
+    admin: Option<impl std::future::Future<Output = ()> + Send + 'static>,
+    metrics: Option<impl std::future::Future<Output = ()> + Send + 'static>,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("thriftworker-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let admin = async move {
+                    if let Some(a) = admin {
+                        a.await
+                    }
+                };
+                let metrics = async move {
+                    if let Some(m) = metrics {
+                        m.await
+                    }
+                };
+                tokio::join!(admin, metrics);
+            });
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
 }
 
 /// A running data plane.
@@ -209,8 +248,9 @@ pub struct Running {
     shutdown_request: CancellationToken,
     drain_timeout: Arc<std::sync::Mutex<Option<Duration>>>,
     admin_stop: CancellationToken,
-    admin_task: Option<JoinHandle<()>>,
     metrics_stop: CancellationToken,
+    /// Completes when the admin/metrics thread has stopped.
+    control_plane: Option<oneshot::Receiver<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -271,10 +311,10 @@ impl Running {
         }
         let _ = self.dispatcher.await;
         self.admin_stop.cancel();
-        if let Some(t) = self.admin_task {
-            let _ = t.await;
-        }
         self.metrics_stop.cancel();
+        if let Some(done) = self.control_plane {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+        }
         tracing::info!("stopped");
     }
 }

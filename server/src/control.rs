@@ -83,6 +83,10 @@ pub struct Control {
     /// Cancelled on process shutdown; every listener's stop token is a child.
     drain: CancellationToken,
     state_file: Option<PathBuf>,
+    /// The data plane's runtime. The admin API calls in from its own thread
+    /// and runtime; listeners added then must still be registered with, and
+    /// run on, the data plane's.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Control {
@@ -93,6 +97,7 @@ impl Control {
         state_file: Option<PathBuf>,
     ) -> Control {
         Control {
+            runtime: tokio::runtime::Handle::current(),
             state: Mutex::new(State {
                 services: BTreeMap::new(),
                 next_index: 0,
@@ -286,8 +291,10 @@ impl Control {
         config
             .validate(|s| st.services.contains_key(s))
             .map_err(ControlError::InvalidArgument)?;
-        let socket =
-            listener::bind(&config).map_err(|e| ControlError::FailedPrecondition(e.to_string()))?;
+        let socket = {
+            let _on_the_data_plane = self.runtime.enter();
+            listener::bind(&config).map_err(|e| ControlError::FailedPrecondition(e.to_string()))?
+        };
         let routes = Arc::new(ArcSwap::from_pointee(Self::routes_for(st, &config)));
         let ctx = ConnectionContext {
             listener: config.name.clone(),
@@ -322,16 +329,16 @@ impl Control {
     pub async fn start_pending(&self) {
         let mut st = self.state.lock().await;
         for e in st.listeners.values_mut() {
-            Self::start(e);
+            Self::start(e, &self.runtime);
         }
     }
 
-    fn start(e: &mut ListenerEntry) {
+    fn start(e: &mut ListenerEntry, runtime: &tokio::runtime::Handle) {
         if let Some(l) = e.pending.take() {
             tracing::info!(listener = %e.handle.name, addr = %e.handle.local_addr, paused = e.handle.is_paused(), "listening");
             let tracker = e.tracker.clone();
             e.tracker
-                .spawn(l.run(e.stop.clone(), e.abort.clone(), tracker));
+                .spawn_on(l.run(e.stop.clone(), e.abort.clone(), tracker), runtime);
         }
     }
 
@@ -346,7 +353,7 @@ impl Control {
         let name = config.name.clone();
         self.bind_locked(&mut st, config)?;
         let e = st.listeners.get_mut(&name).expect("just inserted");
-        Self::start(e);
+        Self::start(e, &self.runtime);
         let view = ListenerView {
             config: e.config.clone(),
             handle: e.handle.clone(),

@@ -1,11 +1,10 @@
-//! Prometheus exposition and the HTTP health probes, on their own port and
-//! their own thread.
+//! Prometheus exposition and the HTTP health probes, on their own port.
 //!
-//! Why a separate thread with its own single-threaded runtime: the data plane
-//! runs on few threads (one by default) and may be saturated; a scrape or a
-//! kubelet probe must still answer then, or the pod gets restarted exactly
-//! when it is busiest. Everything here reads the registry's atomics: nothing
-//! goes through the dispatcher.
+//! They run on the admin thread (see `app::spawn`), not on the data plane's
+//! runtime: the data plane runs on few threads (one by default) and may be
+//! saturated; a scrape or a kubelet probe must still answer then, or the pod
+//! gets restarted exactly when it is busiest. Everything here reads the
+//! registry's atomics: nothing goes through the dispatcher.
 //!
 //! Why our own text encoder: every series is either an atomic we own or a
 //! dispatcher-written histogram (see `histogram`), so a metrics crate would
@@ -43,8 +42,6 @@ pub enum MetricsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the metrics thread: {0}")]
-    Thread(std::io::Error),
 }
 
 /// Binds the metrics port (a std socket: it is served from another runtime).
@@ -59,31 +56,9 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
 /// Connections served at once; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Serves on a thread of its own until `stop` is cancelled.
-pub fn spawn(
-    listener: std::net::TcpListener,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) -> Result<std::thread::JoinHandle<()>, MetricsError> {
-    std::thread::Builder::new()
-        .name("thriftworker-metrics".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the metrics runtime; /metrics and probes are down");
-                    return;
-                }
-            };
-            rt.block_on(serve(listener, stats, stop));
-        })
-        .map_err(MetricsError::Thread)
-}
-
-async fn serve(listener: std::net::TcpListener, stats: Arc<Stats>, stop: CancellationToken) {
+/// Serves until `stop` is cancelled. Runs on the admin thread's runtime
+/// (`app::spawn`); `listener` is converted there.
+pub async fn serve(listener: std::net::TcpListener, stats: Arc<Stats>, stop: CancellationToken) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

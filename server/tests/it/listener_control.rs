@@ -88,3 +88,47 @@ async fn max_connections_refuses_and_counts() {
     wait_for("refusal counted", || stats.refused.get() == 1).await;
     dp.running.shutdown().await;
 }
+
+/// The admin API runs on a thread and runtime of its own. A listener it adds
+/// must be registered with, and run on, the data plane's runtime: here the
+/// runtime that added it is dropped before the listener is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_added_from_another_runtime_runs_on_the_data_planes() {
+    let dp = start("", "", "").await;
+    let mut worker = FakeWorker::connect(&dp.endpoint).await;
+    assert!(matches!(
+        worker.ready(4, b"").await,
+        thriftworker_wire::ServerMsg::ReadyAck { .. }
+    ));
+    let control = dp.running.control().clone();
+    let config: thriftworker::config::ListenerConfig =
+        toml::from_str("name = \"late\"\naddress = \"127.0.0.1:0\"\nservices = [\"Echo\"]")
+            .expect("listener config");
+    let added = std::thread::spawn(move || {
+        let admin_like = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let view = admin_like.block_on(control.add_listener(config));
+        drop(admin_like);
+        view
+    })
+    .join()
+    .expect("thread")
+    .expect("listener added");
+    let mut c = client(added.handle.local_addr).await;
+    send_call(&mut c, "echo", 7).await;
+    let r = match within("the request", worker.recv_non_heartbeat()).await {
+        thriftworker_wire::ServerMsg::Request(r) => r,
+        other => panic!("expected REQUEST, got {other:?}"),
+    };
+    worker
+        .send(thriftworker_wire::WorkerMsg::Reply {
+            id: r.id,
+            message: reply_for(&r.message),
+        })
+        .await;
+    let (h, _) = within("the reply", read_reply(&mut c)).await;
+    assert_eq!(h.seqid, 7);
+    dp.running.shutdown().await;
+}
