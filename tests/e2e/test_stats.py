@@ -432,9 +432,10 @@ def test_healthz_and_readyz_follow_workers_and_drain(dataplane, worker, processe
     assert dp.wait_exit() == 0
 
 
-def test_metrics_answer_while_the_data_plane_is_saturated(dataplane, worker):
-    """Scrapes and probes are served on their own thread: they answer while
-    the data plane's runtime is busy with a flood of pipelined calls."""
+def test_metrics_answer_while_the_data_plane_is_saturated(dataplane, worker, admin_pb, admin_channel):
+    """Scrapes, probes and the admin API are served on their own thread: they
+    answer while the data plane's runtime is busy with a flood of pipelined
+    calls."""
     dp = dataplane()
     worker(concurrency=64)
     stop = threading.Event()
@@ -455,13 +456,16 @@ def test_metrics_answer_while_the_data_plane_is_saturated(dataplane, worker):
         t.start()
     try:
         wait_for(lambda: sent[0] > 5000, 20, "the flood to get going")
+        channel = admin_channel(dp)
         worst = 0.0
         for _ in range(20):
             started = time.monotonic()
             assert http_get(dp.metrics_addr, "/readyz", timeout=5)[0] == 200
             assert http_get(dp.metrics_addr, "/metrics", timeout=5)[0] == 200
+            assert get_stats(admin_pb, channel).services
             worst = max(worst, time.monotonic() - started)
-        assert worst < 2.0, f"a probe + scrape took {worst:.2f}s under load"
+        assert worst < 2.0, f"a probe + scrape + GetStats took {worst:.2f}s under load"
+        assert pb_method(get_stats(admin_pb, channel), "echo").calls > 1000, "the flood was being served"
     finally:
         stop.set()
         for t in floods:
