@@ -669,6 +669,8 @@ def test_stats(dataplane, worker, thriftctl, processes):
     only = ctl.ok("stats", "--service", "Echo", "--listener", "echo")
     assert [x["name"] for x in only["services"]] == ["Echo"]
     assert [x["name"] for x in only["listeners"]] == ["echo"]
+    assert {(m["service"], m["method"]) for m in only["methods"]} == {("Echo", "echo")}, only["methods"]
+    assert next(m for m in only["methods"])["success"] == 5
 
     r = ctl.run("stats")
     assert r.rc == 0, r
