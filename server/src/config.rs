@@ -119,6 +119,10 @@ pub struct MetricsConfig {
     pub method_cap: usize,
 }
 
+/// Upper bound of `[metrics].method_cap` (series per service stay bounded,
+/// and the dispatcher's method index fits in 16 bits).
+pub const MAX_METHOD_CAP: usize = 10_000;
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
@@ -492,6 +496,12 @@ impl Config {
                 ));
             }
         }
+        if self.metrics.method_cap > MAX_METHOD_CAP {
+            return bad(format!(
+                "[metrics].method_cap {} is too large: at most {MAX_METHOD_CAP} methods per service get their own series",
+                self.metrics.method_cap
+            ));
+        }
         let mut services = HashSet::new();
         for s in &self.services {
             s.validate().map_err(ConfigError::Invalid)?;
@@ -620,6 +630,7 @@ mod tests {
             ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='127.0.0.1:9-3'\nservices=['A']", "listener 'a'"),
             ("[workers]\nendpoints=['http://x']", "ipc:// or tcp://"),
             ("[server]\nbogus=1", "unknown field"),
+            ("[metrics]\nmethod_cap=10001", "method_cap 10001 is too large"),
         ];
         for (text, want) in cases {
             let e = Config::parse(text).unwrap_err().to_string();

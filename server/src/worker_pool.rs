@@ -29,7 +29,7 @@ pub struct WorkerState {
     /// Request ids sent and not yet replied to, including calls whose client
     /// was already answered (timed out): the worker is still busy with them.
     /// Each with its (service index, method index), to count a late reply.
-    pub in_flight: HashMap<u64, (u32, u32)>,
+    pub in_flight: HashMap<u64, (u32, u16)>,
     pub last_seen: Instant,
     /// Sent DISCONNECT: no new calls; forgotten when `in_flight` empties.
     pub leaving: bool,
