@@ -14,7 +14,6 @@
 //! its worker is declared dead.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::config::{Config, ServiceConfig};
+use crate::fast_hash::{BytesMap, IdMap};
 use crate::message::{application_exception, reply_kind, AppErrorKind, ReplyKind};
 use crate::stats::{LogLimiter, MethodStats, Outcome, ServiceStats, Stats, WorkerStats};
 use crate::transport::{Inbound, Transport};
@@ -172,30 +172,9 @@ struct Entry {
 /// (names folded into `other` are not cached).
 #[derive(Default)]
 struct MethodCache {
-    by_name: HashMap<Bytes, u16, BuildHasherDefault<Fnv1a>>,
+    /// FNV-1a: names are a few bytes and the map is bounded by the cap.
+    by_name: BytesMap<Bytes, u16>,
     list: Vec<Arc<MethodStats>>,
-}
-
-/// FNV-1a for the method-name cache: names are a few bytes, and SipHash
-/// costs more than the rest of the lookup. Collisions chosen by a client
-/// only lengthen probes in a map the method cap bounds (≤ cap entries).
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
 }
 
 struct ServiceQueue {
@@ -212,7 +191,7 @@ pub struct Dispatcher {
     queues: Vec<ServiceQueue>,
     methods: Vec<MethodCache>,
     pool: WorkerPool,
-    calls: HashMap<u64, Entry>,
+    calls: IdMap<Entry>,
     timers: DelayQueue<u64>,
     next_id: u64,
     transport: Transport,
@@ -251,7 +230,7 @@ impl Dispatcher {
             methods: services.iter().map(|_| MethodCache::default()).collect(),
             pool: WorkerPool::new(services.len()),
             services,
-            calls: HashMap::new(),
+            calls: IdMap::default(),
             timers: DelayQueue::new(),
             next_id: 0,
             transport,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod dispatch;
+pub mod fast_hash;
 pub mod frame;
 pub mod histogram;
 pub mod listener;

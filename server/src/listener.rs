@@ -218,10 +218,14 @@ impl Listener {
                     _ = drain.cancelled() => return,
                 }
             }
+            // Biased: when a pause and a new connection are both ready, the
+            // pause wins (the connection stays in the backlog), so a client
+            // that connects after `pause` returned is not accepted.
             let accepted = tokio::select! {
-                a = self.socket.accept() => a,
+                biased;
                 _ = drain.cancelled() => return,
                 _ = self.paused.changed() => continue,
+                a = self.socket.accept() => a,
             };
             let (stream, peer) = match accepted {
                 Ok(s) => s,

@@ -7,12 +7,12 @@
 //! `zeromq` crate's per-peer queue (100,000 messages, no high-water mark;
 //! a send to a full one would stall the dispatcher) never fills.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::fast_hash::{BytesMap, IdMap};
 use crate::stats::WorkerStats;
 
 /// Index of a worker slot; stable while the worker lives.
@@ -29,7 +29,7 @@ pub struct WorkerState {
     /// Request ids sent and not yet replied to, including calls whose client
     /// was already answered (timed out): the worker is still busy with them.
     /// Each with its (service index, method index), to count a late reply.
-    pub in_flight: HashMap<u64, (u32, u16)>,
+    pub in_flight: IdMap<(u32, u16)>,
     pub last_seen: Instant,
     /// Sent DISCONNECT: no new calls; forgotten when `in_flight` empties.
     pub leaving: bool,
@@ -50,7 +50,7 @@ impl WorkerState {
 pub struct WorkerPool {
     slots: Vec<Option<WorkerState>>,
     free_slots: Vec<WorkerIdx>,
-    by_peer: HashMap<Bytes, WorkerIdx>,
+    by_peer: BytesMap<Bytes, WorkerIdx>,
     /// Per service index: the workers serving it.
     by_service: Vec<Vec<WorkerIdx>>,
     /// Per service: where the next search starts, so ties rotate.
@@ -96,7 +96,7 @@ impl WorkerPool {
             id,
             services: services.clone(),
             credit,
-            in_flight: HashMap::new(),
+            in_flight: IdMap::default(),
             last_seen: now,
             leaving: false,
         };
