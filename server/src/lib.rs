@@ -4,7 +4,8 @@
 //! The modules follow a call's path:
 //! `listener` (accept) → `connection` (frames via `frame`, headers via
 //! `message`, routing, in-order replies) → `dispatch` (queues, deadlines,
-//! balancing over `worker_pool`) → `transport` (ZeroMQ ROUTER) → workers.
+//! balancing over `worker_pool`, maps hashed by `fast_hash`) → `transport`
+//! (ZeroMQ ROUTER) → workers.
 //! `config` describes it, `app` wires it, `stats` counts it (with
 //! `histogram`), `metrics` serves the counts to Prometheus with the health
 //! probes; `control` changes it at runtime and `admin` exposes that over gRPC.
