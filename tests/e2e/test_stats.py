@@ -432,6 +432,31 @@ def test_healthz_and_readyz_follow_workers_and_drain(dataplane, worker, processe
     assert dp.wait_exit() == 0
 
 
+def test_bad_requests_to_the_metrics_port_get_errors_not_a_crash(dataplane):
+    dp = dataplane()
+    host, port = dp.metrics_addr.rsplit(":", 1)
+    # Garbage instead of HTTP: the connection is answered 400 or closed.
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"\x00\xff garbage\r\n\r\n")
+        reply = s.recv(1024)
+        assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply
+    # Another method than GET/HEAD.
+    req = urllib.request.Request(f"http://{dp.metrics_addr}/metrics", data=b"x", method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise AssertionError("POST /metrics was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 405, e
+    # Connections that send nothing do not block the probes.
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(8)]
+    try:
+        assert http_get(dp.metrics_addr, "/healthz") == (200, "ok\n")
+    finally:
+        for s in idle:
+            s.close()
+    assert dp.alive(), dp.tail()
+
+
 def test_metrics_answer_while_the_data_plane_is_saturated(dataplane, worker, admin_pb, admin_channel):
     """Scrapes, probes and the admin API are served on their own thread: they
     answer while the data plane's runtime is busy with a flood of pipelined
