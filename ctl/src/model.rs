@@ -93,7 +93,7 @@ pub struct LatencySummary {
 
 /// One method of one service. Every call ends in one outcome: success,
 /// declared_exception, app_exception, timeouts, overloaded, no_worker,
-/// worker_died, shutdown, empty_reply or abandoned; `errors` sums all but success, abandoned and
+/// worker_died, shutdown, empty_reply, abandoned or bad_reply; `errors` sums all but success, abandoned and
 /// declared_exception.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MethodStats {
@@ -111,6 +111,7 @@ pub struct MethodStats {
     pub shutdown: u64,
     pub empty_reply: u64,
     pub abandoned: u64,
+    pub bad_reply: u64,
     pub errors: u64,
     pub late_replies: u64,
     /// Request read to answer handed back (two-way calls).
@@ -135,6 +136,7 @@ pub struct ServiceStats {
     pub shutdown: u64,
     pub empty_reply: u64,
     pub abandoned: u64,
+    pub bad_reply: u64,
     pub errors: u64,
     pub late_replies: u64,
     pub queue_depth: u64,
@@ -157,6 +159,7 @@ pub struct ListenerStats {
     pub closed_protocol_error: u64,
     pub closed_shutdown: u64,
     pub closed_io_error: u64,
+    pub closed_write_timeout: u64,
     pub closed_with_calls_in_flight: u64,
     pub unknown_service: u64,
     pub invalid_type: u64,
@@ -315,6 +318,7 @@ impl From<&pb::MethodStats> for MethodStats {
             shutdown: m.shutdown,
             empty_reply: m.empty_reply,
             abandoned: m.abandoned,
+            bad_reply: m.bad_reply,
             errors: m.errors,
             late_replies: m.late_replies,
             total: latency_summary(&m.total),
@@ -341,6 +345,7 @@ impl From<&pb::ServiceStats> for ServiceStats {
             shutdown: s.shutdown,
             empty_reply: s.empty_reply,
             abandoned: s.abandoned,
+            bad_reply: s.bad_reply,
             errors: s.errors,
             late_replies: s.late_replies,
             queue_depth: s.queue_depth,
@@ -366,6 +371,7 @@ impl From<&pb::ListenerStats> for ListenerStats {
             closed_protocol_error: l.closed_protocol_error,
             closed_shutdown: l.closed_shutdown,
             closed_io_error: l.closed_io_error,
+            closed_write_timeout: l.closed_write_timeout,
             closed_with_calls_in_flight: l.closed_with_calls_in_flight,
             unknown_service: l.unknown_service,
             invalid_type: l.invalid_type,
@@ -815,6 +821,7 @@ mod tests {
             shutdown: 0,
             empty_reply: 0,
             abandoned: 0,
+            bad_reply: 0,
             errors,
             late_replies: 0,
             queue_depth: 4,
@@ -848,6 +855,7 @@ mod tests {
             shutdown: 0,
             empty_reply: 0,
             abandoned: 0,
+            bad_reply: 0,
             errors,
             late_replies: 0,
             total,
@@ -869,6 +877,7 @@ mod tests {
             closed_protocol_error: 3,
             closed_shutdown: 0,
             closed_io_error: 0,
+            closed_write_timeout: 0,
             closed_with_calls_in_flight: 0,
             unknown_service: 0,
             invalid_type: 0,
@@ -1060,6 +1069,7 @@ mod tests {
             "shutdown",
             "empty_reply",
             "abandoned",
+            "bad_reply",
             "errors",
             "late_replies",
             "total",
@@ -1097,6 +1107,7 @@ mod tests {
                 invalid_type: 4,
                 closed_shutdown: 5,
                 closed_io_error: 6,
+                closed_write_timeout: 0,
                 ..Default::default()
             }],
             methods: vec![m],
@@ -1146,6 +1157,7 @@ mod tests {
             "shutdown",
             "empty_reply",
             "abandoned",
+            "bad_reply",
             "late_replies",
             "queue_depth",
             "in_flight",

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::config::{
-    AdminConfig, HumanDuration, ListenerConfig, ProtocolSetting, ServiceConfig,
+    self, AdminConfig, HumanDuration, ListenerConfig, ProtocolSetting, ServiceConfig,
     DEFAULT_MAX_FRAME_SIZE,
 };
 use crate::control::{Control, ControlError, ListenerView, ServiceView};
@@ -208,9 +208,9 @@ fn service_config(
     base: Option<&ServiceConfig>,
 ) -> ServiceConfig {
     let s = s.unwrap_or_default();
-    let defaults: ServiceConfig = base.cloned().unwrap_or_else(|| {
-        toml::from_str(&format!("name = {:?}", name)).expect("defaults of a service")
-    });
+    let defaults: ServiceConfig = base
+        .cloned()
+        .unwrap_or_else(|| ServiceConfig::new(name.clone()));
     let pick = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
     ServiceConfig {
         name,
@@ -229,6 +229,7 @@ fn service_config(
         } else {
             s.max_queue as usize
         },
+        max_buffered_bytes: defaults.max_buffered_bytes,
         strip_service_prefix: s
             .strip_service_prefix
             .unwrap_or(defaults.strip_service_prefix),
@@ -279,18 +280,31 @@ fn listener_config(
             )))
         }
     };
-    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    // 0 means "the default"; anything else is checked by the one validator
+    // (`ListenerConfig::validate`), saturating so no value wraps first.
+    let or = |v: u64, d: usize| {
+        if v == 0 {
+            d
+        } else {
+            usize::try_from(v).unwrap_or(usize::MAX)
+        }
+    };
     Ok(ListenerConfig {
         name,
         address: s.address,
         services: s.services,
         default_service: (!s.default_service.is_empty()).then_some(s.default_service),
         protocol,
-        max_frame_size: or(s.max_frame_size, DEFAULT_MAX_FRAME_SIZE as u64) as usize,
-        max_connections: or(s.max_connections, 10_000) as usize,
-        idle_timeout: Duration::from_millis(or(s.idle_timeout_ms, 300_000)),
-        max_pipeline: or(s.max_pipeline, 64) as usize,
-        backlog: 1024,
+        max_frame_size: or(s.max_frame_size, DEFAULT_MAX_FRAME_SIZE),
+        max_connections: or(s.max_connections, config::default_max_connections()),
+        idle_timeout: if s.idle_timeout_ms == 0 {
+            config::default_idle_timeout()
+        } else {
+            Duration::from_millis(s.idle_timeout_ms)
+        },
+        write_timeout: config::default_write_timeout(),
+        max_pipeline: or(s.max_pipeline, config::default_max_pipeline()),
+        backlog: config::default_backlog(),
         paused: s.paused,
     })
 }
@@ -324,7 +338,8 @@ fn require_name(name: &str, what: &str) -> Result<(), Status> {
     if name.is_empty() {
         return Err(Status::invalid_argument(format!("{what} name is required")));
     }
-    Ok(())
+    // No name that could not have been registered is looked up (or echoed).
+    config::check_name(&format!("{what} name"), name).map_err(Status::invalid_argument)
 }
 
 impl AdminService {
@@ -376,6 +391,7 @@ pub fn stats_snapshot(stats: &Stats, filter: &pb::GetStatsRequest) -> pb::Stats 
                 shutdown: o[7].1,
                 empty_reply: o[8].1,
                 abandoned: o[9].1,
+                bad_reply: o[10].1,
                 late_replies: m.late_replies.get(),
                 queue_wait: Some(latency(&m.queue_wait)),
                 worker: Some(latency(&m.worker)),
@@ -404,6 +420,7 @@ pub fn stats_snapshot(stats: &Stats, filter: &pb::GetStatsRequest) -> pb::Stats 
                     shutdown: t.outcomes[7],
                     empty_reply: t.outcomes[8],
                     abandoned: t.outcomes[9],
+                    bad_reply: t.outcomes[10],
                     errors: t.errors,
                     late_replies: t.late_replies,
                     queue_depth: s.queue_depth.get(),
@@ -430,6 +447,7 @@ pub fn stats_snapshot(stats: &Stats, filter: &pb::GetStatsRequest) -> pb::Stats 
                 closed_protocol_error: l.closed_protocol_error.get(),
                 closed_shutdown: l.closed_shutdown.get(),
                 closed_io_error: l.closed_io_error.get(),
+                closed_write_timeout: l.closed_write_timeout.get(),
                 closed_with_calls_in_flight: l.closed_with_calls_in_flight.get(),
                 bytes_in: l.bytes_in.get(),
                 bytes_out: l.bytes_out.get(),

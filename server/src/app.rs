@@ -21,6 +21,7 @@ use crate::dispatch::{Command, Dispatcher, ServiceInfo};
 use crate::listener::ListenerHandle;
 use crate::metrics::{self, MetricsError};
 use crate::stats::Stats;
+use crate::supervise::Supervisor;
 use crate::transport::{self, Transport, TransportError};
 
 /// Why the data plane could not start.
@@ -43,6 +44,7 @@ pub struct Built {
     transport: Transport,
     services: Vec<Arc<ServiceInfo>>,
     stats: Arc<Stats>,
+    supervisor: Arc<Supervisor>,
     dispatch_tx: mpsc::Sender<Command>,
     dispatch_rx: mpsc::Receiver<Command>,
     drain: CancellationToken,
@@ -69,7 +71,13 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         config.workers.endpoints = vec![transport::default_endpoint()];
     }
     let stats = Arc::new(Stats::new(config.metrics.method_cap));
-    let transport = Transport::bind(&config.workers.endpoints).await?;
+    // The dispatcher beats once per heartbeat interval; a few missed beats
+    // (and never less than 5 s) mean it is stuck.
+    stats
+        .core
+        .set_stall_after(config.workers.heartbeat_interval * 3 + Duration::from_secs(5));
+    let supervisor = Supervisor::new(stats.clone());
+    let transport = Transport::bind(&config.workers).await?;
     let admin = match config.admin.enabled {
         true => Some(admin::bind(&config.admin)?),
         false => None,
@@ -85,8 +93,10 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     let control = Arc::new(Control::new(
         dispatch_tx.clone(),
         stats.clone(),
+        supervisor.clone(),
         drain.clone(),
         config.admin.state_file.clone(),
+        config.workers.max_message_size,
     ));
     let services = control.init_services(&config.services).await;
     let mut listeners = Vec::new();
@@ -104,6 +114,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         transport,
         services,
         stats,
+        supervisor,
         dispatch_tx,
         dispatch_rx,
         drain,
@@ -137,7 +148,7 @@ impl Built {
         for e in &self.transport.endpoints {
             tracing::info!(endpoint = %e, "waiting for workers");
         }
-        let failed = CancellationToken::new();
+        let supervisor = self.supervisor;
         let (workers_changed_tx, workers_changed) = watch::channel(0u64);
         let dispatcher = Dispatcher::new(
             &self.config,
@@ -145,10 +156,17 @@ impl Built {
             self.transport,
             self.dispatch_rx,
             self.stats.clone(),
-            failed.clone(),
+            supervisor.failed().clone(),
             Arc::new(workers_changed_tx),
         );
-        let dispatcher = tokio::spawn(dispatcher.run());
+        let dispatcher = {
+            let supervisor = supervisor.clone();
+            tokio::spawn(async move {
+                supervisor
+                    .run_until_done("dispatcher", dispatcher.run())
+                    .await
+            })
+        };
         self.control.start_pending().await;
         let shutdown_request = CancellationToken::new();
         let drain_timeout = Arc::new(std::sync::Mutex::new(None));
@@ -167,24 +185,28 @@ impl Built {
             };
             let config: AdminConfig = self.config.admin.clone();
             let stop = admin_stop.clone();
-            let failed = failed.clone();
+            let supervisor = supervisor.clone();
             async move {
-                if let Err(e) = admin::serve(listener, config, ctx, stop).await {
-                    tracing::error!(error = %e, "admin API stopped");
-                    failed.cancel();
-                }
+                let serve = async {
+                    if let Err(e) = admin::serve(listener, config, ctx, stop.clone()).await {
+                        tracing::error!(error = %e, "admin API stopped");
+                    }
+                };
+                supervisor.run("admin API", &stop, serve).await
             }
         });
         let metrics = self.metrics.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)");
-            metrics::serve(listener, self.stats.clone(), metrics_stop.clone())
+            let stop = metrics_stop.clone();
+            let serve = metrics::serve(listener, self.stats.clone(), stop.clone());
+            let supervisor = supervisor.clone();
+            async move { supervisor.run("metrics server", &stop, serve).await }
         });
         let control_plane = match spawn_control_plane(admin, metrics) {
             Ok(done) => Some(done),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the admin/metrics thread");
-                failed.cancel();
+                supervisor.fail("admin thread", &format!("cannot start it: {e}"));
                 None
             }
         };
@@ -194,7 +216,7 @@ impl Built {
             dispatch: self.dispatch_tx,
             dispatcher,
             stats: self.stats,
-            failed,
+            supervisor,
             shutdown_request,
             drain_timeout,
             admin_stop,
@@ -237,6 +259,9 @@ fn spawn_control_plane(
     Ok(done_rx)
 }
 
+/// How long a failed process lets connections write what they have.
+const FAILED_DRAIN: Duration = Duration::from_secs(1);
+
 /// A running data plane.
 pub struct Running {
     drain: CancellationToken,
@@ -244,7 +269,7 @@ pub struct Running {
     dispatch: mpsc::Sender<Command>,
     dispatcher: JoinHandle<()>,
     stats: Arc<Stats>,
-    failed: CancellationToken,
+    supervisor: Arc<Supervisor>,
     shutdown_request: CancellationToken,
     drain_timeout: Arc<std::sync::Mutex<Option<Duration>>>,
     admin_stop: CancellationToken,
@@ -263,11 +288,12 @@ impl Running {
         &self.stats
     }
 
-    /// Completes if the data plane can no longer serve (the worker transport
-    /// or the admin API failed); the process should then drain and exit
-    /// non-zero so its supervisor restarts it.
+    /// Completes if the data plane can no longer serve (a core task died:
+    /// the dispatcher, an acceptor, the worker transport, the admin API or
+    /// the metrics server); the process should then exit non-zero so its
+    /// supervisor restarts it (`shutdown` drains briefly in that case).
     pub async fn failed(&self) {
-        self.failed.cancelled().await
+        self.supervisor.failed().cancelled().await
     }
 
     /// Completes when the admin API asked for a drain.
@@ -279,11 +305,16 @@ impl Running {
     /// finish the calls they have read (up to `shutdown_timeout`), answer the
     /// rest with an exception, tell workers to leave.
     pub async fn shutdown(self) {
-        let timeout = self
+        let mut timeout = self
             .drain_timeout
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .unwrap_or(self.shutdown_timeout);
+        if self.supervisor.failed().is_cancelled() {
+            // A core task is dead: calls pending now may never be answered,
+            // so waiting the full drain only keeps a broken process around.
+            timeout = timeout.min(FAILED_DRAIN);
+        }
         tracing::info!(
             ?timeout,
             "draining: no new connections; finishing calls in flight"
@@ -303,7 +334,12 @@ impl Running {
         }
         // Connections now hold their answers (exceptions for what was left):
         // give them a moment to write them out, then close what remains.
-        if tokio::time::timeout(Duration::from_secs(5), self.control.wait_connections())
+        let flush = if self.supervisor.failed().is_cancelled() {
+            FAILED_DRAIN
+        } else {
+            Duration::from_secs(5)
+        };
+        if tokio::time::timeout(flush, self.control.wait_connections())
             .await
             .is_err()
         {

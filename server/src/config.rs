@@ -186,6 +186,8 @@ pub struct ServerConfig {
     /// on small machines (see docs/benchmarks.md).
     pub threads: usize,
     pub log_format: LogFormat,
+    /// Bytes of requests queued or at workers, all services together.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -194,6 +196,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             threads: 1,
+            max_buffered_bytes: 128 << 20,
         }
     }
 }
@@ -210,7 +213,20 @@ pub struct WorkersConfig {
     /// Filled from token_file or THRIFTWORKER_WORKER_TOKEN; never logged.
     #[serde(skip)]
     pub token: Option<Secret>,
+    /// Largest ZeroMQ message accepted from a worker-port peer; a larger one
+    /// closes that peer's connection before any memory is reserved for it.
+    pub max_message_size: usize,
+    /// A worker-port connection must finish the ZeroMQ handshake within this.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A worker still holding a call this long after the call's deadline is
+    /// declared dead (evicted), so its credit is not lost for good.
+    #[serde(with = "humantime_serde")]
+    pub stuck_timeout: Duration,
 }
+
+/// Room for a REQUEST's or REPLY's own frames around the Thrift message.
+pub const WORKER_MESSAGE_OVERHEAD: usize = 64 << 10;
 
 impl Default for WorkersConfig {
     fn default() -> Self {
@@ -220,6 +236,9 @@ impl Default for WorkersConfig {
             heartbeat_liveness: 3,
             token_file: None,
             token: None,
+            max_message_size: DEFAULT_MAX_FRAME_SIZE + WORKER_MESSAGE_OVERHEAD,
+            handshake_timeout: Duration::from_secs(10),
+            stuck_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -249,6 +268,10 @@ pub struct ServiceConfig {
     /// Calls waiting for a worker; beyond this they are answered "overloaded".
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
+    /// Bytes of requests queued or at a worker for this service; a call
+    /// that would exceed it is answered "overloaded".
+    #[serde(default = "default_service_buffered_bytes")]
+    pub max_buffered_bytes: usize,
     /// Strip `Service:` from multiplexed names before the worker sees them.
     #[serde(default = "yes")]
     pub strip_service_prefix: bool,
@@ -287,6 +310,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     #[serde(with = "humantime_serde", default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// A client that takes longer than this to accept the bytes of an
+    /// answer (it does not read) is disconnected.
+    #[serde(with = "humantime_serde", default = "default_write_timeout")]
+    pub write_timeout: Duration,
     /// Two-way calls in flight per connection; at the bound reading pauses.
     #[serde(default = "default_max_pipeline")]
     pub max_pipeline: usize,
@@ -314,16 +341,22 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16_384_000;
 fn default_max_frame_size() -> usize {
     DEFAULT_MAX_FRAME_SIZE
 }
-fn default_max_connections() -> usize {
+pub fn default_max_connections() -> usize {
     10_000
 }
-fn default_idle_timeout() -> Duration {
+pub fn default_idle_timeout() -> Duration {
     Duration::from_secs(300)
 }
-fn default_max_pipeline() -> usize {
+pub fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn default_max_pipeline() -> usize {
     64
 }
-fn default_backlog() -> u32 {
+fn default_service_buffered_bytes() -> usize {
+    64 << 20
+}
+pub fn default_backlog() -> u32 {
     1024
 }
 
@@ -482,26 +515,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_settings().map_err(ConfigError::Invalid)?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.workers.heartbeat_interval < Duration::from_millis(10) {
-            return bad("[workers].heartbeat_interval must be at least 10ms".into());
-        }
-        if self.workers.heartbeat_liveness == 0 {
-            return bad("[workers].heartbeat_liveness must be at least 1".into());
-        }
-        for e in &self.workers.endpoints {
-            if !(e.starts_with("ipc://") || e.starts_with("tcp://")) {
-                return bad(format!(
-                    "[workers].endpoints: '{e}' must start with ipc:// or tcp://"
-                ));
-            }
-        }
-        if self.metrics.method_cap > MAX_METHOD_CAP {
-            return bad(format!(
-                "[metrics].method_cap {} is too large: at most {MAX_METHOD_CAP} methods per service get their own series",
-                self.metrics.method_cap
-            ));
-        }
         let mut services = HashSet::new();
         for s in &self.services {
             s.validate().map_err(ConfigError::Invalid)?;
@@ -516,38 +531,150 @@ impl Config {
             }
             l.validate(|s| services.contains(s))
                 .map_err(ConfigError::Invalid)?;
+            self.check_frame_fits(l).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
 }
 
+impl Config {
+    /// The process-wide settings: [server], [workers], [metrics].
+    fn validate_settings(&self) -> Result<(), String> {
+        let (server, workers) = (&self.server, &self.workers);
+        check_duration(
+            "[server].shutdown_timeout",
+            server.shutdown_timeout,
+            Duration::ZERO,
+            MAX_SHUTDOWN_TIMEOUT,
+        )?;
+        check_count("[server].threads", server.threads, 0, MAX_THREADS)?;
+        check_count(
+            "[server].max_buffered_bytes",
+            server.max_buffered_bytes,
+            MIN_BUFFERED_BYTES,
+            MAX_BUFFERED_BYTES,
+        )?;
+        check_duration(
+            "[workers].heartbeat_interval",
+            workers.heartbeat_interval,
+            MIN_HEARTBEAT,
+            MAX_HEARTBEAT,
+        )?;
+        check_count(
+            "[workers].heartbeat_liveness",
+            workers.heartbeat_liveness as usize,
+            1,
+            MAX_LIVENESS,
+        )?;
+        check_count(
+            "[workers].max_message_size",
+            workers.max_message_size,
+            MIN_WORKER_MESSAGE,
+            MAX_WORKER_MESSAGE,
+        )?;
+        check_duration(
+            "[workers].handshake_timeout",
+            workers.handshake_timeout,
+            MIN_TIMEOUT,
+            MAX_HANDSHAKE_TIMEOUT,
+        )?;
+        check_duration(
+            "[workers].stuck_timeout",
+            workers.stuck_timeout,
+            MIN_TIMEOUT,
+            MAX_STUCK_TIMEOUT,
+        )?;
+        check_count(
+            "[workers].endpoints",
+            workers.endpoints.len(),
+            0,
+            MAX_ENDPOINTS,
+        )?;
+        for e in &workers.endpoints {
+            if !(e.starts_with("ipc://") || e.starts_with("tcp://")) || e.len() > MAX_ADDRESS_LEN {
+                return Err(format!(
+                    "[workers].endpoints: {} must start with ipc:// or tcp:// (at most {MAX_ADDRESS_LEN} bytes)",
+                    shown(e)
+                ));
+            }
+        }
+        if self.metrics.method_cap > MAX_METHOD_CAP {
+            return Err(format!(
+                "[metrics].method_cap {} is too large: at most {MAX_METHOD_CAP} methods per service get their own series",
+                self.metrics.method_cap
+            ));
+        }
+        check_count("[[services]]", self.services.len(), 0, MAX_SERVICES)?;
+        check_count("[[listeners]]", self.listeners.len(), 0, MAX_LISTENERS)?;
+        Ok(())
+    }
+
+    /// A listener's calls must fit in a worker message.
+    pub fn check_frame_fits(&self, l: &ListenerConfig) -> Result<(), String> {
+        frame_fits(l, self.workers.max_message_size)
+    }
+}
+
+/// A listener's largest call (and so the largest reply it accepts) must fit
+/// in a worker message with room for the protocol's own frames.
+pub fn frame_fits(l: &ListenerConfig, max_message_size: usize) -> Result<(), String> {
+    if l.max_frame_size + WORKER_MESSAGE_OVERHEAD > max_message_size {
+        return Err(format!(
+            "listener '{}': max_frame_size {} does not fit in [workers].max_message_size {} (which needs {} bytes more than the frame): raise max_message_size or lower max_frame_size",
+            l.name, l.max_frame_size, max_message_size, WORKER_MESSAGE_OVERHEAD
+        ));
+    }
+    Ok(())
+}
+
 impl ServiceConfig {
+    /// A service with every setting at its default.
+    pub fn new(name: String) -> ServiceConfig {
+        ServiceConfig {
+            name,
+            timeout: default_timeout(),
+            method_timeouts: HashMap::new(),
+            queue_timeout: default_queue_timeout(),
+            max_queue: default_max_queue(),
+            max_buffered_bytes: default_service_buffered_bytes(),
+            strip_service_prefix: true,
+        }
+    }
+
     /// Checks one service's settings; the error says what to fix.
     pub fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.contains(':') || self.name.len() > 255 {
+        check_name("service name", &self.name)?;
+        let at = |field: &str| format!("service '{}': {field}", self.name);
+        check_duration(&at("timeout"), self.timeout, MIN_TIMEOUT, MAX_CALL_TIMEOUT)?;
+        if self.method_timeouts.len() > MAX_METHOD_CAP {
             return Err(format!(
-                "service name '{}' must be 1-255 bytes and contain no ':'",
-                self.name
+                "{} has {} entries; at most {MAX_METHOD_CAP}",
+                at("method_timeouts"),
+                self.method_timeouts.len()
             ));
         }
-        if self.timeout.is_zero() || self.timeout.as_millis() > u32::MAX as u128 {
-            return Err(format!(
-                "service '{}': timeout must be positive and under 49 days",
-                self.name
-            ));
+        for (m, d) in &self.method_timeouts {
+            check_name(&at("method_timeouts key"), m)?;
+            check_duration(
+                &at(&format!("method_timeouts.{m}")),
+                d.0,
+                MIN_TIMEOUT,
+                MAX_CALL_TIMEOUT,
+            )?;
         }
-        if let Some((m, _)) = self.method_timeouts.iter().find(|(_, d)| d.0.is_zero()) {
-            return Err(format!(
-                "service '{}': method_timeouts.{m} must be positive",
-                self.name
-            ));
-        }
-        if self.queue_timeout.is_zero() {
-            return Err(format!(
-                "service '{}': queue_timeout must be positive",
-                self.name
-            ));
-        }
+        check_duration(
+            &at("queue_timeout"),
+            self.queue_timeout,
+            MIN_TIMEOUT,
+            MAX_CALL_TIMEOUT,
+        )?;
+        check_count(&at("max_queue"), self.max_queue, 0, MAX_QUEUE)?;
+        check_count(
+            &at("max_buffered_bytes"),
+            self.max_buffered_bytes,
+            MIN_BUFFERED_BYTES,
+            MAX_BUFFERED_BYTES,
+        )?;
         Ok(())
     }
 }
@@ -555,16 +682,17 @@ impl ServiceConfig {
 impl ListenerConfig {
     /// Checks one listener's settings against the services that exist.
     pub fn validate(&self, service_exists: impl Fn(&str) -> bool) -> Result<(), String> {
-        if self.name.is_empty() {
-            return Err("listener name must not be empty".into());
-        }
+        check_name("listener name", &self.name)?;
+        let at = |field: &str| format!("listener '{}': {field}", self.name);
         if self.services.is_empty() {
             return Err(format!(
                 "listener '{}' serves no service: set services = [\"Name\"]",
                 self.name
             ));
         }
+        check_count(&at("services"), self.services.len(), 1, MAX_SERVICES)?;
         for s in self.services.iter().chain(self.default_service.iter()) {
+            check_name(&at("service name"), s)?;
             if !service_exists(s) {
                 return Err(format!(
                     "listener '{}' names service '{s}', which is not registered",
@@ -580,23 +708,139 @@ impl ListenerConfig {
                 ));
             }
         }
-        if self.max_frame_size < 16 || self.max_frame_size > i32::MAX as usize {
+        check_count(
+            &at("max_frame_size"),
+            self.max_frame_size,
+            MIN_FRAME_SIZE,
+            MAX_FRAME_SIZE,
+        )?;
+        check_count(
+            &at("max_connections"),
+            self.max_connections,
+            1,
+            MAX_CONNECTIONS,
+        )?;
+        check_count(&at("max_pipeline"), self.max_pipeline, 1, MAX_PIPELINE)?;
+        check_count(&at("backlog"), self.backlog as usize, 1, MAX_BACKLOG)?;
+        check_duration(
+            &at("idle_timeout"),
+            self.idle_timeout,
+            MIN_TIMEOUT,
+            MAX_IDLE_TIMEOUT,
+        )?;
+        check_duration(
+            &at("write_timeout"),
+            self.write_timeout,
+            MIN_TIMEOUT,
+            MAX_IDLE_TIMEOUT,
+        )?;
+        if self.address.len() > MAX_ADDRESS_LEN {
             return Err(format!(
-                "listener '{}': max_frame_size must be between 16 and {}",
-                self.name,
-                i32::MAX
-            ));
-        }
-        if self.max_connections == 0 || self.max_pipeline == 0 {
-            return Err(format!(
-                "listener '{}': max_connections and max_pipeline must be at least 1",
-                self.name
+                "{} is {} bytes long; at most {MAX_ADDRESS_LEN}",
+                at("address"),
+                self.address.len()
             ));
         }
         crate::listener::parse_address(&self.address)
             .map_err(|e| format!("listener '{}': {e}", self.name))?;
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Bounds. Every setting, from the file, a flag, the environment or the admin
+// API, goes through the checks below: nothing unbounded reaches a timer, a
+// channel or an allocation, and no error echoes an unbounded input.
+
+/// Longest service, listener or method name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Shortest timeout of any kind.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Longest call deadline or queue timeout (a timer further out is a mistake:
+/// tokio's timers and our queues are not meant to hold calls for days).
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest idle or write timeout of a connection.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest shutdown timeout.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Heartbeat interval bounds.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
+pub const MAX_LIVENESS: usize = 100;
+pub const MAX_QUEUE: usize = 1_000_000;
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+pub const MAX_PIPELINE: usize = 10_000;
+pub const MAX_BACKLOG: usize = 65_535;
+pub const MIN_FRAME_SIZE: usize = 16;
+/// Largest `max_frame_size` (256 MiB).
+pub const MAX_FRAME_SIZE: usize = 256 << 20;
+/// Services per listener, and services in all.
+pub const MAX_SERVICES: usize = 1_000;
+pub const MAX_LISTENERS: usize = 1_000;
+pub const MAX_ENDPOINTS: usize = 16;
+pub const MAX_THREADS: usize = 1_024;
+pub const MAX_ADDRESS_LEN: usize = 300;
+/// Memory budget bounds (bytes of requests queued or in flight).
+pub const MIN_BUFFERED_BYTES: usize = 1 << 20;
+pub const MAX_BUFFERED_BYTES: usize = 1 << 40;
+/// Bounds of `[workers].max_message_size`.
+pub const MIN_WORKER_MESSAGE: usize = 64 << 10;
+pub const MAX_WORKER_MESSAGE: usize = MAX_FRAME_SIZE + (64 << 10);
+/// Bounds of `[workers].handshake_timeout`.
+pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bounds of `[workers].stuck_timeout`.
+pub const MAX_STUCK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A name (service, listener, method) must be 1 to [`MAX_NAME_LEN`] bytes
+/// of ASCII letters, digits, `_`, `-` and `.`: it appears in logs, metrics
+/// labels, terminal tables and TOML, where anything else needs escaping.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {} is not valid: use 1 to {MAX_NAME_LEN} characters from A-Z, a-z, 0-9, '_', '-' and '.'",
+        shown(name)
+    ))
+}
+
+/// `s` as it may appear in an error message or a log line: quoted, control
+/// characters escaped, cut after 64 characters (with its length in bytes).
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    let mut out = String::from("'");
+    for c in s.chars().take(MAX) {
+        out.extend(c.escape_debug());
+    }
+    out.push('\'');
+    if s.chars().count() > MAX {
+        out.push_str(&format!("... ({} bytes)", s.len()));
+    }
+    out
+}
+
+fn check_duration(what: &str, d: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if d < min || d > max {
+        return Err(format!(
+            "{what} is {}; it must be between {} and {}",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(())
+}
+
+fn check_count(what: &str, n: usize, min: usize, max: usize) -> Result<(), String> {
+    if n < min || n > max {
+        return Err(format!("{what} is {n}; it must be between {min} and {max}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct ConnectionContext {
     pub max_frame_size: usize,
     pub max_pipeline: usize,
     pub idle_timeout: std::time::Duration,
+    /// A client that accepts no answer bytes for this long is disconnected.
+    pub write_timeout: std::time::Duration,
     pub dispatch: mpsc::Sender<Command>,
     pub stats: Arc<ListenerStats>,
 }
@@ -87,8 +89,21 @@ impl Routes {
     }
 }
 
-/// Serves one connection until the client closes it, an error, idleness, or
-/// drain (then it finishes the calls it has read and closes).
+/// Bytes of answers waiting to be written beyond which the connection stops
+/// reading: a client that sends but does not read cannot make us buffer
+/// without bound (its answers stay bounded by `max_pipeline` and this).
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Serves one connection until the client closes it, an error, idleness, a
+/// client that stops reading, or drain (then it finishes the calls it has
+/// read and closes).
+///
+/// Every two-way call that was read gets its answer written before the
+/// connection closes on its own account: after end of stream (a client may
+/// half-close once it has sent its calls), after a bad frame or header
+/// (calls read before it are still answered), and during drain. Only a
+/// write error, the write timeout or an aborted drain close it with calls
+/// unanswered.
 pub async fn serve(
     stream: TcpStream,
     ctx: Arc<ConnectionContext>,
@@ -104,23 +119,48 @@ pub async fn serve(
     // is known.
     let mut frames = FramedRead::with_capacity(read, FrameDecoder::new(ctx.max_frame_size), 2048);
     let (tx, mut completions) = mpsc::channel::<Completion>(ctx.max_pipeline);
-    // Slot numbers of pending two-way calls start at `base`; an entry is
-    // `Some` once its answer is here.
+    // Slot numbers of pending two-way calls start at `base` (wrapping: at
+    // most `max_pipeline` are pending, so differences are unambiguous); an
+    // entry is `Some` once its answer is here.
     let mut pending: VecDeque<Option<Bytes>> = VecDeque::new();
-    let mut base: u64 = 0;
+    let mut base: u32 = 0;
     let mut out = BytesMut::new();
     let mut protocol: Option<Protocol> = None;
     let mut draining = drain.is_cancelled();
+    // Set when reading has ended (end of stream, bad input): the reason the
+    // connection closes once every call read is answered.
+    let mut read_done: Option<CloseReason> = None;
     let mut idle_deadline = Instant::now() + ctx.idle_timeout;
+    let mut write_deadline = Instant::now() + ctx.write_timeout;
 
     let reason = loop {
-        if draining && pending.is_empty() {
-            break CloseReason::Shutdown;
+        if pending.is_empty() && out.is_empty() {
+            if let Some(reason) = read_done {
+                break reason;
+            }
+            if draining {
+                break CloseReason::Shutdown;
+            }
         }
+        let can_read = read_done.is_none()
+            && !draining
+            && pending.len() < ctx.max_pipeline
+            && out.len() < WRITE_HIGH_WATER;
         tokio::select! {
-            frame = frames.next(), if !draining && pending.len() < ctx.max_pipeline => {
+            frame = frames.next(), if can_read => {
                 let frame = match frame {
-                    None => break CloseReason::ClientClose,
+                    // End of stream: the client sent FIN. It may only have
+                    // half-closed, so its answers are still written (if it
+                    // is gone, the first write fails).
+                    None => {
+                        read_done = Some(CloseReason::ClientClose);
+                        continue;
+                    }
+                    // A reset or another I/O error: the client is gone.
+                    Some(Err(FrameError::Io(e))) => {
+                        tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
+                        break CloseReason::IoError;
+                    }
                     Some(Err(e)) => {
                         let reason = match &e {
                             FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
@@ -135,37 +175,58 @@ pub async fn serve(
                         } else {
                             tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
                         }
-                        break reason;
+                        read_done = Some(reason);
+                        continue;
                     }
                     Some(Ok(frame)) => frame,
                 };
                 ctx.stats.bytes_in.add(frame.len() as u64 + 4);
                 idle_deadline = Instant::now() + ctx.idle_timeout;
-                match handle_frame(&ctx, frame, &mut protocol, &tx, base + pending.len() as u64).await {
+                let slot = base.wrapping_add(pending.len() as u32);
+                match handle_frame(&ctx, frame, &mut protocol, &tx, slot).await {
                     Ok(Handled::Slot(answer)) => pending.push_back(answer),
                     Ok(Handled::NoSlot) => {}
                     Err(e) => {
                         if let Some(suppressed) = ctx.stats.warn_limit.allow() {
                             tracing::warn!(listener = %ctx.listener, ?peer, error = %e, suppressed, "closing connection: unparseable message header");
                         }
-                        break CloseReason::ProtocolError;
+                        read_done = Some(CloseReason::ProtocolError);
                     }
                 }
             }
             Some(done) = completions.recv() => {
-                let idx = (done.slot - base) as usize;
+                let idx = done.slot.wrapping_sub(base) as usize;
                 if let Some(entry) = pending.get_mut(idx) {
                     *entry = Some(done.message);
                 }
                 // Take any further answers already here, then write in one go.
                 while let Ok(done) = completions.try_recv() {
-                    let idx = (done.slot - base) as usize;
+                    let idx = done.slot.wrapping_sub(base) as usize;
                     if let Some(entry) = pending.get_mut(idx) {
                         *entry = Some(done.message);
                     }
                 }
             }
-            _ = sleep_until(idle_deadline), if pending.is_empty() && !draining => {
+            // Inside the select, so a client that does not read never stops
+            // the connection from taking answers, noticing drain or abort.
+            written = write.write_buf(&mut out), if !out.is_empty() => match written {
+                Ok(0) | Err(_) => {
+                    tracing::debug!(listener = %ctx.listener, ?peer, "write failed");
+                    break CloseReason::IoError;
+                }
+                Ok(_) => {
+                    let now = Instant::now();
+                    write_deadline = now + ctx.write_timeout;
+                    idle_deadline = now + ctx.idle_timeout;
+                }
+            },
+            _ = sleep_until(write_deadline), if !out.is_empty() => {
+                if let Some(suppressed) = ctx.stats.warn_limit.allow() {
+                    tracing::warn!(listener = %ctx.listener, ?peer, timeout = ?ctx.write_timeout, suppressed, "closing connection: the client does not read its answers");
+                }
+                break CloseReason::WriteTimeout;
+            }
+            _ = sleep_until(idle_deadline), if pending.is_empty() && out.is_empty() && !draining && read_done.is_none() => {
                 tracing::debug!(listener = %ctx.listener, ?peer, "closing idle connection");
                 break CloseReason::IdleTimeout;
             }
@@ -177,21 +238,17 @@ pub async fn serve(
                 break CloseReason::Shutdown;
             }
         }
-        // Write every answer that is next in order.
+        // Queue every answer that is next in order.
+        let was_empty = out.is_empty();
         while let Some(Some(_)) = pending.front() {
             let msg = pending.pop_front().flatten().expect("checked");
-            base += 1;
+            base = base.wrapping_add(1);
             out.put_u32(msg.len() as u32);
             out.put_slice(&msg);
+            ctx.stats.bytes_out.add(msg.len() as u64 + 4);
         }
-        if !out.is_empty() {
-            ctx.stats.bytes_out.add(out.len() as u64);
-            if let Err(e) = write.write_all(&out).await {
-                tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "write failed");
-                break CloseReason::IoError;
-            }
-            out.clear();
-            idle_deadline = Instant::now() + ctx.idle_timeout;
+        if was_empty && !out.is_empty() {
+            write_deadline = Instant::now() + ctx.write_timeout;
         }
     };
     ctx.stats.closed(reason);
@@ -200,7 +257,10 @@ pub async fn serve(
         ctx.stats.closed_with_calls_in_flight.inc();
     }
     tracing::debug!(?reason, unanswered, "connection closed");
-    let _ = write.shutdown().await;
+    if reason != CloseReason::WriteTimeout && reason != CloseReason::IoError {
+        // A bounded goodbye: never wait on a client that does not read.
+        let _ = tokio::time::timeout(ctx.write_timeout, write.shutdown()).await;
+    }
 }
 
 enum Handled {
@@ -215,7 +275,7 @@ async fn handle_frame(
     frame: Bytes,
     protocol: &mut Option<Protocol>,
     tx: &mpsc::Sender<Completion>,
-    slot: u64,
+    slot: u32,
 ) -> Result<Handled, HeaderError> {
     let detected = message::detect(&frame)?;
     match (ctx.protocol, detected) {
@@ -313,6 +373,7 @@ async fn handle_frame(
         reply: (!oneway).then(|| ReplyTo {
             tx: tx.clone(),
             slot,
+            max_reply: ctx.max_frame_size as u32,
         }),
         method: 0,
     };

@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ListenerConfig, RuntimeState, ServiceConfig};
+use crate::config::{self, shown, ListenerConfig, RuntimeState, ServiceConfig};
 use crate::connection::{ConnectionContext, Routes};
 use crate::dispatch::{service_info, Command, ServiceInfo, WorkerView};
 use crate::listener::{self, Listener, ListenerHandle};
 use crate::stats::Stats;
+use crate::supervise::Supervisor;
 
 /// Why a change was refused; each maps to one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +81,13 @@ pub struct Control {
     state: Mutex<State>,
     dispatch: mpsc::Sender<Command>,
     stats: Arc<Stats>,
+    /// Acceptors are core tasks: one that dies fails the process.
+    supervisor: Arc<Supervisor>,
     /// Cancelled on process shutdown; every listener's stop token is a child.
     drain: CancellationToken,
     state_file: Option<PathBuf>,
+    /// `[workers].max_message_size`: every listener's frames must fit in it.
+    max_message_size: usize,
     /// The data plane's runtime. The admin API calls in from its own thread
     /// and runtime; listeners added then must still be registered with, and
     /// run on, the data plane's.
@@ -93,8 +98,10 @@ impl Control {
     pub fn new(
         dispatch: mpsc::Sender<Command>,
         stats: Arc<Stats>,
+        supervisor: Arc<Supervisor>,
         drain: CancellationToken,
         state_file: Option<PathBuf>,
+        max_message_size: usize,
     ) -> Control {
         Control {
             runtime: tokio::runtime::Handle::current(),
@@ -105,8 +112,10 @@ impl Control {
             }),
             dispatch,
             stats,
+            supervisor,
             drain,
             state_file,
+            max_message_size,
         }
     }
 
@@ -249,6 +258,9 @@ impl Control {
         }
         self.send(Command::RemoveService(index)).await?;
         st.services.remove(name);
+        // Its series leave the views and /readyz stops waiting for a worker
+        // of it; calls still finishing update the detached block.
+        self.stats.remove_service(name);
         tracing::info!(service = %name, "service unregistered");
         self.persist(&st);
         Ok(())
@@ -290,6 +302,7 @@ impl Control {
         }
         config
             .validate(|s| st.services.contains_key(s))
+            .and_then(|()| config::frame_fits(&config, self.max_message_size))
             .map_err(ControlError::InvalidArgument)?;
         let socket = {
             let _on_the_data_plane = self.runtime.enter();
@@ -303,6 +316,7 @@ impl Control {
             max_frame_size: config.max_frame_size,
             max_pipeline: config.max_pipeline,
             idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
             dispatch: self.dispatch.clone(),
             stats: self.stats.listener(&config.name),
         };
@@ -329,16 +343,19 @@ impl Control {
     pub async fn start_pending(&self) {
         let mut st = self.state.lock().await;
         for e in st.listeners.values_mut() {
-            Self::start(e, &self.runtime);
+            Self::start(e, &self.runtime, &self.supervisor);
         }
     }
 
-    fn start(e: &mut ListenerEntry, runtime: &tokio::runtime::Handle) {
+    fn start(e: &mut ListenerEntry, runtime: &tokio::runtime::Handle, sup: &Arc<Supervisor>) {
         if let Some(l) = e.pending.take() {
             tracing::info!(listener = %e.handle.name, addr = %e.handle.local_addr, paused = e.handle.is_paused(), "listening");
             let tracker = e.tracker.clone();
+            let (stop, sup) = (e.stop.clone(), sup.clone());
+            let task = format!("acceptor of listener '{}'", e.handle.name);
+            let accept = l.run(stop.clone(), e.abort.clone(), tracker);
             e.tracker
-                .spawn_on(l.run(e.stop.clone(), e.abort.clone(), tracker), runtime);
+                .spawn_on(async move { sup.run(&task, &stop, accept).await }, runtime);
         }
     }
 
@@ -353,7 +370,7 @@ impl Control {
         let name = config.name.clone();
         self.bind_locked(&mut st, config)?;
         let e = st.listeners.get_mut(&name).expect("just inserted");
-        Self::start(e, &self.runtime);
+        Self::start(e, &self.runtime, &self.supervisor);
         let view = ListenerView {
             config: e.config.clone(),
             handle: e.handle.clone(),
@@ -435,7 +452,8 @@ impl Control {
         match rx.await {
             Ok(true) => Ok(()),
             Ok(false) => Err(ControlError::NotFound(format!(
-                "no worker '{id}': see `thriftctl workers list`"
+                "no worker {}: see `thriftctl workers list`",
+                shown(id)
             ))),
             Err(_) => Err(ControlError::Unavailable(
                 "the data plane is shutting down".into(),
@@ -497,12 +515,14 @@ fn apply_pause(e: &mut ListenerEntry, paused: bool) {
 
 fn not_found_service(name: &str) -> ControlError {
     ControlError::NotFound(format!(
-        "no service '{name}': see `thriftctl services list`"
+        "no service {}: see `thriftctl services list`",
+        shown(name)
     ))
 }
 
 fn not_found_listener(name: &str) -> ControlError {
     ControlError::NotFound(format!(
-        "no listener '{name}': see `thriftctl listeners list`"
+        "no listener {}: see `thriftctl listeners list`",
+        shown(name)
     ))
 }

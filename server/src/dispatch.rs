@@ -25,7 +25,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::config::{Config, ServiceConfig};
 use crate::fast_hash::{BytesMap, IdMap};
-use crate::message::{application_exception, reply_kind, AppErrorKind, ReplyKind};
+use crate::message::{application_exception, check_reply, AppErrorKind, ReplyKind};
 use crate::stats::{LogLimiter, MethodStats, Outcome, ServiceStats, Stats, WorkerStats};
 use crate::transport::{Inbound, Transport};
 use crate::worker_pool::{WorkerIdx, WorkerPool};
@@ -58,13 +58,16 @@ pub struct Call {
 #[derive(Debug)]
 pub struct ReplyTo {
     pub tx: mpsc::Sender<Completion>,
-    pub slot: u64,
+    /// Wraps: a connection has at most `max_pipeline` slots pending.
+    pub slot: u32,
+    /// The listener's `max_frame_size`: a larger reply is not passed on.
+    pub max_reply: u32,
 }
 
 /// The answer to one call: a complete Thrift message to frame and write.
 #[derive(Debug)]
 pub struct Completion {
-    pub slot: u64,
+    pub slot: u32,
     pub message: Bytes,
 }
 
@@ -107,6 +110,8 @@ pub struct ServiceInfo {
     pub method_timeouts: HashMap<Box<[u8]>, Duration>,
     pub queue_timeout: Duration,
     pub max_queue: usize,
+    /// Bytes of requests it may have queued or at workers.
+    pub max_buffered_bytes: usize,
     pub strip_prefix: bool,
     pub stats: Arc<ServiceStats>,
 }
@@ -137,6 +142,7 @@ pub fn service_info(index: usize, s: &ServiceConfig, stats: &Stats) -> Arc<Servi
             .collect(),
         queue_timeout: s.queue_timeout,
         max_queue: s.max_queue,
+        max_buffered_bytes: s.max_buffered_bytes,
         strip_prefix: s.strip_service_prefix,
         stats: stats.service(&s.name),
     })
@@ -145,18 +151,22 @@ pub fn service_info(index: usize, s: &ServiceConfig, stats: &Stats) -> Arc<Servi
 /// Why the data plane answered a call itself.
 #[derive(Debug, Clone, Copy)]
 enum Failure {
+    /// The request memory budget (the service's or the process's) is used up.
+    MemoryFull,
     QueueFull,
     QueueTimeout,
     Timeout,
     WorkerDied,
     EmptyReply,
+    /// The worker's reply does not answer the call.
+    BadReply,
     ShuttingDown,
 }
 
 enum Phase {
     Queued,
-    /// Sent to a worker at this time.
-    Sent(Instant),
+    /// Sent to this worker at this time.
+    Sent(Instant, WorkerIdx),
 }
 
 struct Entry {
@@ -181,6 +191,18 @@ struct ServiceQueue {
     /// Request ids in arrival order; ids no longer queued are skipped.
     ids: VecDeque<u64>,
     live: usize,
+    /// Bytes of the service's requests queued or at workers.
+    bytes: usize,
+}
+
+impl ServiceQueue {
+    fn new() -> ServiceQueue {
+        ServiceQueue {
+            ids: VecDeque::new(),
+            live: 0,
+            bytes: 0,
+        }
+    }
 }
 
 pub struct Dispatcher {
@@ -199,6 +221,11 @@ pub struct Dispatcher {
     token: Option<Vec<u8>>,
     heartbeat: Duration,
     liveness: u32,
+    /// A call still at a worker this long past its deadline: worker evicted.
+    stuck_timeout: Duration,
+    /// Bytes of requests queued or at workers, all services, and the bound.
+    buffered: usize,
+    max_buffered: usize,
     stats: Arc<Stats>,
     warn_limit: LogLimiter,
     /// Limits "worker dead" warnings (a crash-looping fleet could flood the log).
@@ -220,13 +247,7 @@ impl Dispatcher {
         Dispatcher {
             removed: vec![false; services.len()],
             workers_changed,
-            queues: services
-                .iter()
-                .map(|_| ServiceQueue {
-                    ids: VecDeque::new(),
-                    live: 0,
-                })
-                .collect(),
+            queues: services.iter().map(|_| ServiceQueue::new()).collect(),
             methods: services.iter().map(|_| MethodCache::default()).collect(),
             pool: WorkerPool::new(services.len()),
             services,
@@ -238,6 +259,9 @@ impl Dispatcher {
             token: config.workers.token.as_ref().map(|t| t.0.clone()),
             heartbeat: config.workers.heartbeat_interval,
             liveness: config.workers.heartbeat_liveness,
+            stuck_timeout: config.workers.stuck_timeout,
+            buffered: 0,
+            max_buffered: config.server.max_buffered_bytes,
             stats,
             warn_limit: LogLimiter::new(10),
             dead_limit: LogLimiter::new(10),
@@ -252,6 +276,10 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 biased;
+                // First, though it is ready once per interval at most: a
+                // stream of worker traffic or calls must not starve the
+                // liveness checks, nor the beat the probes read.
+                _ = heartbeat.tick() => self.on_heartbeat_tick().await,
                 inbound = self.transport.recv() => match inbound {
                     Inbound::Message { peer, msg } => self.on_worker_message(peer, msg).await,
                     Inbound::Disconnected { peer } => {
@@ -261,6 +289,7 @@ impl Dispatcher {
                     }
                     Inbound::Closed(e) => {
                         tracing::error!(error = %e, "worker transport failed; answering all calls and stopping");
+                        self.stats.core.fail(format!("worker transport failed: {e}"));
                         self.fail_all(Failure::ShuttingDown);
                         self.failed.cancel();
                         return;
@@ -295,7 +324,6 @@ impl Dispatcher {
                         return;
                     }
                 },
-                _ = heartbeat.tick() => self.on_heartbeat_tick().await,
             }
         }
     }
@@ -314,6 +342,15 @@ impl Dispatcher {
             self.answer(call, Failure::Timeout);
             return;
         }
+        // The memory budget: bytes held for calls queued or at workers.
+        let size = call.message.len();
+        if self.buffered + size > self.max_buffered
+            || self.queues[svc].bytes + size > self.services[svc].max_buffered_bytes
+        {
+            self.answer(call, Failure::MemoryFull);
+            return;
+        }
+        self.hold(svc, size as isize);
         self.next_id += 1;
         let id = self.next_id;
         // Fast path: nothing queued ahead of it and a worker has credit.
@@ -335,6 +372,7 @@ impl Dispatcher {
         }
         let info = &self.services[svc];
         if self.queues[svc].live >= info.max_queue {
+            self.hold(svc, -(size as isize));
             self.answer(call, Failure::QueueFull);
             return;
         }
@@ -358,6 +396,23 @@ impl Dispatcher {
         q.ids.push_back(id);
         q.live += 1;
         info.stats.queue_depth.set(q.live as u64);
+    }
+
+    /// Adds (or, negative, releases) `delta` bytes held for service `svc`.
+    fn hold(&mut self, svc: usize, delta: isize) {
+        let q = &mut self.queues[svc];
+        q.bytes = q.bytes.saturating_add_signed(delta);
+        self.buffered = self.buffered.saturating_add_signed(delta);
+        self.services[svc].stats.buffered_bytes.set(q.bytes as u64);
+        self.stats.dispatch.buffered_bytes.set(self.buffered as u64);
+    }
+
+    /// Removes call `id` from the table (whoever does answers it) and
+    /// releases its bytes from the memory budget.
+    fn take(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.calls.remove(&id)?;
+        self.hold(entry.call.service, -(entry.call.message.len() as isize));
+        Some(entry)
     }
 
     /// The stats of method `name` of service `svc`, as an index into the
@@ -395,7 +450,7 @@ impl Dispatcher {
             return;
         };
         let now = Instant::now();
-        entry.phase = Phase::Sent(now);
+        entry.phase = Phase::Sent(now, w);
         self.methods[entry.call.service].list[entry.call.method as usize]
             .queue_wait
             .observe(now.saturating_duration_since(entry.call.received));
@@ -457,7 +512,7 @@ impl Dispatcher {
                 .get(&id)
                 .is_some_and(|e| e.call.reply.as_ref().is_some_and(|r| r.tx.is_closed()));
             if gone {
-                if let Some(entry) = self.calls.remove(&id) {
+                if let Some(entry) = self.take(id) {
                     self.timers.remove(&entry.timer);
                     self.method_stats(&entry.call).outcome(Outcome::Abandoned);
                 }
@@ -486,7 +541,7 @@ impl Dispatcher {
     }
 
     async fn on_timer(&mut self, id: u64) {
-        let Some(entry) = self.calls.remove(&id) else {
+        let Some(entry) = self.take(id) else {
             return;
         };
         let svc = entry.call.service;
@@ -510,9 +565,16 @@ impl Dispatcher {
                 };
                 self.answer(entry.call, why);
             }
-            Phase::Sent(_) => {
+            Phase::Sent(_, w) => {
                 // The worker keeps the credit until it replies (it is still
-                // busy); its late reply will be dropped and counted.
+                // busy); its late reply will be dropped and counted. If it
+                // never replies, the heartbeat tick evicts it after
+                // `stuck_timeout` (see `evict_stuck`).
+                if let Some(state) = self.pool.get_mut(w) {
+                    if state.in_flight.contains_key(&id) {
+                        state.overdue.insert(id, Instant::now());
+                    }
+                }
                 self.services[svc].stats.in_flight.dec();
                 self.answer(entry.call, Failure::Timeout);
             }
@@ -682,6 +744,7 @@ impl Dispatcher {
             tracing::debug!(worker = %state.id, request = id, "reply for a call this worker does not hold");
             return;
         };
+        state.overdue.remove(&id);
         state.stats.served.inc();
         state.stats.in_flight.set(state.in_flight.len() as u64);
         if !state.leaving {
@@ -689,27 +752,43 @@ impl Dispatcher {
                 self.services[s].stats.free_credit.inc();
             }
         }
+        let entry = self.take(id);
         let worker_id = self.pool.get(w).map_or("", |s| s.id.as_str());
-        match self.calls.remove(&id) {
-            Some(entry) => {
+        match entry {
+            Some(mut entry) => {
                 self.timers.remove(&entry.timer);
                 let now = Instant::now();
                 let svc = &self.services[entry.call.service];
                 svc.stats.in_flight.dec();
                 let m = &self.methods[entry.call.service].list[entry.call.method as usize];
-                if let Phase::Sent(at) = entry.phase {
+                if let Phase::Sent(at, _) = entry.phase {
                     m.worker.observe(now.saturating_duration_since(at));
                 }
-                match entry.call.reply {
-                    Some(reply) if message.is_empty() => {
-                        let call = Call {
-                            reply: Some(reply),
-                            ..entry.call
-                        };
-                        self.answer(call, Failure::EmptyReply);
-                    }
-                    Some(reply) => {
-                        let outcome = match reply_kind(&message) {
+                let call = &entry.call;
+                let checked = match &call.reply {
+                    None => None,
+                    Some(_) if message.is_empty() => Some(Err(Failure::EmptyReply)),
+                    Some(reply) => Some(
+                        check_reply(
+                            &message,
+                            call.protocol,
+                            &call.name,
+                            call.seqid,
+                            reply.max_reply as usize,
+                        )
+                        .map_err(|e| {
+                            self.stats.dispatch.bad_replies.inc();
+                            if let Some(suppressed) = self.warn_limit.allow() {
+                                tracing::warn!(worker = %worker_id, service = %svc.name, error = %e, suppressed, "reply does not match its call: answering the client with an exception");
+                            }
+                            Failure::BadReply
+                        }),
+                    ),
+                };
+                match checked {
+                    Some(Err(why)) => self.answer(entry.call, why),
+                    Some(Ok(kind)) => {
+                        let outcome = match kind {
                             ReplyKind::Success => Outcome::Success,
                             ReplyKind::DeclaredException => Outcome::DeclaredException,
                             ReplyKind::AppException | ReplyKind::Unreadable => {
@@ -720,10 +799,12 @@ impl Dispatcher {
                         m.total
                             .observe(now.saturating_duration_since(entry.call.received));
                         trace_call(&svc.name, m, entry.call.seqid, worker_id, outcome);
-                        let _ = reply.tx.try_send(Completion {
-                            slot: reply.slot,
-                            message,
-                        });
+                        if let Some(reply) = entry.call.reply.take() {
+                            let _ = reply.tx.try_send(Completion {
+                                slot: reply.slot,
+                                message,
+                            });
+                        }
                     }
                     None => {
                         // oneway: the reply only returns credit.
@@ -786,7 +867,7 @@ impl Dispatcher {
             tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), suppressed, "worker dead");
         }
         for id in state.in_flight.into_keys() {
-            if let Some(entry) = self.calls.remove(&id) {
+            if let Some(entry) = self.take(id) {
                 self.timers.remove(&entry.timer);
                 self.services[entry.call.service].stats.in_flight.dec();
                 self.answer(entry.call, Failure::WorkerDied);
@@ -801,10 +882,7 @@ impl Dispatcher {
             self.services.push(info);
             self.removed.push(false);
             self.methods.push(MethodCache::default());
-            self.queues.push(ServiceQueue {
-                ids: VecDeque::new(),
-                live: 0,
-            });
+            self.queues.push(ServiceQueue::new());
             self.pool.add_service();
         } else if i < self.services.len() {
             // New settings apply to calls that arrive from now on.
@@ -851,6 +929,7 @@ impl Dispatcher {
 
     async fn on_heartbeat_tick(&mut self) {
         let now = Instant::now();
+        self.stats.core.beat(self.stats.now_ms());
         let limit = self.heartbeat * self.liveness;
         let stale: Vec<WorkerIdx> = self
             .pool
@@ -861,6 +940,7 @@ impl Dispatcher {
         for w in stale {
             self.worker_dead(w, "missed heartbeats").await;
         }
+        self.evict_stuck(now).await;
         let peers: Vec<(WorkerIdx, Bytes)> =
             self.pool.iter().map(|(i, s)| (i, s.peer.clone())).collect();
         for (w, peer) in peers {
@@ -871,6 +951,29 @@ impl Dispatcher {
             {
                 self.worker_dead(w, &format!("send failed: {e}")).await;
             }
+        }
+    }
+
+    /// Evicts every worker that still holds a call `stuck_timeout` after the
+    /// call's deadline: a handler that hangs or a thread that died would
+    /// otherwise keep that credit for good, and with all credit gone the
+    /// service answers only "overloaded". A live worker reconnects and sends
+    /// READY with its full credit.
+    async fn evict_stuck(&mut self, now: Instant) {
+        let limit = self.stuck_timeout;
+        let stuck: Vec<WorkerIdx> = self
+            .pool
+            .iter()
+            .filter(|(_, s)| s.overdue.values().any(|&t| now.duration_since(t) > limit))
+            .map(|(w, _)| w)
+            .collect();
+        for w in stuck {
+            self.stats.dispatch.workers_stuck.inc();
+            let why = format!(
+                "a call is still unanswered {} after its deadline (stuck_timeout)",
+                humantime::format_duration(limit)
+            );
+            self.worker_dead(w, &why).await;
         }
     }
 
@@ -890,7 +993,7 @@ impl Dispatcher {
     fn fail_all(&mut self, why: Failure) {
         let ids: Vec<u64> = self.calls.keys().copied().collect();
         for id in ids {
-            if let Some(entry) = self.calls.remove(&id) {
+            if let Some(entry) = self.take(id) {
                 self.answer(entry.call, why);
             }
         }
@@ -902,6 +1005,7 @@ impl Dispatcher {
     }
 
     async fn shutdown(&mut self) {
+        self.stats.core.stopped();
         let pending = self.calls.len();
         if pending > 0 {
             tracing::warn!(
@@ -923,11 +1027,13 @@ impl Dispatcher {
         let no_worker = svc.stats.live_workers.get() == 0;
         let (outcome, text) = match why {
             Failure::QueueFull | Failure::QueueTimeout if no_worker => (Outcome::NoWorker, format!("thriftworker: service '{}' overloaded: no live worker (none connected or all dead)", svc.name)),
+            Failure::MemoryFull => (Outcome::Overloaded, format!("thriftworker: service '{}' overloaded: request memory budget full (max_buffered_bytes)", svc.name)),
             Failure::QueueFull => (Outcome::Overloaded, format!("thriftworker: service '{}' overloaded: queue full ({} calls waiting for a worker)", svc.name, svc.max_queue)),
             Failure::QueueTimeout => (Outcome::Overloaded, format!("thriftworker: service '{}' overloaded: no worker free within queue_timeout {:?}", svc.name, svc.queue_timeout)),
             Failure::Timeout => (Outcome::Timeout, format!("thriftworker: service '{}' timed out: no reply before the deadline", svc.name)),
             Failure::WorkerDied => (Outcome::WorkerDied, format!("thriftworker: service '{}' worker died while handling the call", svc.name)),
             Failure::EmptyReply => (Outcome::EmptyReply, format!("thriftworker: service '{}' worker returned no reply", svc.name)),
+            Failure::BadReply => (Outcome::BadReply, format!("thriftworker: service '{}' worker returned a reply that does not answer the call", svc.name)),
             Failure::ShuttingDown => (Outcome::Shutdown, format!("thriftworker: service '{}' shutting down: call not served", svc.name)),
         };
         let m = self.method_stats(&call);

@@ -24,6 +24,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod stats;
+pub mod supervise;
 pub mod transport;
 pub mod worker_pool;
 

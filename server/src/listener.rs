@@ -231,7 +231,9 @@ impl Listener {
                 Ok(s) => s,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = %self.handle.name, error = %e, "accept failed");
+                    if let Some(suppressed) = stats.warn_limit.allow() {
+                        tracing::warn!(listener = %self.handle.name, error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -243,11 +245,10 @@ impl Listener {
                 continue;
             };
             stats.accepted.inc();
-            stats.active.inc();
+            let active = Active::new(stats.clone());
             let ctx = self.ctx.clone();
             let drain = drain.clone();
             let abort = abort.clone();
-            let stats = stats.clone();
             // One span per connection (debug level: free when disabled);
             // the dispatcher adds one per call.
             let span = tracing::debug_span!("conn", listener = %self.handle.name, %peer);
@@ -255,12 +256,29 @@ impl Listener {
                 async move {
                     tracing::debug!("connection accepted");
                     connection::serve(stream, ctx, drain, abort).await;
-                    stats.active.dec();
-                    drop(permit);
+                    // Also dropped if the connection task panics (the panic
+                    // hook logs and counts it; only this connection ends).
+                    drop((active, permit));
                 }
                 .instrument(span),
             );
         }
+    }
+}
+
+/// One active connection in the listener's gauge, for as long as it lives.
+struct Active(Arc<ListenerStats>);
+
+impl Active {
+    fn new(stats: Arc<ListenerStats>) -> Active {
+        stats.active.inc();
+        Active(stats)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.dec();
     }
 }
 

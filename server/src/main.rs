@@ -5,11 +5,14 @@ use anyhow::Context;
 use clap::Parser;
 use thriftworker::app;
 use thriftworker::config::{Cli, Config, LogFormat};
+use thriftworker::stats::Stats;
+use thriftworker::supervise;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
     init_tracing(&cli.log, config.server.log_format)?;
+    supervise::install_panic_hook();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.server.threads > 0 {
         builder.worker_threads(config.server.threads);
@@ -25,17 +28,48 @@ fn main() -> anyhow::Result<()> {
             write_ready_file(path, &built.addresses())?;
         }
         let running = built.spawn().await;
+        start_watchdog(running.stats().clone());
         let failed = tokio::select! {
             _ = shutdown_signal() => false,
             _ = running.shutdown_requested() => false,
             _ = running.failed() => true,
         };
+        let running_failure = running.stats().core.failure();
         running.shutdown().await;
         if failed {
-            anyhow::bail!("the worker transport failed (see the log above); exiting so a supervisor can restart thriftworker");
+            let why = running_failure.unwrap_or_default();
+            anyhow::bail!(
+                "{why} (see the log above); exiting so a supervisor can restart thriftworker"
+            );
         }
         anyhow::Ok(())
     })
+}
+
+/// A dispatcher that stops turning its loop (a bug, or a dependency that
+/// blocks) cannot be seen from inside its runtime, which may be blocked too.
+/// This thread reads the dispatcher's beat; the probes already answer 503
+/// after a few missed beats, and past `WATCHDOG_EXIT` the process exits so
+/// that it is restarted even where nothing watches the probes.
+fn start_watchdog(stats: std::sync::Arc<Stats>) {
+    const WATCHDOG_EXIT: u64 = 60_000;
+    let spawned = std::thread::Builder::new()
+        .name("thriftworker-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if let Some(ms) = stats.core.stalled(stats.now_ms()) {
+                tracing::error!(stalled_ms = ms, "dispatcher stalled: probes answer 503");
+                if ms > WATCHDOG_EXIT {
+                    tracing::error!(
+                        "dispatcher stalled for over 60 s: exiting so thriftworker is restarted"
+                    );
+                    std::process::exit(70);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the watchdog thread");
+    }
 }
 
 fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {

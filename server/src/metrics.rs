@@ -77,7 +77,9 @@ pub async fn serve(listener: std::net::TcpListener, stats: Arc<Stats>, stop: Can
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
+                    // E.g. EMFILE: back off instead of spinning on it.
                     tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -121,7 +123,13 @@ fn respond(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
             );
             r
         }
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/healthz" => match stats.not_live() {
+            None => text(StatusCode::OK, "ok\n".into()),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not alive: {why}\n"),
+            ),
+        },
         "/readyz" => match stats.not_ready() {
             None => text(StatusCode::OK, "ready\n".into()),
             Some(why) => text(
@@ -225,7 +233,8 @@ pub fn encode(stats: &Stats, out: &mut String) {
         .ok()
         .map(|d| d.count() as f64);
     let ready = stats.not_ready().is_none();
-    let process: [(&str, &str, Option<f64>); 6] = [
+    let alive = stats.not_live().is_none();
+    let process: [(&str, &str, Option<f64>); 7] = [
         (
             "thriftworker_uptime_seconds",
             "Seconds since the data plane started.",
@@ -248,8 +257,13 @@ pub fn encode(stats: &Stats, out: &mut String) {
             Some(f64::from(u8::from(stats.draining()))),
         ),
         (
+            "thriftworker_alive",
+            "1 when /healthz answers 200: every core task runs and the dispatcher is not stalled.",
+            Some(f64::from(u8::from(alive))),
+        ),
+        (
             "thriftworker_ready",
-            "1 when /readyz answers 200: not draining and every service has a live worker.",
+            "1 when /readyz answers 200: alive, not draining and every service has a live worker.",
             Some(f64::from(u8::from(ready))),
         ),
     ];
@@ -284,7 +298,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
             );
         }
     }
-    family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply, abandoned.");
+    family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply, abandoned, bad_reply.");
     for (svc, s) in &services {
         for m in s.methods() {
             for (outcome, n) in m.outcomes() {
@@ -339,7 +353,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
 
     // Per service.
     type Gauge = fn(&crate::stats::ServiceStats) -> u64;
-    let gauges: [(&str, &str, Gauge); 5] = [
+    let gauges: [(&str, &str, Gauge); 6] = [
         (
             "thriftworker_service_queue_depth",
             "Calls waiting for a worker with free credit.",
@@ -364,6 +378,11 @@ pub fn encode(stats: &Stats, out: &mut String) {
             "thriftworker_service_free_credit",
             "Credit of the service's workers not used by calls in flight.",
             |s| s.free_credit.get(),
+        ),
+        (
+            "thriftworker_service_buffered_request_bytes",
+            "Bytes of the service's requests queued or at workers; bounded by its max_buffered_bytes.",
+            |s| s.buffered_bytes.get(),
         ),
     ];
     for (name, help, get) in gauges {
@@ -469,6 +488,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
             ("protocol_error", &l.closed_protocol_error),
             ("shutdown", &l.closed_shutdown),
             ("io_error", &l.closed_io_error),
+            ("write_timeout", &l.closed_write_timeout),
         ] {
             sample(
                 out,
@@ -577,6 +597,36 @@ pub fn encode(stats: &Stats, out: &mut String) {
             "counter",
             "Replies for calls the worker did not hold (dropped).",
             d.unknown_replies.get(),
+        ),
+        (
+            "thriftworker_worker_bad_replies_total",
+            "counter",
+            "Replies that did not match their call (protocol, type, name, seqid or size); the client got an exception instead.",
+            d.bad_replies.get(),
+        ),
+        (
+            "thriftworker_workers_stuck_total",
+            "counter",
+            "Workers evicted for holding a call past [workers].stuck_timeout after its deadline.",
+            d.workers_stuck.get(),
+        ),
+        (
+            "thriftworker_worker_peers_dropped_total",
+            "counter",
+            "Worker-port connections closed for misbehaving (traffic before READY, not reading).",
+            d.peers_dropped.get(),
+        ),
+        (
+            "thriftworker_buffered_request_bytes",
+            "gauge",
+            "Bytes of requests queued or at workers (all services); bounded by [server].max_buffered_bytes.",
+            d.buffered_bytes.get(),
+        ),
+        (
+            "thriftworker_panics_total",
+            "counter",
+            "Panics in any thread (a bug: each is logged).",
+            crate::supervise::PANICS.load(std::sync::atomic::Ordering::Relaxed),
         ),
     ] {
         family(out, name, kind, help);

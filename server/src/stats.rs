@@ -66,6 +66,8 @@ pub enum CloseReason {
     ProtocolError,
     Shutdown,
     IoError,
+    /// The client accepted no answer bytes for `write_timeout`.
+    WriteTimeout,
 }
 
 /// Lets through at most `per_second` events each second and counts the
@@ -120,6 +122,7 @@ pub struct ListenerStats {
     pub closed_protocol_error: Counter,
     pub closed_shutdown: Counter,
     pub closed_io_error: Counter,
+    pub closed_write_timeout: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Calls naming no service this listener routes to.
@@ -150,6 +153,7 @@ impl ListenerStats {
             CloseReason::ProtocolError => &self.closed_protocol_error,
             CloseReason::Shutdown => &self.closed_shutdown,
             CloseReason::IoError => &self.closed_io_error,
+            CloseReason::WriteTimeout => &self.closed_write_timeout,
         }
         .inc()
     }
@@ -189,6 +193,9 @@ pub enum Outcome {
     /// The client closed its connection while the call waited in the queue:
     /// dropped, never sent to a worker.
     Abandoned,
+    /// The worker's reply did not answer the call (wrong protocol, type,
+    /// name, seqid, or too large): the client got an exception instead.
+    BadReply,
 }
 
 /// Counters and latency histograms of one method of one service. Written
@@ -209,6 +216,7 @@ pub struct MethodStats {
     pub shutdown: Tally,
     pub empty_reply: Tally,
     pub abandoned: Tally,
+    pub bad_reply: Tally,
     pub late_replies: Tally,
     /// Request read → answer handed to the connection (two-way calls).
     pub total: Histogram,
@@ -234,6 +242,7 @@ impl MethodStats {
             shutdown: Tally::default(),
             empty_reply: Tally::default(),
             abandoned: Tally::default(),
+            bad_reply: Tally::default(),
             late_replies: Tally::default(),
             total: Histogram::default(),
             queue_wait: Histogram::default(),
@@ -254,12 +263,13 @@ impl MethodStats {
             Outcome::Shutdown => &self.shutdown,
             Outcome::EmptyReply => &self.empty_reply,
             Outcome::Abandoned => &self.abandoned,
+            Outcome::BadReply => &self.bad_reply,
         }
         .inc()
     }
 
     /// Each outcome with its label value, in a fixed order.
-    pub fn outcomes(&self) -> [(&'static str, u64); 10] {
+    pub fn outcomes(&self) -> [(&'static str, u64); OUTCOMES] {
         [
             ("success", self.success.get()),
             ("declared_exception", self.declared_exception.get()),
@@ -271,6 +281,7 @@ impl MethodStats {
             ("shutdown", self.shutdown.get()),
             ("empty_reply", self.empty_reply.get()),
             ("abandoned", self.abandoned.get()),
+            ("bad_reply", self.bad_reply.get()),
         ]
     }
 
@@ -284,8 +295,12 @@ impl MethodStats {
             + self.worker_died.get()
             + self.shutdown.get()
             + self.empty_reply.get()
+            + self.bad_reply.get()
     }
 }
+
+/// How many outcomes there are (see [`Outcome`]).
+pub const OUTCOMES: usize = 11;
 
 /// Label of the method that collects calls beyond the cap.
 pub const OTHER_METHOD: &str = "other";
@@ -298,6 +313,8 @@ pub struct ServiceStats {
     pub live_workers: Gauge,
     pub total_credit: Gauge,
     pub free_credit: Gauge,
+    /// Bytes of requests queued or at workers.
+    pub buffered_bytes: Gauge,
     /// Methods in first-seen order; `other` last once the cap is reached.
     /// Locked when a method is first seen and when stats are read, never per
     /// call (the dispatcher caches the handles).
@@ -313,6 +330,7 @@ impl ServiceStats {
             live_workers: Gauge::default(),
             total_credit: Gauge::default(),
             free_credit: Gauge::default(),
+            buffered_bytes: Gauge::default(),
             methods: Mutex::default(),
             method_cap,
         }
@@ -377,7 +395,7 @@ impl ServiceStats {
 pub struct ServiceTotals {
     pub calls: u64,
     pub oneway: u64,
-    pub outcomes: [u64; 10],
+    pub outcomes: [u64; OUTCOMES],
     pub errors: u64,
     pub late_replies: u64,
 }
@@ -403,8 +421,19 @@ pub struct DispatchStats {
     pub workers_dead: Counter,
     pub bad_worker_messages: Counter,
     pub unknown_replies: Counter,
+    /// Replies that did not match their call (protocol, type, name, seqid,
+    /// size): replaced by an exception for the client.
+    pub bad_replies: Counter,
+    /// Workers evicted because a call stayed with them past
+    /// `[workers].stuck_timeout` after its deadline.
+    pub workers_stuck: Counter,
+    /// Worker-port connections closed for misbehaving (unregistered
+    /// traffic, not reading what is sent to them).
+    pub peers_dropped: Counter,
     /// Workers registered now (all services).
     pub live_workers: Gauge,
+    /// Bytes of requests queued or at workers, all services.
+    pub buffered_bytes: Gauge,
 }
 
 /// The registry: created once in `app::build`, shared by `Arc`. Listeners,
@@ -422,6 +451,76 @@ pub struct Stats {
     pub started_unix: f64,
     draining: AtomicBool,
     method_cap: usize,
+    /// Whether the core tasks can serve: see [`CoreHealth`].
+    pub core: CoreHealth,
+}
+
+/// The truth behind the probes: a core task (dispatcher, acceptor, admin,
+/// metrics) that died makes the process unfit to serve, and so does a
+/// dispatcher that stopped turning its loop (it stamps `beat` on every
+/// heartbeat tick, which nothing can starve: see `Dispatcher::run`).
+#[derive(Debug)]
+pub struct CoreHealth {
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    /// The dispatcher's last heartbeat tick, ms since start; `u64::MAX`
+    /// before it starts and once it has stopped on purpose (shutdown).
+    beat_ms: AtomicU64,
+    /// Past this without a beat the dispatcher counts as stalled.
+    stall_after_ms: AtomicU64,
+}
+
+impl Default for CoreHealth {
+    fn default() -> Self {
+        CoreHealth {
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            beat_ms: AtomicU64::new(u64::MAX),
+            stall_after_ms: AtomicU64::new(10_000),
+        }
+    }
+}
+
+impl CoreHealth {
+    /// Records that a core task died; the first reason is kept.
+    pub fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn beat(&self, now_ms: u64) {
+        self.beat_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The dispatcher stopped on purpose: no stall to report from now on.
+    pub fn stopped(&self) {
+        self.beat_ms.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    pub fn set_stall_after(&self, d: std::time::Duration) {
+        self.stall_after_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the dispatcher has not beaten, if longer than the limit.
+    pub fn stalled(&self, now_ms: u64) -> Option<u64> {
+        let beat = self.beat_ms.load(Ordering::Relaxed);
+        let silent = now_ms.saturating_sub(beat);
+        (beat != u64::MAX && silent > self.stall_after_ms.load(Ordering::Relaxed)).then_some(silent)
+    }
 }
 
 impl Default for Stats {
@@ -446,6 +545,7 @@ impl Stats {
                 .map_or(0.0, |d| d.as_secs_f64()),
             draining: AtomicBool::new(false),
             method_cap,
+            core: CoreHealth::default(),
         }
     }
 
@@ -519,9 +619,23 @@ impl Stats {
         map.values().cloned().collect()
     }
 
-    /// Why the data plane should not get traffic now, if it should not:
-    /// draining, or a registered service without a live worker.
+    /// Why the process is not alive (the kubelet should restart it), if it
+    /// is not: a core task died, or the dispatcher is stalled.
+    pub fn not_live(&self) -> Option<String> {
+        if let Some(why) = self.core.failure() {
+            return Some(format!("core task failed: {why}"));
+        }
+        self.core
+            .stalled(self.now_ms())
+            .map(|ms| format!("dispatcher stalled: no progress for {ms} ms"))
+    }
+
+    /// Why the data plane should not get traffic now, if it should not: not
+    /// alive, draining, or a registered service without a live worker.
     pub fn not_ready(&self) -> Option<String> {
+        if let Some(why) = self.not_live() {
+            return Some(why);
+        }
         if self.draining() {
             return Some("draining".into());
         }

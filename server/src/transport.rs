@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::StreamExt;
 use thriftworker_wire::WorkerMsg;
+
+use crate::config::WorkersConfig;
 use zeromq::{
     RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketRecv, SocketSend,
     ZmqMessage,
@@ -64,7 +66,8 @@ pub fn default_endpoint() -> String {
 }
 
 impl Transport {
-    pub async fn bind(endpoints: &[String]) -> Result<Transport, TransportError> {
+    pub async fn bind(config: &WorkersConfig) -> Result<Transport, TransportError> {
+        let endpoints = &config.endpoints;
         let mut socket = RouterSocket::new();
         let monitor = socket.monitor();
         let mut bound = Vec::new();

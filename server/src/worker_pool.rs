@@ -30,6 +30,9 @@ pub struct WorkerState {
     /// was already answered (timed out): the worker is still busy with them.
     /// Each with its (service index, method index), to count a late reply.
     pub in_flight: IdMap<(u32, u16)>,
+    /// Of those, the calls already answered "timed out", with when: one
+    /// still here `stuck_timeout` later gets the worker evicted.
+    pub overdue: IdMap<Instant>,
     pub last_seen: Instant,
     /// Sent DISCONNECT: no new calls; forgotten when `in_flight` empties.
     pub leaving: bool,
@@ -97,6 +100,7 @@ impl WorkerPool {
             services: services.clone(),
             credit,
             in_flight: IdMap::default(),
+            overdue: IdMap::default(),
             last_seen: now,
             leaving: false,
         };

@@ -343,6 +343,13 @@ class RawConnection:
     def close(self):
         self.sock.close()
 
+    def reset(self):
+        """Closes with a TCP reset, as a client that is gone. (A plain close
+        sends FIN, which the data plane must take as a half-close: the
+        client may still read the answers to the calls it sent.)"""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
     def __enter__(self):
         return self
 

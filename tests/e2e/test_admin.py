@@ -487,6 +487,21 @@ def test_error_statuses_through_grpcio(dataplane, admin_pb, admin_channel):
         (C.INVALID_ARGUMENT, stub.EvictWorker, pb.EvictWorkerRequest(id="")),
         (C.FAILED_PRECONDITION, stub.UnregisterService, pb.UnregisterServiceRequest(name="Echo")),
         (C.FAILED_PRECONDITION, stub.AddListener, listener(name="taken", address=f"127.0.0.1:{echo_port}")),
+        # Out of range: each once panicked the dispatcher, the acceptor or
+        # every connection task (an 800-day timeout, 2^64-1 limits).
+        (C.INVALID_ARGUMENT, stub.UpdateService, pb.UpdateServiceRequest(
+            name="Echo", settings=pb.ServiceSettings(method_timeouts_ms={"slow": 800 * 86_400_000}))),
+        (C.INVALID_ARGUMENT, stub.RegisterService, pb.RegisterServiceRequest(
+            name="LongQueue", settings=pb.ServiceSettings(max_queue=2**64 - 1))),
+        (C.INVALID_ARGUMENT, stub.AddListener, listener(max_connections=2**64 - 1)),
+        (C.INVALID_ARGUMENT, stub.AddListener, listener(max_pipeline=2**64 - 1)),
+        (C.INVALID_ARGUMENT, stub.AddListener, listener(idle_timeout_ms=2**64 - 1)),
+        # Names: control characters once panicked the handler (CANCELLED);
+        # newlines and ESC reached /readyz and terminals raw.
+        *[(C.INVALID_ARGUMENT, stub.RegisterService, pb.RegisterServiceRequest(name=n))
+          for n in ["\x1b[31mred", "a\x00b", "del\x7f", "new\nline", "tab\tbed", "x" * 100_000]],
+        (C.INVALID_ARGUMENT, stub.AddListener, listener(name="\x1b]0;pwned\x07")),
+        (C.INVALID_ARGUMENT, stub.AddListener, listener(name="l" * 100_000)),
     ]
     wrong = []
     for expected, method, request in cases:
@@ -495,6 +510,15 @@ def test_error_statuses_through_grpcio(dataplane, admin_pb, admin_channel):
             shown = str(request).replace("\n", " ").strip()
             wrong.append(f"{type(request).__name__}({shown}) -> {code.name}, expected {expected.name}")
     assert not wrong, "wrong status codes:\n" + "\n".join(wrong)
+
+    # An unbounded name is not echoed back whole (a 100 KB grpc-message is
+    # RESOURCE_EXHAUSTED for grpc-core clients), nor raw.
+    try:
+        stub.RegisterService(pb.RegisterServiceRequest(name="\x1b" + "x" * 100_000), timeout=10)
+        raise AssertionError("a 100,000-character name was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == C.INVALID_ARGUMENT, e
+        assert len(e.details()) < 400 and "\x1b" not in e.details(), e.details()[:200]
 
     # Nothing changed, as the independent client sees it.
     names = {s.name for s in stub.ListServices(pb.ListServicesRequest(), timeout=10).services}

@@ -139,7 +139,7 @@ def test_client_disconnect_mid_call(dataplane, worker, processes):
     conn = RawConnection(dp.addr("echo"))
     conn.send_call("slow", slow_args("abandoned", 400), 1)
     wait_requests(w, 1, processes)
-    conn.close()
+    conn.reset()
     with thrift_client(dp.addr("echo")) as client:
         assert client.echo("others go on") == "others go on"
         # outlive the abandoned call, so its reply has come back with no one to take it
@@ -168,3 +168,30 @@ def test_exceptions_keep_the_call_protocol(dataplane, worker, processes):
             assert r.seqid == 40 + i
             assert isinstance(r.value, TApplicationException)
             assert r.value.message.startswith("thriftworker: service 'Echo' timed out"), (protocol, r.value.message)
+
+
+def test_poison_calls_are_answered_and_the_service_survives(dataplane, worker):
+    """Eight echo calls whose string length is 0xFFFFFFFF once took the Echo
+    service down until its workers restarted: the thrift crate panics
+    decoding them, the worker's pool thread died without replying, and the
+    data plane kept the lost credit forever ("overloaded" from then on). Now
+    each is answered with a TApplicationException and the service serves."""
+    import struct
+
+    dp = dataplane(services={"Echo": {"timeout": "3s"}})
+    worker("rust", concurrency=2)
+    with RawConnection(dp.addr("echo")) as conn:
+        for seqid in range(8):
+            name = b"echo"
+            body = struct.pack(">iI", -2147418111, len(name)) + name + struct.pack(">i", seqid)
+            body += b"\x0b\x00\x01" + b"\xff\xff\xff\xff" + b"abc"  # field 1: string, length -1
+            conn.send(struct.pack(">I", len(body)) + body)
+            r = conn.recv_message(result_cls=Echo.echo_result, timeout=5)
+            assert r.mtype == TMessageType.EXCEPTION, r
+            assert r.seqid == seqid, r
+            assert r.value.type in (INTERNAL_ERROR, TApplicationException.PROTOCOL_ERROR), r.value
+            assert "timed out" not in r.value.message, r.value.message
+    # Both pool threads still serve, nothing is "overloaded".
+    with thrift_client(dp.addr("echo")) as client:
+        for i in range(10):
+            assert client.echo(f"alive {i}") == f"alive {i}"

@@ -293,9 +293,10 @@ def test_a_queued_call_whose_client_left_is_abandoned_not_sent(dataplane, worker
     with RawConnection(dp.addr("echo")) as busy:
         busy.send_call("slow", slow_args("busy", 800), 1)
         wait_requests(w, 1, processes)
-        with RawConnection(dp.addr("echo")) as leaving:
-            leaving.send_call("echo", Echo.echo_args(message="never sent"), 2)
-            wait_metric(dp, "thriftworker_service_queue_depth", 1, service="Echo")
+        leaving = RawConnection(dp.addr("echo"))
+        leaving.send_call("echo", Echo.echo_args(message="never sent"), 2)
+        wait_metric(dp, "thriftworker_service_queue_depth", 1, service="Echo")
+        leaving.reset()
         r = busy.recv_message(result_cls=Echo.slow_result, timeout=10)
         assert r.value.success == "busy", r
     wait_metric(dp, "thriftworker_call_outcomes_total", 1, service="Echo", method="echo", outcome="abandoned")

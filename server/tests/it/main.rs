@@ -5,6 +5,7 @@
 
 mod support;
 
+mod containment;
 mod credit;
 mod listener_control;
 mod outcomes;
