@@ -23,11 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{shown, Config, ServiceConfig};
 use crate::fast_hash::{BytesMap, IdMap};
 use crate::message::{application_exception, check_reply, AppErrorKind, ReplyKind};
 use crate::stats::{LogLimiter, MethodStats, Outcome, ServiceStats, Stats, WorkerStats};
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Inbound, SendError, Transport};
 use crate::worker_pool::{WorkerIdx, WorkerPool};
 use tokio_util::sync::CancellationToken;
 
@@ -232,7 +232,16 @@ pub struct Dispatcher {
     dead_limit: LogLimiter,
     /// Cancelled if the worker transport fails: the process must stop.
     failed: CancellationToken,
+    /// Messages seen from each peer that has not registered (bounded).
+    strangers: BytesMap<Bytes, u32>,
 }
+
+/// An unregistered peer's first messages are answered DISCONNECT...
+const STRANGER_ANSWERS: u32 = 3;
+/// ...and at this many its connection is closed.
+const STRANGER_LIMIT: u32 = 64;
+/// Unregistered peers tracked at once (the map is cleared beyond).
+const MAX_STRANGERS: usize = 65_536;
 
 impl Dispatcher {
     pub fn new(
@@ -266,6 +275,7 @@ impl Dispatcher {
             warn_limit: LogLimiter::new(10),
             dead_limit: LogLimiter::new(10),
             failed,
+            strangers: BytesMap::default(),
         }
     }
 
@@ -283,6 +293,7 @@ impl Dispatcher {
                 inbound = self.transport.recv() => match inbound {
                     Inbound::Message { peer, msg } => self.on_worker_message(peer, msg).await,
                     Inbound::Disconnected { peer } => {
+                        self.strangers.remove(&peer);
                         if let Some(w) = self.pool.lookup(&peer) {
                             self.worker_dead(w, "connection closed").await;
                         }
@@ -481,7 +492,7 @@ impl Dispatcher {
             service: svc.name_bytes.clone(),
             message: call.message.clone(),
         };
-        if let Err(e) = self.transport.send(&peer, request.encode()).await {
+        if let Err(e) = self.transport.send(&peer, request.encode()) {
             // A send to a peer that just died may also succeed and be lost;
             // either way the call is tracked in `in_flight` and answered when
             // the worker is declared dead.
@@ -613,6 +624,9 @@ impl Dispatcher {
                     | WireError::FrameSize { command, .. } => command == "READY",
                     _ => false,
                 };
+                if known.is_none() && !self.stranger(&peer) {
+                    return;
+                }
                 if refuse {
                     self.disconnect(&peer, format!("refused: {e}")).await;
                 }
@@ -642,14 +656,20 @@ impl Dispatcher {
             }
             (WorkerMsg::Reply { .. }, None) => {
                 self.stats.dispatch.unknown_replies.inc();
-                self.disconnect(&peer, "unknown worker, send READY".into())
-                    .await;
+                if self.stranger(&peer) {
+                    self.disconnect(&peer, "unknown worker, send READY".into())
+                        .await;
+                }
             }
             (WorkerMsg::Heartbeat, None) => {
-                self.disconnect(&peer, "unknown worker, send READY".into())
-                    .await;
+                if self.stranger(&peer) {
+                    self.disconnect(&peer, "unknown worker, send READY".into())
+                        .await;
+                }
             }
-            (WorkerMsg::Disconnect { .. }, None) => {}
+            (WorkerMsg::Disconnect { .. }, None) => {
+                self.stranger(&peer);
+            }
         }
     }
 
@@ -664,7 +684,12 @@ impl Dispatcher {
         if let Some(expected) = &self.token {
             if !constant_time_eq(expected, &token) {
                 self.stats.dispatch.workers_refused.inc();
-                tracing::warn!("worker refused: wrong or missing token");
+                if known.is_none() && !self.stranger(&peer) {
+                    return;
+                }
+                if let Some(suppressed) = self.warn_limit.allow() {
+                    tracing::warn!(suppressed, "worker refused: wrong or missing token");
+                }
                 self.disconnect(&peer, "refused: wrong or missing worker token".into())
                     .await;
                 return;
@@ -682,9 +707,16 @@ impl Dispatcher {
                 Some(_) => {}
                 None => {
                     self.stats.dispatch.workers_refused.inc();
-                    let reason =
-                        format!("refused: unknown service '{}'", String::from_utf8_lossy(n));
-                    tracing::warn!(reason = %reason, "worker refused");
+                    if known.is_none() && !self.stranger(&peer) {
+                        return;
+                    }
+                    let reason = format!(
+                        "refused: unknown service {}",
+                        shown(&String::from_utf8_lossy(n))
+                    );
+                    if let Some(suppressed) = self.warn_limit.allow() {
+                        tracing::warn!(reason = %reason, suppressed, "worker refused");
+                    }
                     self.disconnect(&peer, reason).await;
                     return;
                 }
@@ -728,7 +760,7 @@ impl Dispatcher {
             heartbeat_interval_ms: self.heartbeat.as_millis().min(u32::MAX as u128) as u32,
             worker_id: Bytes::from(id),
         };
-        if let Err(e) = self.transport.send(&peer, ack.encode()).await {
+        if let Err(e) = self.transport.send(&peer, ack.encode()) {
             self.worker_dead(w, &format!("send failed: {e}")).await;
             return;
         }
@@ -944,11 +976,7 @@ impl Dispatcher {
         let peers: Vec<(WorkerIdx, Bytes)> =
             self.pool.iter().map(|(i, s)| (i, s.peer.clone())).collect();
         for (w, peer) in peers {
-            if let Err(e) = self
-                .transport
-                .send(&peer, ServerMsg::Heartbeat.encode())
-                .await
-            {
+            if let Err(e) = self.transport.send(&peer, ServerMsg::Heartbeat.encode()) {
                 self.worker_dead(w, &format!("send failed: {e}")).await;
             }
         }
@@ -978,16 +1006,46 @@ impl Dispatcher {
     }
 
     async fn disconnect(&mut self, peer: &Bytes, reason: String) {
-        let _ = self
-            .transport
-            .send(
-                peer,
-                ServerMsg::Disconnect {
-                    reason: Bytes::from(reason),
-                }
-                .encode(),
-            )
-            .await;
+        let bye = ServerMsg::Disconnect {
+            reason: Bytes::from(reason),
+        };
+        if let Err(SendError::Full) = self.transport.send(peer, bye.encode()) {
+            self.drop_peer(peer, "it does not read what it is sent");
+        }
+    }
+
+    /// Closes a misbehaving peer's connection (counted, and logged at most
+    /// ten times a second).
+    fn drop_peer(&mut self, peer: &Bytes, why: &str) {
+        self.strangers.remove(peer);
+        if self.transport.kick(peer) {
+            self.stats.dispatch.peers_dropped.inc();
+            if let Some(suppressed) = self.warn_limit.allow() {
+                tracing::warn!(reason = why, suppressed, "worker-port connection closed");
+            }
+        }
+    }
+
+    /// Counts a message from a peer that has not registered (nothing but a
+    /// valid READY is expected from it). Returns whether to answer it with
+    /// DISCONNECT: only its first few messages are (a libzmq worker that
+    /// reconnected after a data-plane restart learns to send READY); one
+    /// that keeps talking without registering is disconnected, so a flood
+    /// from an unregistered peer costs a bounded amount of work.
+    fn stranger(&mut self, peer: &Bytes) -> bool {
+        if self.strangers.len() >= MAX_STRANGERS {
+            self.strangers.clear();
+        }
+        let n = self.strangers.entry(peer.clone()).or_insert(0);
+        *n += 1;
+        match *n {
+            n if n <= STRANGER_ANSWERS => true,
+            n if n >= STRANGER_LIMIT => {
+                self.drop_peer(peer, "too many messages without a valid READY");
+                false
+            }
+            _ => false,
+        }
     }
 
     fn fail_all(&mut self, why: Failure) {

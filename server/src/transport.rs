@@ -1,6 +1,14 @@
 //! The worker-facing ZeroMQ transport, kept small so the backend could be
 //! swapped (e.g. for libzmq) without touching dispatch.
 //!
+//! The endpoint is reachable before anyone has authenticated, so it is
+//! bounded like one (the patched `zeromq` crate in `third_party/zeromq`,
+//! see its PATCHES.md): messages over `max_message_size` and handshakes
+//! slower than `handshake_timeout` close the connection; a new connection
+//! reusing a connected peer's identity is refused; sends never wait (a peer
+//! whose queue is full gets nothing more: the dispatcher drops it), and the
+//! dispatcher can close a misbehaving peer's connection.
+//!
 //! It binds a ROUTER on every configured endpoint. `ipc://` paths live in a
 //! directory created with mode 0700 (only this user can connect), and a stale
 //! socket file left by a crashed process is removed, but never one that a
@@ -14,9 +22,10 @@ use futures::StreamExt;
 use thriftworker_wire::WorkerMsg;
 
 use crate::config::WorkersConfig;
+use zeromq::util::PeerIdentity;
 use zeromq::{
-    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketRecv, SocketSend,
-    ZmqMessage,
+    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv,
+    ZmqError, ZmqMessage,
 };
 
 /// Something that happened on the worker side.
@@ -31,6 +40,21 @@ pub enum Inbound {
     /// The socket itself failed; dispatch cannot go on.
     Closed(String),
 }
+
+/// Why a send to a worker failed; either way the message is dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The peer's send queue is full: it does not read what it is sent.
+    #[error("the peer does not read (its send queue of {PEER_SEND_QUEUE} messages is full)")]
+    Full,
+    #[error("{0}")]
+    Gone(String),
+}
+
+/// Messages queued per peer. Credit (at most 65,536 calls) bounds what a
+/// registered worker is sent, plus a trickle of HEARTBEAT and DISCONNECT;
+/// a peer that lets more pile up is not reading.
+pub const PEER_SEND_QUEUE: usize = 65_536 + 4_096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -68,7 +92,12 @@ pub fn default_endpoint() -> String {
 impl Transport {
     pub async fn bind(config: &WorkersConfig) -> Result<Transport, TransportError> {
         let endpoints = &config.endpoints;
-        let mut socket = RouterSocket::new();
+        let mut options = SocketOptions::default();
+        options
+            .max_message_size(config.max_message_size)
+            .handshake_timeout(config.handshake_timeout)
+            .peer_send_queue(PEER_SEND_QUEUE);
+        let mut socket = RouterSocket::with_options(options);
         let monitor = socket.monitor();
         let mut bound = Vec::new();
         let mut ipc_paths = Vec::new();
@@ -100,9 +129,20 @@ impl Transport {
     }
 
     /// Waits for the next event. Cancel-safe (usable in `select!`).
+    ///
+    /// Monitor events come first: the crate emits a peer's `Disconnected`
+    /// before it can accept a new connection with the same identity, so the
+    /// dispatcher forgets the old worker before it sees a message of the new
+    /// connection (which could otherwise pass for the old worker's).
     pub async fn recv(&mut self) -> Inbound {
         loop {
             tokio::select! {
+                biased;
+                Some(event) = self.monitor.next() => {
+                    if let SocketEvent::Disconnected(peer) = event {
+                        return Inbound::Disconnected { peer: peer.into() };
+                    }
+                }
                 m = self.recv.recv() => return match m {
                     Ok(m) => {
                         let mut frames = m.into_vecdeque();
@@ -111,26 +151,35 @@ impl Transport {
                     }
                     Err(e) => Inbound::Closed(e.to_string()),
                 },
-                Some(event) = self.monitor.next() => {
-                    if let SocketEvent::Disconnected(peer) = event {
-                        return Inbound::Disconnected { peer: peer.into() };
-                    }
-                }
             }
         }
     }
 
-    /// Sends `frames` to the worker `peer`. An error means the peer is gone.
-    pub async fn send(
+    /// Queues `frames` for the worker `peer`; never waits (the dispatcher
+    /// serves everyone and must not wait on one slow peer).
+    pub fn send(
         &mut self,
         peer: &Bytes,
         frames: impl IntoIterator<Item = Bytes>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         let mut v = Vec::with_capacity(5);
         v.push(peer.clone());
         v.extend(frames);
-        let message = ZmqMessage::try_from(v).map_err(|e| e.to_string())?;
-        self.send.send(message).await.map_err(|e| e.to_string())
+        let message = ZmqMessage::try_from(v).map_err(|e| SendError::Gone(e.to_string()))?;
+        match self.send.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(ZmqError::PeerQueueFull) => Err(SendError::Full),
+            Err(e) => Err(SendError::Gone(e.to_string())),
+        }
+    }
+
+    /// Closes `peer`'s connection (a `Disconnected` event follows). Returns
+    /// whether it was connected.
+    pub fn kick(&self, peer: &Bytes) -> bool {
+        match PeerIdentity::try_from(peer.clone()) {
+            Ok(id) => self.send.disconnect_peer(&id),
+            Err(_) => false,
+        }
     }
 }
 

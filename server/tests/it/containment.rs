@@ -30,6 +30,16 @@ async fn next_request(w: &mut FakeWorker) -> thriftworker_wire::Request {
     }
 }
 
+/// Answers the worker's next REQUEST with a normal reply.
+async fn answer_next(w: &mut FakeWorker) {
+    let r = next_request(w).await;
+    w.send(WorkerMsg::Reply {
+        id: r.id,
+        message: reply_for(&r.message),
+    })
+    .await;
+}
+
 /// A message with the given header and an empty result struct.
 fn message_of(protocol: Protocol, name: &[u8], t: MessageType, seqid: i32) -> Bytes {
     let mut m = BytesMut::new();
@@ -136,12 +146,7 @@ async fn replies_that_do_not_answer_the_call_are_replaced() {
     );
     // A good reply still goes through on the same connection.
     send_call(&mut c, "echo", 7).await;
-    let r = next_request(&mut w).await;
-    w.send(WorkerMsg::Reply {
-        id: r.id,
-        message: reply_for(&r.message),
-    })
-    .await;
+    answer_next(&mut w).await;
     let (h, _) = read_reply(&mut c).await;
     assert_eq!((h.message_type, h.seqid), (MessageType::Reply, 7));
     dp.running.shutdown().await;
@@ -187,12 +192,7 @@ async fn a_worker_holding_a_call_past_stuck_timeout_is_evicted() {
     // It comes back with fresh credit and serves again.
     let mut w = worker(&dp, 1).await;
     send_call(&mut c, "echo", 2).await;
-    let r = next_request(&mut w).await;
-    w.send(WorkerMsg::Reply {
-        id: r.id,
-        message: reply_for(&r.message),
-    })
-    .await;
+    answer_next(&mut w).await;
     let (h, _) = read_reply(&mut c).await;
     assert_eq!((h.message_type, h.seqid), (MessageType::Reply, 2));
     dp.running.shutdown().await;
@@ -251,12 +251,7 @@ async fn calls_read_before_eof_or_a_bad_frame_are_answered() {
     }
     c.shutdown().await.expect("half-close");
     for _ in 0..3 {
-        let r = next_request(&mut w).await;
-        w.send(WorkerMsg::Reply {
-            id: r.id,
-            message: reply_for(&r.message),
-        })
-        .await;
+        answer_next(&mut w).await;
     }
     for seqid in 1..=3 {
         let (h, _) = read_reply(&mut c).await;
@@ -275,12 +270,7 @@ async fn calls_read_before_eof_or_a_bad_frame_are_answered() {
     bytes.extend([0, 0, 0, 0]);
     c.write_all(&bytes).await.unwrap();
     for _ in 0..2 {
-        let r = next_request(&mut w).await;
-        w.send(WorkerMsg::Reply {
-            id: r.id,
-            message: reply_for(&r.message),
-        })
-        .await;
+        answer_next(&mut w).await;
     }
     for seqid in [11, 12] {
         let (h, _) = read_reply(&mut c).await;
@@ -385,12 +375,7 @@ async fn out_of_range_settings_are_refused_with_what_to_fix() {
     let mut w = worker(&dp, 1).await;
     let mut c = client(dp.addr).await;
     send_call(&mut c, "echo", 1).await;
-    let r = next_request(&mut w).await;
-    w.send(WorkerMsg::Reply {
-        id: r.id,
-        message: reply_for(&r.message),
-    })
-    .await;
+    answer_next(&mut w).await;
     assert_eq!(read_reply(&mut c).await.0.seqid, 1);
     dp.running.shutdown().await;
 }
