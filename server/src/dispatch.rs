@@ -747,6 +747,7 @@ impl Dispatcher {
                 ws
             });
         self.stats.dispatch.workers_registered.inc();
+        self.strangers.remove(&peer);
         self.update_worker_gauges();
         let state = self.pool.get(w).expect("just added");
         let id = state.id.clone();

@@ -69,6 +69,8 @@ pub struct Transport {
     send: RouterSendHalf,
     recv: RouterRecvHalf,
     monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    /// Events taken from the socket, not yet returned by `recv`.
+    ready: std::collections::VecDeque<Inbound>,
     /// Endpoints as bound (tcp port 0 resolved).
     pub endpoints: Vec<String>,
     ipc_paths: Vec<PathBuf>,
@@ -123,6 +125,7 @@ impl Transport {
             send,
             recv,
             monitor,
+            ready: std::collections::VecDeque::new(),
             endpoints: bound,
             ipc_paths,
         })
@@ -135,6 +138,9 @@ impl Transport {
     /// dispatcher forgets the old worker before it sees a message of the new
     /// connection (which could otherwise pass for the old worker's).
     pub async fn recv(&mut self) -> Inbound {
+        if let Some(next) = self.ready.pop_front() {
+            return next;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -143,14 +149,29 @@ impl Transport {
                         return Inbound::Disconnected { peer: peer.into() };
                     }
                 }
-                m = self.recv.recv() => return match m {
-                    Ok(m) => {
-                        let mut frames = m.into_vecdeque();
-                        let peer = frames.pop_front().unwrap_or_default();
-                        Inbound::Message { peer, msg: WorkerMsg::decode(frames) }
+                m = self.recv.recv() => {
+                    let inbound = match m {
+                        Ok(m) => {
+                            let mut frames = m.into_vecdeque();
+                            let peer = frames.pop_front().unwrap_or_default();
+                            Inbound::Message { peer, msg: WorkerMsg::decode(frames) }
+                        }
+                        Err(e) => Inbound::Closed(e.to_string()),
+                    };
+                    // A connection may have ended (and another with its
+                    // identity begun) while that `recv` ran: its
+                    // `Disconnected` must be handled before this message.
+                    while let Ok(event) = self.monitor.try_recv() {
+                        if let SocketEvent::Disconnected(peer) = event {
+                            self.ready.push_back(Inbound::Disconnected { peer: peer.into() });
+                        }
                     }
-                    Err(e) => Inbound::Closed(e.to_string()),
-                },
+                    if self.ready.is_empty() {
+                        return inbound;
+                    }
+                    self.ready.push_back(inbound);
+                    return self.ready.pop_front().expect("not empty");
+                }
             }
         }
     }

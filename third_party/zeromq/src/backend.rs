@@ -189,7 +189,6 @@ impl GenericSocketBackend {
                 None => return Err(ZmqError::Other("Destination client not found by identity")),
             },
         };
-        let _entry = self.peers.get_async(peer_id).await;
         self.send_to_connection(peer_id, connection_id, &sender, message)
             .await
     }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rand::RngExt;
 
-use std::convert::{TryFrom, TryInto};
+use std::convert::TryFrom;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::ops::Deref;
@@ -165,10 +165,12 @@ pub(crate) async fn ready_exchange(
                     None => Err(ZmqError::Other("Failed to parse other socket type"))?,
                 };
 
+                // Copied (at most 255 bytes), so that the identity does not
+                // keep the whole READY command buffer alive.
                 let peer_id = command
                     .properties
                     .get("Identity")
-                    .map(|x| x.clone().try_into())
+                    .map(|x| PeerIdentity::try_from(&x[..]))
                     .transpose()?
                     .unwrap_or_default();
 

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
@@ -73,7 +73,7 @@ fn ready_command(identity: Option<&[u8]>) -> Vec<u8> {
     frame(0x04, &body)
 }
 
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
     let flags = stream.read_u8().await?;
     let len = if flags & 0x02 != 0 {
         stream.read_u64().await? as usize
@@ -86,7 +86,10 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
 }
 
 /// Greeting and READY exchange on `stream`, as a DEALER.
-async fn handshake(stream: &mut TcpStream, identity: Option<&[u8]>) -> std::io::Result<()> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    identity: Option<&[u8]>,
+) -> std::io::Result<()> {
     stream.write_all(&greeting()).await?;
     let mut theirs = [0u8; 64];
     stream.read_exact(&mut theirs).await?;
@@ -115,6 +118,18 @@ async fn wait_closed(stream: &mut TcpStream) {
                 Ok(_) => {}
             }
         }
+    })
+    .await;
+}
+
+/// Waits until the socket has closed `stream`, without reading from it: a
+/// writer stuck on the full connection is not unblocked by this peer. (Writes
+/// to a closed connection fail once the peer's kernel answers with a reset;
+/// while it is open they succeed until the buffers are full, then block.)
+async fn wait_closed_without_reading(stream: &mut TcpStream) {
+    within("connection closed by the socket (not reading)", async {
+        let junk = vec![0u8; 64 * 1024];
+        while stream.write_all(&junk).await.is_ok() {}
     })
     .await;
 }
@@ -275,6 +290,36 @@ async fn oversized_frame_header_closes_only_that_connection() {
     assert_round_trip(&mut router, &mut dealer, "after multipart").await;
 }
 
+// ---- Patch J: empty frames count against max message size ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_empty_frames_close_the_connection() {
+    let mut options = SocketOptions::default();
+    options.max_message_size(64 * 1024);
+    let mut router = start_router(options).await;
+    let mut dealer = dealer(&router.endpoint, None).await;
+    let mut raw = raw_peer(router.port, Some(b"empty-parts")).await;
+    // 2 bytes on the wire each, ~32 bytes of memory each once buffered:
+    // without a per-frame cost they grew one message without bound.
+    let chunk: Vec<u8> = std::iter::repeat([0x01u8, 0x00])
+        .take(4096)
+        .flatten()
+        .collect();
+    for _ in 0..64 {
+        if raw.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    wait_closed(&mut raw).await;
+    next_event(
+        &mut router.monitor,
+        "Disconnected of the offender",
+        |event| is_disconnected(event, b"empty-parts"),
+    )
+    .await;
+    assert_round_trip(&mut router, &mut dealer, "after empty frames").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_frame_header_without_a_limit_does_not_abort() {
     // Upstream reserved the announced length up front: 2^40 or 2^62 aborted
@@ -405,57 +450,91 @@ fn emfile_child() {
         let mut socket = RouterSocket::new();
         let mut monitor = socket.monitor();
         let port = tcp_port(&socket.bind("tcp://127.0.0.1:0").await.unwrap());
+        let ipc_path =
+            std::env::temp_dir().join(format!("zeromq-fork-emfile-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&ipc_path);
+        socket
+            .bind(&format!("ipc://{}", ipc_path.display()))
+            .await
+            .unwrap();
 
-        // Exhaust the descriptor table, then use the last free slot for a
-        // client: its connection is queued but `accept` fails with EMFILE.
-        let mut files = Vec::new();
-        loop {
-            match std::fs::File::open("/dev/null") {
-                Ok(file) => files.push(file),
-                Err(error) if error.raw_os_error() == Some(libc::EMFILE) => break,
-                Err(error) => panic!("open /dev/null: {error}"),
-            }
-        }
-        drop(files.pop());
-        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-
-        // With back-off (10, 20, 40, ... ms) about 7 attempts fit in 700 ms;
-        // the upstream loop retried at once, thousands of times, at 100% CPU.
-        let window = Duration::from_millis(700);
-        let started = Instant::now();
-        let mut failures = 0;
-        while let Ok(Some(event)) =
-            tokio::time::timeout(window.saturating_sub(started.elapsed()), monitor.next()).await
-        {
-            if matches!(event, SocketEvent::AcceptFailed(_)) {
-                failures += 1;
-            }
-        }
-        println!("emfile child: {failures} failed accepts in {window:?}");
-        assert!(
-            (2..=20).contains(&failures),
-            "{failures} failed accepts in {window:?}"
-        );
-
-        // Once descriptors are available, the queued connection is accepted.
-        drop(files);
-        client.set_nonblocking(true).unwrap();
-        let mut client = TcpStream::from_std(client).unwrap();
-        within(
-            "handshake after EMFILE",
-            handshake(&mut client, Some(b"late")),
-        )
-        .await
-        .unwrap();
-        next_event(&mut monitor, "Accepted", |event| {
-            is_accepted(event, b"late")
+        let tcp = exhaust_descriptors_then(&mut monitor, || {
+            let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client.set_nonblocking(true).unwrap();
+            client
         })
         .await;
-        client.write_all(&frame(0, b"hello")).await.unwrap();
-        let message = within("message after EMFILE", socket.recv()).await.unwrap();
-        assert_eq!(message.get(1).unwrap().as_ref(), b"hello");
+        let mut tcp = TcpStream::from_std(tcp).unwrap();
+        accepted_after_exhaustion(&mut socket, &mut monitor, &mut tcp, b"late-tcp").await;
+
+        let ipc = exhaust_descriptors_then(&mut monitor, || {
+            let client = std::os::unix::net::UnixStream::connect(&ipc_path).unwrap();
+            client.set_nonblocking(true).unwrap();
+            client
+        })
+        .await;
+        let mut ipc = tokio::net::UnixStream::from_std(ipc).unwrap();
+        accepted_after_exhaustion(&mut socket, &mut monitor, &mut ipc, b"late-ipc").await;
         println!("emfile child: ok");
     });
+}
+
+/// Exhausts the descriptor table, then uses its last free slot for a client
+/// (`connect`), whose connection is queued while `accept` fails with EMFILE;
+/// counts the failed accepts during a window, then frees the descriptors.
+#[cfg(unix)]
+async fn exhaust_descriptors_then<C>(
+    monitor: &mut mpsc::Receiver<SocketEvent>,
+    connect: impl FnOnce() -> C,
+) -> C {
+    let mut files = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => files.push(file),
+            Err(error) if error.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(error) => panic!("open /dev/null: {error}"),
+        }
+    }
+    drop(files.pop());
+    let client = connect();
+
+    // With back-off (10, 20, 40, ... ms) about 7 attempts fit in 700 ms;
+    // the upstream loop retried at once, thousands of times, at 100% CPU.
+    let window = Duration::from_millis(700);
+    let started = Instant::now();
+    let mut failures = 0;
+    while let Ok(Some(event)) =
+        tokio::time::timeout(window.saturating_sub(started.elapsed()), monitor.next()).await
+    {
+        if matches!(event, SocketEvent::AcceptFailed(_)) {
+            failures += 1;
+        }
+    }
+    println!("emfile child: {failures} failed accepts in {window:?}");
+    assert!(
+        (2..=20).contains(&failures),
+        "{failures} failed accepts in {window:?}"
+    );
+    drop(files);
+    client
+}
+
+/// Once descriptors are available again, the queued connection is accepted.
+#[cfg(unix)]
+async fn accepted_after_exhaustion<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut RouterSocket,
+    monitor: &mut mpsc::Receiver<SocketEvent>,
+    client: &mut S,
+    identity: &'static [u8],
+) {
+    within("handshake after EMFILE", handshake(client, Some(identity)))
+        .await
+        .unwrap();
+    next_event(monitor, "Accepted", |event| is_accepted(event, identity)).await;
+    client.write_all(&frame(0, b"hello")).await.unwrap();
+    let message = within("message after EMFILE", socket.recv()).await.unwrap();
+    assert_eq!(message.get(0).unwrap().as_ref(), identity);
+    assert_eq!(message.get(1).unwrap().as_ref(), b"hello");
 }
 
 // ---- Patch D: duplicate identities refused ----
@@ -500,6 +579,36 @@ async fn duplicate_identity_is_refused_and_the_first_peer_keeps_its_messages() {
     assert_round_trip(&mut router, &mut anonymous_b, "b").await;
 }
 
+type SendFuture = std::pin::Pin<Box<dyn Future<Output = zeromq::ZmqResult<()>> + Send>>;
+
+/// Sends to `peer` (which never reads) until a `send` stays parked: the queue
+/// is full and the writer is stuck on the full connection. A send not done
+/// within 300 ms is taken as stuck (if it was not, a test using this merely
+/// does not exercise a stuck writer; it cannot fail because of it).
+#[allow(clippy::async_yields_async)] // The parked send is the result, not awaited here.
+async fn park_send_on_stuck_queue(
+    router: &Router,
+    peer: &'static [u8],
+    payload: &Bytes,
+) -> SendFuture {
+    within("a send stays parked on the full queue", async {
+        loop {
+            let mut sender = router.send.clone();
+            let message = routed(peer, payload.clone());
+            let mut send: SendFuture = Box::pin(async move { sender.send(message).await });
+            if let Poll::Ready(result) = futures::poll!(send.as_mut()) {
+                result.unwrap();
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), send.as_mut()).await {
+                Ok(result) => result.unwrap(),
+                Err(_) => return send,
+            }
+        }
+    })
+    .await
+}
+
 // ---- Patches F and G: try_send, disconnect_peer ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,10 +646,11 @@ async fn try_send_fails_fast_on_a_peer_that_never_reads_which_can_then_be_kicked
         Err(ZmqError::Other("Destination client not found by identity"))
     ));
 
-    // Kick it: its writer is blocked on a full socket, and must stop anyway.
+    // Kick it: its writer is stuck on the full connection, and must stop anyway.
+    drop(park_send_on_stuck_queue(&router, b"slow", &payload).await);
     assert!(router.send.disconnect_peer(&peer_id(b"slow")));
     assert!(!router.send.disconnect_peer(&peer_id(b"slow")));
-    wait_closed(&mut slow).await;
+    wait_closed_without_reading(&mut slow).await;
     assert!(matches!(
         router.send.try_send(routed(b"slow", "x")),
         Err(ZmqError::Other("Destination client not found by identity"))
@@ -611,25 +721,7 @@ async fn blocked_send_then(failure: PeerFailure) {
     {}
 
     // Park a `send` on the full queue (upstream held the peer map entry here).
-    // The queue stays full once the socket buffers are full too: a parked send
-    // that does not complete within 300 ms is taken as stuck. (Were it not,
-    // the test would merely not exercise the deadlock; it cannot fail for it.)
-    let mut blocked = within("a send stays parked on the full queue", async {
-        loop {
-            let mut sender = router.send.clone();
-            let message = routed(b"flood", payload.clone());
-            let mut send = Box::pin(async move { sender.send(message).await });
-            if let Poll::Ready(result) = futures::poll!(send.as_mut()) {
-                result.unwrap();
-                continue;
-            }
-            match tokio::time::timeout(Duration::from_millis(300), send.as_mut()).await {
-                Ok(result) => result.unwrap(),
-                Err(_) => break send,
-            }
-        }
-    })
-    .await;
+    let mut blocked = park_send_on_stuck_queue(&router, b"flood", &payload).await;
 
     match failure {
         PeerFailure::ProtocolError => {
@@ -638,7 +730,7 @@ async fn blocked_send_then(failure: PeerFailure) {
                 .await
                 .ok();
             // The writer was stuck on a full socket; it is stopped all the same.
-            wait_closed(&mut flood).await;
+            wait_closed_without_reading(&mut flood).await;
         }
         PeerFailure::Close => {
             drop(flood);
@@ -656,14 +748,34 @@ async fn blocked_send_then(failure: PeerFailure) {
     assert_round_trip(&mut router, &mut dealer, "runtime alive").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocked_send_to_a_full_peer_does_not_deadlock_a_protocol_error_disconnect() {
-    blocked_send_then(PeerFailure::ProtocolError).await;
+/// Runs `test` on its own runtime and thread: a deadlock there blocks runtime
+/// threads (and so its timers), so it is detected from outside.
+fn fail_on_deadlock(test: impl Future<Output = ()> + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test);
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("deadlocked"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("test failed (see above)"),
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocked_send_to_a_full_peer_does_not_deadlock_a_peer_close() {
-    blocked_send_then(PeerFailure::Close).await;
+#[test]
+fn blocked_send_to_a_full_peer_does_not_deadlock_a_protocol_error_disconnect() {
+    fail_on_deadlock(blocked_send_then(PeerFailure::ProtocolError));
+}
+
+#[test]
+fn blocked_send_to_a_full_peer_does_not_deadlock_a_peer_close() {
+    fail_on_deadlock(blocked_send_then(PeerFailure::Close));
 }
 
 // ---- Patch I: Disconnected before messages of a new connection ----

@@ -28,6 +28,10 @@ enum DecoderState {
     Frame(Frame),
 }
 
+/// What one frame of a buffered multipart message costs in memory besides
+/// its bytes, counted against `max_message_size` (thriftworker patch J).
+pub(crate) const FRAME_MEMORY_COST: usize = 64;
+
 #[derive(Debug)]
 pub struct ZmqCodec {
     state: DecoderState,
@@ -65,7 +69,10 @@ impl ZmqCodec {
                 return Err(CodecError::Decode("Command exceeds maximum command size"));
             }
         } else if let Some(max_message_size) = self.max_message_size {
-            if self.buffered_size.saturating_add(frame_len) > max_message_size {
+            // Each frame also costs memory of its own (a `Bytes` handle in
+            // the message), so empty frames cannot grow a message unbounded.
+            let cost = frame_len.saturating_add(FRAME_MEMORY_COST);
+            if self.buffered_size.saturating_add(cost) > max_message_size {
                 return Err(CodecError::Decode("Message exceeds maximum message size"));
             }
         }
@@ -163,7 +170,7 @@ impl Decoder for ZmqCodec {
                     }
 
                     // process incoming message frame
-                    self.buffered_size += data.len();
+                    self.buffered_size += data.len() + FRAME_MEMORY_COST;
                     match &mut self.buffered_message {
                         Some(v) => v.push_back(data.freeze()),
                         None => self.buffered_message = Some(ZmqMessage::from(data.freeze())),

@@ -179,25 +179,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::AcceptBackoff;
-    use std::time::Duration;
-
-    #[test]
-    fn accept_backoff_doubles_up_to_one_second_and_resets_on_success() {
-        let mut backoff = AcceptBackoff::default();
-        let delays: Vec<_> = (0..9).map(|_| backoff.failed()).collect();
-        let expected: Vec<_> = [10, 20, 40, 80, 160, 320, 640, 1000, 1000]
-            .into_iter()
-            .map(Duration::from_millis)
-            .collect();
-        assert_eq!(delays, expected);
-        backoff.succeeded();
-        assert_eq!(backoff.failed(), Duration::from_millis(10));
-    }
-}
-
 #[allow(unused)]
 #[cfg(feature = "tokio-runtime")]
 fn make_framed<T>(stream: T, options: Arc<crate::SocketOptions>) -> FramedIo
@@ -222,4 +203,23 @@ where
     use futures::AsyncReadExt;
     let (read, write) = stream.split();
     FramedIo::new(Box::new(read), Box::new(write), options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AcceptBackoff;
+    use std::time::Duration;
+
+    #[test]
+    fn accept_backoff_doubles_up_to_one_second_and_resets_on_success() {
+        let mut backoff = AcceptBackoff::default();
+        let delays: Vec<_> = (0..9).map(|_| backoff.failed()).collect();
+        let expected: Vec<_> = [10, 20, 40, 80, 160, 320, 640, 1000, 1000]
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect();
+        assert_eq!(delays, expected);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Duration::from_millis(10));
+    }
 }
