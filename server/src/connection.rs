@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -248,7 +248,20 @@ pub async fn serve(
             ctx.stats.bytes_out.add(msg.len() as u64 + 4);
         }
         if was_empty && !out.is_empty() {
-            write_deadline = Instant::now() + ctx.write_timeout;
+            // Usually the socket takes the whole batch at once: write it now
+            // (one syscall, no timer). What it does not take is written by
+            // the select branch above, under the write timeout.
+            match write.try_write(&out) {
+                Ok(n) => out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "write failed");
+                    break CloseReason::IoError;
+                }
+            }
+            let now = Instant::now();
+            idle_deadline = now + ctx.idle_timeout;
+            write_deadline = now + ctx.write_timeout;
         }
     };
     ctx.stats.closed(reason);

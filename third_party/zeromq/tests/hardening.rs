@@ -301,8 +301,7 @@ async fn endless_empty_frames_close_the_connection() {
     let mut raw = raw_peer(router.port, Some(b"empty-parts")).await;
     // 2 bytes on the wire each, ~32 bytes of memory each once buffered:
     // without a per-frame cost they grew one message without bound.
-    let chunk: Vec<u8> = std::iter::repeat([0x01u8, 0x00])
-        .take(4096)
+    let chunk: Vec<u8> = std::iter::repeat_n([0x01u8, 0x00], 4096)
         .flatten()
         .collect();
     for _ in 0..64 {
