@@ -150,14 +150,17 @@ fn check_token(expected: Option<&[u8]>, req: &Request<()>) -> Result<(), Status>
     ))
 }
 
-/// Keeps grpc.health.v1 current: "" is SERVING until drain; each service is
-/// SERVING while it has at least one live worker.
+/// Keeps grpc.health.v1 current: "" is SERVING until drain (or a core task
+/// fails or stalls); each service is SERVING while it has at least one live
+/// worker and "" is.
 async fn report_health(reporter: tonic_health::server::HealthReporter, mut ctx: AdminContext) {
     use tonic_health::ServingStatus::{NotServing, Serving};
     let mut known: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let draining = ctx.draining.is_cancelled();
+        // A process whose core failed or stalled serves nothing, like one
+        // that drains (the 1 s tick notices it).
+        let draining = ctx.draining.is_cancelled() || ctx.stats.not_live().is_some();
         reporter
             .set_service_status("", if draining { NotServing } else { Serving })
             .await;
