@@ -55,9 +55,15 @@ impl Decoder for FrameDecoder {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
         if src.len() < 4 + len {
-            // Reserve for the rest of this frame only: `len` is now known to
-            // be within the configured maximum.
-            src.reserve(4 + len - src.len());
+            // Room for the rest of this frame only: `len` is now known to be
+            // within the configured maximum. Not `reserve`, which may double
+            // the buffer (to ~2 × max_frame_size): a buffer of exactly the
+            // frame's size keeps what one connection holds bounded.
+            if src.capacity() < 4 + len {
+                let mut exact = BytesMut::with_capacity(4 + len);
+                exact.extend_from_slice(src);
+                *src = exact;
+            }
             return Ok(None);
         }
         src.advance(4);

@@ -270,7 +270,9 @@ pub fn reply_kind(message: &[u8]) -> ReplyKind {
 
 fn kind_of(message: &[u8], protocol: Protocol, header: &Header) -> ReplyKind {
     match header.message_type {
-        MessageType::Exception => return ReplyKind::AppException,
+        // A TApplicationException struct follows: at least its STOP byte.
+        MessageType::Exception if message.len() > header.len => return ReplyKind::AppException,
+        MessageType::Exception => return ReplyKind::Unreadable,
         MessageType::Reply => {}
         MessageType::Call | MessageType::Oneway => return ReplyKind::Unreadable,
     }
@@ -278,8 +280,14 @@ fn kind_of(message: &[u8], protocol: Protocol, header: &Header) -> ReplyKind {
     let Some(&first) = message.get(at) else {
         return ReplyKind::Unreadable;
     };
-    if first == 0 {
-        return ReplyKind::Success; // STOP: a void method's empty result
+    // STOP: a void method's empty result. In compact the type is the low
+    // nibble, and readers take type 0 as STOP whatever the high nibble says.
+    let stop = match protocol {
+        Protocol::Compact => first & 0x0f == 0,
+        Protocol::BinaryStrict | Protocol::BinaryLax => first == 0,
+    };
+    if stop {
+        return ReplyKind::Success;
     }
     let id = match protocol {
         Protocol::BinaryStrict | Protocol::BinaryLax => match message.get(at + 1..at + 3) {
