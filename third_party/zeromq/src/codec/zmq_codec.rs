@@ -28,8 +28,9 @@ enum DecoderState {
     Frame(Frame),
 }
 
-/// What one frame of a buffered multipart message costs in memory besides
-/// its bytes, counted against `max_message_size` (thriftworker patch J).
+/// What a frame buffered of a multipart message costs in memory besides its
+/// bytes, counted against `max_message_size` when the next frame comes
+/// (thriftworker patch J).
 pub(crate) const FRAME_MEMORY_COST: usize = 64;
 
 #[derive(Debug)]
@@ -69,10 +70,11 @@ impl ZmqCodec {
                 return Err(CodecError::Decode("Command exceeds maximum command size"));
             }
         } else if let Some(max_message_size) = self.max_message_size {
-            // Each frame also costs memory of its own (a `Bytes` handle in
-            // the message), so empty frames cannot grow a message unbounded.
-            let cost = frame_len.saturating_add(FRAME_MEMORY_COST);
-            if self.buffered_size.saturating_add(cost) > max_message_size {
+            // `buffered_size` also counts each frame already buffered at
+            // FRAME_MEMORY_COST bytes besides its payload (a `Bytes` handle
+            // in the message), so empty frames cannot grow a message without
+            // bound; a one-frame message may use the whole limit.
+            if self.buffered_size.saturating_add(frame_len) > max_message_size {
                 return Err(CodecError::Decode("Message exceeds maximum message size"));
             }
         }
@@ -170,7 +172,7 @@ impl Decoder for ZmqCodec {
                     }
 
                     // process incoming message frame
-                    self.buffered_size += data.len() + FRAME_MEMORY_COST;
+                    self.buffered_size += data.len() + FRAME_MEMORY_COST; // patch J
                     match &mut self.buffered_message {
                         Some(v) => v.push_back(data.freeze()),
                         None => self.buffered_message = Some(ZmqMessage::from(data.freeze())),
