@@ -50,15 +50,7 @@ fn message_of(protocol: Protocol, name: &[u8], t: MessageType, seqid: i32) -> By
 
 /// A REPLY to `request` whose result is a string of `len` bytes (field 0).
 fn big_reply_for(request: &[u8], len: usize) -> Bytes {
-    let h = message::parse(request, message::detect(request).unwrap()).unwrap();
-    let mut m = BytesMut::new();
-    message::write_header(
-        &mut m,
-        h.protocol,
-        h.name(request),
-        MessageType::Reply,
-        h.seqid,
-    );
+    let mut m = reply_header_for(request);
     m.put_u8(11); // binary: field type string
     m.put_i16(0); // field id 0: the return value
     m.put_u32(len as u32);

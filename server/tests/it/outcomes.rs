@@ -4,7 +4,7 @@
 //! declared exception, a `TApplicationException`, an empty reply; one call
 //! is still held when the data plane shuts down.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use thriftworker::message::{self, AppErrorKind, MessageType};
 use thriftworker_proto::admin::v1 as pb;
 use thriftworker_wire::{ServerMsg, WorkerMsg};
@@ -13,15 +13,7 @@ use crate::support::*;
 
 /// A REPLY to `request` whose result struct starts with field `id` (a string).
 fn reply_with_field(request: &[u8], id: i16) -> Bytes {
-    let h = message::parse(request, message::detect(request).unwrap()).unwrap();
-    let mut m = BytesMut::new();
-    message::write_header(
-        &mut m,
-        h.protocol,
-        h.name(request),
-        MessageType::Reply,
-        h.seqid,
-    );
+    let mut m = reply_header_for(request);
     m.put_u8(11); // TType::String
     m.put_i16(id);
     m.put_i32(1);

@@ -141,8 +141,9 @@ pub async fn read_reply(c: &mut TcpStream) -> (message::Header, Vec<u8>) {
     (h, buf)
 }
 
-/// A REPLY message answering `request` (name and seqid copied from it).
-pub fn reply_for(request: &[u8]) -> Bytes {
+/// The header of a REPLY answering `request` (its protocol, name and seqid);
+/// the caller appends the result struct.
+pub fn reply_header_for(request: &[u8]) -> BytesMut {
     let h = message::parse(request, message::detect(request).unwrap()).unwrap();
     let mut m = BytesMut::new();
     message::write_header(
@@ -152,6 +153,12 @@ pub fn reply_for(request: &[u8]) -> Bytes {
         MessageType::Reply,
         h.seqid,
     );
+    m
+}
+
+/// A REPLY message answering `request` (name and seqid copied from it).
+pub fn reply_for(request: &[u8]) -> Bytes {
+    let mut m = reply_header_for(request);
     m.put_u8(0);
     m.freeze()
 }
