@@ -156,24 +156,23 @@ pub async fn serve(
                         read_done = Some(CloseReason::ClientClose);
                         continue;
                     }
-                    // A reset or another I/O error: the client is gone.
-                    Some(Err(FrameError::Io(e))) => {
-                        tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
-                        break CloseReason::IoError;
-                    }
                     Some(Err(e)) => {
                         let reason = match &e {
+                            // A reset or another I/O error: the client is gone.
+                            FrameError::Io(_) => {
+                                tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
+                                break CloseReason::IoError;
+                            }
+                            FrameError::Truncated(_) => {
+                                tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
+                                read_done = Some(CloseReason::ClientClose);
+                                continue;
+                            }
                             FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
-                            FrameError::Io(_) => CloseReason::IoError,
-                            FrameError::Truncated(_) => CloseReason::ClientClose,
                             FrameError::Empty | FrameError::Negative(_) => CloseReason::BadFrame,
                         };
-                        if reason != CloseReason::IoError && !matches!(e, FrameError::Truncated(_)) {
-                            if let Some(suppressed) = ctx.stats.warn_limit.allow() {
-                                tracing::warn!(listener = %ctx.listener, ?peer, error = %e, suppressed, "closing connection: bad frame");
-                            }
-                        } else {
-                            tracing::debug!(listener = %ctx.listener, ?peer, error = %e, "connection ended");
+                        if let Some(suppressed) = ctx.stats.warn_limit.allow() {
+                            tracing::warn!(listener = %ctx.listener, ?peer, error = %e, suppressed, "closing connection: bad frame");
                         }
                         read_done = Some(reason);
                         continue;
