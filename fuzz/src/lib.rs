@@ -1,12 +1,12 @@
 //! Shared code of the fuzz targets: the parsers under test and the checks
 //! every target applies to them.
 //!
-//! The data plane's `frame` and `message` modules are compiled here from
-//! their own source files, unchanged: they depend only on `bytes`,
+//! The data plane's `thrift` module (layer 0: framing and protocols) is
+//! compiled here from its own source files, unchanged, as `message` (and
+//! its `framed` transport as `frame`): it depends only on `bytes`,
 //! `thiserror`, `tokio-util` and `thriftworker-wire`, so the instrumented
-//! build stays small. Should either module ever use another module of the
-//! server crate, replace the two `#[path]` modules by a dependency on
-//! `thriftworker = { path = "../server" }` (a much longer build).
+//! build stays small. `server/tests/layering.rs` keeps it free of the rest
+//! of the server crate.
 //!
 //! Every check panics on failure: libFuzzer records a panic as a crash.
 
@@ -23,10 +23,9 @@ use thrift::protocol::{
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::{Decoder, FramedRead};
 
-#[path = "../../server/src/frame.rs"]
-pub mod frame;
-#[path = "../../server/src/message.rs"]
+#[path = "../../server/src/thrift/mod.rs"]
 pub mod message;
+pub use message::framed as frame;
 
 use frame::{FrameDecoder, FrameError};
 use message::{Header, MessageType, Protocol, MAX_NAME_LEN};

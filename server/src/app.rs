@@ -12,17 +12,17 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminContext, AdminError};
 use crate::config::{AdminConfig, Config};
+use crate::control::admin::{self, AdminContext, AdminError};
 use crate::control::{Control, ControlError};
-use crate::dispatch::{Command, Dispatcher, ServiceInfo};
-use crate::listener::ListenerHandle;
-use crate::metrics::{self, MetricsError};
-use crate::stats::Stats;
-use crate::supervise::Supervisor;
-use crate::transport::{self, Transport, TransportError};
+use crate::data::dispatch::{self, Command, Dispatcher};
+use crate::data::listener::ListenerHandle;
+use crate::data::service::ServiceInfo;
+use crate::data::transport::{self, TransportError, ZmqTransport};
+use crate::lifecycle::Lifecycle;
+use crate::telemetry::http::{self as metrics, MetricsError};
+use crate::telemetry::Stats;
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +41,12 @@ pub enum BuildError {
 pub struct Built {
     config: Config,
     control: Arc<Control>,
-    transport: Transport,
+    transport: ZmqTransport,
     services: Vec<Arc<ServiceInfo>>,
     stats: Arc<Stats>,
-    supervisor: Arc<Supervisor>,
+    lifecycle: Arc<Lifecycle>,
     dispatch_tx: mpsc::Sender<Command>,
     dispatch_rx: mpsc::Receiver<Command>,
-    drain: CancellationToken,
     /// Served from the admin thread's runtime: bound as std sockets.
     admin: Option<std::net::TcpListener>,
     metrics: Option<std::net::TcpListener>,
@@ -76,8 +75,8 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     stats
         .core
         .set_stall_after(config.workers.heartbeat_interval * 3 + Duration::from_secs(5));
-    let supervisor = Supervisor::new(stats.clone());
-    let transport = Transport::bind(&config.workers).await?;
+    let lifecycle = Lifecycle::new(stats.clone());
+    let transport = ZmqTransport::bind(&config.workers).await?;
     let admin = match config.admin.enabled {
         true => Some(admin::bind(&config.admin)?),
         false => None,
@@ -89,12 +88,10 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
     // Deep enough that connections rarely wait on the dispatcher, bounded so
     // a stalled dispatcher pushes back on clients instead of eating memory.
     let (dispatch_tx, dispatch_rx) = mpsc::channel(8192);
-    let drain = CancellationToken::new();
     let control = Arc::new(Control::new(
         dispatch_tx.clone(),
         stats.clone(),
-        supervisor.clone(),
-        drain.clone(),
+        lifecycle.clone(),
         config.admin.state_file.clone(),
         config.workers.max_message_size,
     ));
@@ -114,10 +111,9 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         transport,
         services,
         stats,
-        supervisor,
+        lifecycle,
         dispatch_tx,
         dispatch_rx,
-        drain,
         admin,
         metrics,
         listeners,
@@ -148,79 +144,66 @@ impl Built {
         for e in &self.transport.endpoints {
             tracing::info!(endpoint = %e, "waiting for workers");
         }
-        let supervisor = self.supervisor;
+        let lifecycle = self.lifecycle;
         let (workers_changed_tx, workers_changed) = watch::channel(0u64);
         let dispatcher = Dispatcher::new(
-            &self.config,
+            dispatch::Settings::from_config(&self.config),
             self.services,
             self.transport,
             self.dispatch_rx,
             self.stats.clone(),
-            supervisor.failed().clone(),
-            Arc::new(workers_changed_tx),
+            workers_changed_tx,
         );
         let dispatcher = {
-            let supervisor = supervisor.clone();
+            let lifecycle = lifecycle.clone();
             tokio::spawn(async move {
-                supervisor
+                lifecycle
                     .run_until_done("dispatcher", dispatcher.run())
                     .await
             })
         };
         self.control.start_pending().await;
-        let shutdown_request = CancellationToken::new();
-        let drain_timeout = Arc::new(std::sync::Mutex::new(None));
-        let admin_stop = CancellationToken::new();
-        let metrics_stop = CancellationToken::new();
+        let stop = lifecycle.control_plane_stop().clone();
         let admin = self.admin.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, token = self.config.admin.token.is_some(), tls = self.config.admin.tls_cert.is_some(), "admin API listening");
             let ctx = AdminContext {
                 control: self.control.clone(),
                 stats: self.stats.clone(),
-                shutdown_request: shutdown_request.clone(),
-                drain_timeout: drain_timeout.clone(),
-                draining: self.drain.clone(),
+                lifecycle: lifecycle.clone(),
                 workers_changed,
             };
             let config: AdminConfig = self.config.admin.clone();
-            let stop = admin_stop.clone();
-            let supervisor = supervisor.clone();
+            let (stop, lifecycle) = (stop.clone(), lifecycle.clone());
             async move {
                 let serve = async {
                     if let Err(e) = admin::serve(listener, config, ctx, stop.clone()).await {
                         tracing::error!(error = %e, "admin API stopped");
                     }
                 };
-                supervisor.run("admin API", &stop, serve).await
+                lifecycle.run("admin API", &stop, serve).await
             }
         });
         let metrics = self.metrics.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)");
-            let stop = metrics_stop.clone();
             let serve = metrics::serve(listener, self.stats.clone(), stop.clone());
-            let supervisor = supervisor.clone();
-            async move { supervisor.run("metrics server", &stop, serve).await }
+            let (stop, lifecycle) = (stop.clone(), lifecycle.clone());
+            async move { lifecycle.run("metrics server", &stop, serve).await }
         });
         let control_plane = match spawn_control_plane(admin, metrics) {
             Ok(done) => Some(done),
             Err(e) => {
-                supervisor.fail("admin thread", &format!("cannot start it: {e}"));
+                lifecycle.fail("admin thread", &format!("cannot start it: {e}"));
                 None
             }
         };
         Running {
-            drain: self.drain,
             control: self.control,
             dispatch: self.dispatch_tx,
             dispatcher,
             stats: self.stats,
-            supervisor,
-            shutdown_request,
-            drain_timeout,
-            admin_stop,
-            metrics_stop,
+            lifecycle,
             control_plane,
             shutdown_timeout: self.config.server.shutdown_timeout,
         }
@@ -264,16 +247,11 @@ const FAILED_DRAIN: Duration = Duration::from_secs(1);
 
 /// A running data plane.
 pub struct Running {
-    drain: CancellationToken,
     control: Arc<Control>,
     dispatch: mpsc::Sender<Command>,
     dispatcher: JoinHandle<()>,
     stats: Arc<Stats>,
-    supervisor: Arc<Supervisor>,
-    shutdown_request: CancellationToken,
-    drain_timeout: Arc<std::sync::Mutex<Option<Duration>>>,
-    admin_stop: CancellationToken,
-    metrics_stop: CancellationToken,
+    lifecycle: Arc<Lifecycle>,
     /// Completes when the admin/metrics thread has stopped.
     control_plane: Option<oneshot::Receiver<()>>,
     shutdown_timeout: Duration,
@@ -288,29 +266,29 @@ impl Running {
         &self.stats
     }
 
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
     /// Completes if the data plane can no longer serve (a core task died:
     /// the dispatcher, an acceptor, the worker transport, the admin API or
     /// the metrics server); the process should then exit non-zero so its
     /// supervisor restarts it (`shutdown` drains briefly in that case).
     pub async fn failed(&self) {
-        self.supervisor.failed().cancelled().await
+        self.lifecycle.failed().cancelled().await
     }
 
-    /// Completes when the admin API asked for a drain.
+    /// Completes when a drain was asked for (the Drain RPC).
     pub async fn shutdown_requested(&self) {
-        self.shutdown_request.cancelled().await
+        self.lifecycle.drain_requested().await
     }
 
     /// Graceful shutdown: stop accepting on every listener, let connections
     /// finish the calls they have read (up to `shutdown_timeout`), answer the
     /// rest with an exception, tell workers to leave.
     pub async fn shutdown(self) {
-        let mut timeout = self
-            .drain_timeout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or(self.shutdown_timeout);
-        if self.supervisor.failed().is_cancelled() {
+        let mut timeout = self.lifecycle.drain_timeout(self.shutdown_timeout);
+        if self.lifecycle.has_failed() {
             // A core task is dead: calls pending now may never be answered,
             // so waiting the full drain only keeps a broken process around.
             timeout = timeout.min(FAILED_DRAIN);
@@ -319,9 +297,8 @@ impl Running {
             ?timeout,
             "draining: no new connections; finishing calls in flight"
         );
-        // /readyz turns 503 first, so load balancers stop sending.
-        self.stats.set_draining();
-        self.drain.cancel();
+        // /readyz turns 503 with it, so load balancers stop sending.
+        self.lifecycle.start_drain();
         if tokio::time::timeout(timeout, self.control.wait_connections())
             .await
             .is_err()
@@ -334,7 +311,7 @@ impl Running {
         }
         // Connections now hold their answers (exceptions for what was left):
         // give them a moment to write them out, then close what remains.
-        let flush = if self.supervisor.failed().is_cancelled() {
+        let flush = if self.lifecycle.has_failed() {
             FAILED_DRAIN
         } else {
             Duration::from_secs(5)
@@ -346,8 +323,7 @@ impl Running {
             self.control.abort_connections().await;
         }
         let _ = self.dispatcher.await;
-        self.admin_stop.cancel();
-        self.metrics_stop.cancel();
+        self.lifecycle.stop_control_plane();
         if let Some(done) = self.control_plane {
             let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
         }

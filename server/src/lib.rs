@@ -1,34 +1,30 @@
-//! thriftworker's data plane: framed Thrift listeners that dispatch calls over
-//! ZeroMQ to worker processes.
+//! thriftworker's data plane: Thrift listeners that dispatch calls over
+//! ZeroMQ to worker processes, with a gRPC control plane and Prometheus
+//! telemetry.
 //!
-//! The modules follow a call's path:
-//! `listener` (accept) → `connection` (frames via `frame`, headers via
-//! `message`, routing, in-order replies) → `dispatch` (queues, deadlines,
-//! balancing over `worker_pool`, maps hashed by `fast_hash`) → `transport`
-//! (ZeroMQ ROUTER) → workers.
-//! `config` describes it, `app` wires it, `stats` counts it (with
-//! `histogram`), `metrics` serves the counts to Prometheus with the health
-//! probes; `control` changes it at runtime and `admin` exposes that over gRPC.
+//! The folders are the architecture (docs/architecture.md has the map):
+//!
+//! | layer | module      | job                                                   |
+//! |-------|-------------|-------------------------------------------------------|
+//! | 6     | [`app`]     | wiring: config → bind → spawn → drain                 |
+//! | 5     | [`control`] | the control API and the admin gRPC service            |
+//! | 4     | [`data`]    | listeners, connections, dispatch, worker transport    |
+//! | 3     | [`lifecycle`] | drain, failure, supervision of core tasks           |
+//! | 2     | [`config`]  | the configuration and its bounds                      |
+//! | 1     | [`telemetry`] | outcomes, stats, health, metrics and probes         |
+//! | 0     | [`thrift`]  | the wire format: transports and protocols             |
+//!
+//! The layering rule: a module imports only from layers below its own (and
+//! within its own folder without cycles); `server/tests/layering.rs` checks
+//! it on every test run.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod app;
 pub mod config;
-pub mod connection;
 pub mod control;
-pub mod dispatch;
-pub mod fast_hash;
-pub mod frame;
-pub mod histogram;
-pub mod listener;
-pub mod message;
-pub mod metrics;
-pub mod stats;
-pub mod supervise;
-pub mod transport;
-pub mod worker_pool;
+pub mod data;
+pub mod lifecycle;
+pub mod telemetry;
+pub mod thrift;
 
-/// The crate version, as in the `thriftworker_build_info` metric.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git commit built (`THRIFTWORKER_GIT_SHA` at build time overrides it).
-pub const GIT_SHA: &str = env!("THRIFTWORKER_GIT_SHA");
+pub use telemetry::{GIT_SHA, VERSION};

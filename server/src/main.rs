@@ -5,14 +5,14 @@ use anyhow::Context;
 use clap::Parser;
 use thriftworker::app;
 use thriftworker::config::{Cli, Config, LogFormat};
-use thriftworker::stats::Stats;
-use thriftworker::supervise;
+use thriftworker::lifecycle;
+use thriftworker::telemetry::Stats;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
     init_tracing(&cli.log, config.server.log_format)?;
-    supervise::install_panic_hook();
+    lifecycle::install_panic_hook();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.server.threads > 0 {
         builder.worker_threads(config.server.threads);

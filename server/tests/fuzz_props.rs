@@ -22,9 +22,9 @@ use thrift::protocol::{
     TStructIdentifier, TType,
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
-use thriftworker::frame::{FrameDecoder, FrameError};
-use thriftworker::message::{
-    self, AppErrorKind, BadReply, Header, HeaderError, MessageType, Protocol, ReplyKind,
+use thriftworker::thrift::framed::{FrameDecoder, FrameError};
+use thriftworker::thrift::{
+    self as message, AppErrorKind, BadReply, Header, HeaderError, MessageType, Protocol, ReplyKind,
     MAX_NAME_LEN,
 };
 use tokio::io::{AsyncRead, ReadBuf};

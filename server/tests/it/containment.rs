@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use thriftworker::config::{ListenerConfig, ServiceConfig};
 use thriftworker::control::ControlError;
-use thriftworker::message::{self, MessageType, Protocol};
+use thriftworker::telemetry::CloseReason;
+use thriftworker::thrift::{self, MessageType, Protocol};
 use thriftworker_wire::{ServerMsg, WorkerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,7 +44,7 @@ async fn answer_next(w: &mut FakeWorker) {
 /// A message with the given header and an empty result struct.
 fn message_of(protocol: Protocol, name: &[u8], t: MessageType, seqid: i32) -> Bytes {
     let mut m = BytesMut::new();
-    message::write_header(&mut m, protocol, name, t, seqid);
+    thrift::write_header(&mut m, protocol, name, t, seqid);
     m.put_u8(0);
     m.freeze()
 }
@@ -88,7 +89,7 @@ async fn replies_that_do_not_answer_the_call_are_replaced() {
         (
             "other name",
             Box::new(|r| {
-                let h = message::parse(r, Protocol::BinaryStrict).unwrap();
+                let h = thrift::parse(r, Protocol::BinaryStrict).unwrap();
                 message_of(
                     Protocol::BinaryStrict,
                     b"other",
@@ -100,14 +101,14 @@ async fn replies_that_do_not_answer_the_call_are_replaced() {
         (
             "compact reply to a binary call",
             Box::new(|r| {
-                let h = message::parse(r, Protocol::BinaryStrict).unwrap();
+                let h = thrift::parse(r, Protocol::BinaryStrict).unwrap();
                 message_of(Protocol::Compact, b"echo", MessageType::Reply, h.seqid)
             }),
         ),
         (
             "a CALL",
             Box::new(|r| {
-                let h = message::parse(r, Protocol::BinaryStrict).unwrap();
+                let h = thrift::parse(r, Protocol::BinaryStrict).unwrap();
                 message_of(Protocol::BinaryStrict, b"echo", MessageType::Call, h.seqid)
             }),
         ),
@@ -222,7 +223,7 @@ async fn a_client_that_never_reads_is_disconnected_after_write_timeout() {
     });
     replied.await;
     wait_for("closed for write timeout", || {
-        listener.closed_write_timeout.get() == 1
+        listener.closed_for(CloseReason::WriteTimeout) == 1
     })
     .await;
     // The connection task ends (and leaves the gauge) right after counting.
@@ -273,7 +274,10 @@ async fn calls_read_before_eof_or_a_bad_frame_are_answered() {
     let _ = within("close after the answers", c.read_to_end(&mut rest)).await;
     assert!(rest.is_empty());
     assert_eq!(
-        dp.running.stats().listener("echo").closed_bad_frame.get(),
+        dp.running
+            .stats()
+            .listener("echo")
+            .closed_for(CloseReason::BadFrame),
         1
     );
     dp.running.shutdown().await;
@@ -294,7 +298,7 @@ async fn queued_request_bytes_are_bounded() {
     // No worker: calls queue. Each is ~300 KB.
     let big_call = |seqid: i32| {
         let mut m = BytesMut::new();
-        message::write_header(
+        thrift::write_header(
             &mut m,
             Protocol::BinaryStrict,
             b"echo",

@@ -75,10 +75,7 @@ async fn full_queue_is_answered_overloaded_with_the_calls_seqid() {
     send_call(&mut c2, "echo", 77).await;
     let (h, buf) = read_reply(&mut c2).await;
     assert_eq!(h.seqid, 77);
-    assert_eq!(
-        h.message_type,
-        thriftworker::message::MessageType::Exception
-    );
+    assert_eq!(h.message_type, thriftworker::thrift::MessageType::Exception);
     // With no worker at all the answer (and the outcome) says so.
     assert!(
         text_of(&buf).contains("overloaded: no live worker"),

@@ -5,7 +5,8 @@
 //! is still held when the data plane shuts down.
 
 use bytes::{BufMut, Bytes};
-use thriftworker::message::{self, AppErrorKind, MessageType};
+use thriftworker::telemetry::Outcome;
+use thriftworker::thrift::{self, AppErrorKind, MessageType};
 use thriftworker_proto::admin::v1 as pb;
 use thriftworker_wire::{ServerMsg, WorkerMsg};
 
@@ -23,8 +24,8 @@ fn reply_with_field(request: &[u8], id: i16) -> Bytes {
 }
 
 fn app_exception_for(request: &[u8]) -> Bytes {
-    let h = message::parse(request, message::detect(request).unwrap()).unwrap();
-    message::application_exception(
+    let h = thrift::parse(request, thrift::detect(request).unwrap()).unwrap();
+    thrift::application_exception(
         h.protocol,
         h.name(request),
         h.seqid,
@@ -96,8 +97,9 @@ async fn each_reply_kind_and_shutdown_is_one_outcome_in_every_view() {
     for (method, outcome, n) in expected {
         let m = methods.iter().find(|m| &*m.name == method).expect(method);
         assert_eq!(m.calls.get(), n, "{method} calls");
-        for (o, v) in m.outcomes() {
-            assert_eq!(v, if o == outcome { n } else { 0 }, "{method} {o}");
+        for o in Outcome::ALL {
+            let want = if o.label() == outcome { n } else { 0 };
+            assert_eq!(m.count(o), want, "{method} {}", o.label());
         }
         assert_eq!(
             m.total.snapshot().count,
@@ -108,7 +110,7 @@ async fn each_reply_kind_and_shutdown_is_one_outcome_in_every_view() {
 
     // Prometheus text.
     let mut text = String::new();
-    thriftworker::metrics::encode(&stats, &mut text);
+    thriftworker::telemetry::exposition::encode(&stats, &mut text);
     for (method, outcome, n) in expected {
         let line = format!("thriftworker_call_outcomes_total{{service=\"Echo\",method=\"{method}\",outcome=\"{outcome}\"}} {n}\n");
         assert!(text.contains(&line), "missing {line}");
@@ -117,7 +119,10 @@ async fn each_reply_kind_and_shutdown_is_one_outcome_in_every_view() {
     }
 
     // The admin API's snapshot.
-    let snap = thriftworker::admin::stats_snapshot(&stats, &pb::GetStatsRequest::default());
+    let snap = thriftworker::control::admin::convert::stats_snapshot(
+        &stats,
+        &pb::GetStatsRequest::default(),
+    );
     let by = |name: &str| {
         snap.methods
             .iter()

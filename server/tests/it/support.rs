@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use thriftworker::app::{self, Running};
 use thriftworker::config::Config;
-use thriftworker::message::{self, MessageType, Protocol};
+use thriftworker::thrift::{self, MessageType, Protocol};
 use thriftworker_wire::{ServerMsg, WorkerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -106,7 +106,7 @@ impl FakeWorker {
 /// A framed Thrift CALL `name` with `seqid` and an empty args struct.
 pub fn call_frame(name: &str, seqid: i32) -> Vec<u8> {
     let mut m = BytesMut::new();
-    message::write_header(
+    thrift::write_header(
         &mut m,
         Protocol::BinaryStrict,
         name.as_bytes(),
@@ -128,7 +128,7 @@ pub async fn send_call(c: &mut TcpStream, name: &str, seqid: i32) {
 }
 
 /// Reads one framed reply and returns (header, message bytes).
-pub async fn read_reply(c: &mut TcpStream) -> (message::Header, Vec<u8>) {
+pub async fn read_reply(c: &mut TcpStream) -> (thrift::Header, Vec<u8>) {
     let mut len = [0u8; 4];
     within("reply length", c.read_exact(&mut len))
         .await
@@ -137,16 +137,16 @@ pub async fn read_reply(c: &mut TcpStream) -> (message::Header, Vec<u8>) {
     within("reply body", c.read_exact(&mut buf))
         .await
         .expect("read body");
-    let h = message::parse(&buf, message::detect(&buf).unwrap()).expect("reply header");
+    let h = thrift::parse(&buf, thrift::detect(&buf).unwrap()).expect("reply header");
     (h, buf)
 }
 
 /// The header of a REPLY answering `request` (its protocol, name and seqid);
 /// the caller appends the result struct.
 pub fn reply_header_for(request: &[u8]) -> BytesMut {
-    let h = message::parse(request, message::detect(request).unwrap()).unwrap();
+    let h = thrift::parse(request, thrift::detect(request).unwrap()).unwrap();
     let mut m = BytesMut::new();
-    message::write_header(
+    thrift::write_header(
         &mut m,
         h.protocol,
         h.name(request),

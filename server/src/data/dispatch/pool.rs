@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::fast_hash::{BytesMap, IdMap};
-use crate::stats::WorkerStats;
+use super::fast_hash::{BytesMap, IdMap};
+use crate::telemetry::WorkerStats;
 
 /// Index of a worker slot; stable while the worker lives.
 pub type WorkerIdx = usize;

@@ -17,11 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, shown, ListenerConfig, RuntimeState, ServiceConfig};
-use crate::connection::{ConnectionContext, Routes};
-use crate::dispatch::{service_info, Command, ServiceInfo, WorkerView};
-use crate::listener::{self, Listener, ListenerHandle};
-use crate::stats::Stats;
-use crate::supervise::Supervisor;
+use crate::data::connection::ConnectionContext;
+use crate::data::dispatch::{Command, WorkerView};
+use crate::data::listener::{self, Listener, ListenerHandle};
+use crate::data::routes::Routes;
+use crate::data::service::ServiceInfo;
+use crate::lifecycle::Lifecycle;
+use crate::telemetry::Stats;
+
+pub mod admin;
 
 /// Why a change was refused; each maps to one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +85,9 @@ pub struct Control {
     state: Mutex<State>,
     dispatch: mpsc::Sender<Command>,
     stats: Arc<Stats>,
-    /// Acceptors are core tasks: one that dies fails the process.
-    supervisor: Arc<Supervisor>,
-    /// Cancelled on process shutdown; every listener's stop token is a child.
-    drain: CancellationToken,
+    /// Acceptors are core tasks: one that dies fails the process. Every
+    /// listener's stop token is a child of its `draining` token.
+    lifecycle: Arc<Lifecycle>,
     state_file: Option<PathBuf>,
     /// `[workers].max_message_size`: every listener's frames must fit in it.
     max_message_size: usize,
@@ -98,8 +101,7 @@ impl Control {
     pub fn new(
         dispatch: mpsc::Sender<Command>,
         stats: Arc<Stats>,
-        supervisor: Arc<Supervisor>,
-        drain: CancellationToken,
+        lifecycle: Arc<Lifecycle>,
         state_file: Option<PathBuf>,
         max_message_size: usize,
     ) -> Control {
@@ -112,8 +114,7 @@ impl Control {
             }),
             dispatch,
             stats,
-            supervisor,
-            drain,
+            lifecycle,
             state_file,
             max_message_size,
         }
@@ -125,7 +126,7 @@ impl Control {
         let mut st = self.state.lock().await;
         let mut infos = Vec::new();
         for s in services {
-            let info = service_info(st.next_index, s, &self.stats);
+            let info = ServiceInfo::new(st.next_index, s, &self.stats);
             st.next_index += 1;
             st.services.insert(
                 s.name.clone(),
@@ -180,7 +181,7 @@ impl Control {
                 config.name
             )));
         }
-        let info = service_info(st.next_index, &config, &self.stats);
+        let info = ServiceInfo::new(st.next_index, &config, &self.stats);
         self.send(Command::SetService(info.clone())).await?;
         st.next_index += 1;
         st.services.insert(
@@ -203,26 +204,12 @@ impl Control {
             .get(&config.name)
             .map(|e| e.info.index)
             .ok_or_else(|| not_found_service(&config.name))?;
-        let info = service_info(index, &config, &self.stats);
+        let info = ServiceInfo::new(index, &config, &self.stats);
         self.send(Command::SetService(info.clone())).await?;
         // Listeners routing to it get the new settings for calls read from now on.
         for l in st.listeners.values() {
-            let current = l.routes.load();
-            if current.services.iter().any(|s| s.index == index) {
-                l.routes.store(Arc::new(Routes {
-                    services: current
-                        .services
-                        .iter()
-                        .map(|s| {
-                            if s.index == index {
-                                info.clone()
-                            } else {
-                                s.clone()
-                            }
-                        })
-                        .collect(),
-                    default_service: current.default_service,
-                }));
+            if let Some(updated) = l.routes.load().with_updated(&info) {
+                l.routes.store(Arc::new(updated));
             }
         }
         st.services.insert(
@@ -330,7 +317,7 @@ impl Control {
                 config,
                 handle: handle.clone(),
                 routes,
-                stop: self.drain.child_token(),
+                stop: self.lifecycle.draining().child_token(),
                 abort: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 pending: Some(listener),
@@ -343,11 +330,11 @@ impl Control {
     pub async fn start_pending(&self) {
         let mut st = self.state.lock().await;
         for e in st.listeners.values_mut() {
-            Self::start(e, &self.runtime, &self.supervisor);
+            Self::start(e, &self.runtime, &self.lifecycle);
         }
     }
 
-    fn start(e: &mut ListenerEntry, runtime: &tokio::runtime::Handle, sup: &Arc<Supervisor>) {
+    fn start(e: &mut ListenerEntry, runtime: &tokio::runtime::Handle, sup: &Arc<Lifecycle>) {
         if let Some(l) = e.pending.take() {
             tracing::info!(listener = %e.handle.name, addr = %e.handle.local_addr, paused = e.handle.is_paused(), "listening");
             let tracker = e.tracker.clone();
@@ -362,7 +349,7 @@ impl Control {
     /// Binds and starts a listener at runtime.
     pub async fn add_listener(&self, config: ListenerConfig) -> Result<ListenerView, ControlError> {
         let mut st = self.state.lock().await;
-        if self.drain.is_cancelled() {
+        if self.lifecycle.draining().is_cancelled() {
             return Err(ControlError::Unavailable(
                 "the data plane is draining".into(),
             ));
@@ -370,9 +357,9 @@ impl Control {
         let name = config.name.clone();
         self.bind_locked(&mut st, config)?;
         let e = st.listeners.get_mut(&name).expect("just inserted");
-        Self::start(e, &self.runtime, &self.supervisor);
+        Self::start(e, &self.runtime, &self.lifecycle);
         let view = ListenerView {
-            config: e.config.clone(),
+            config: e.config(),
             handle: e.handle.clone(),
             active: 0,
         };
@@ -432,7 +419,7 @@ impl Control {
         st.listeners
             .values()
             .map(|e| ListenerView {
-                config: e.config.clone(),
+                config: e.config(),
                 handle: e.handle.clone(),
                 active: self.stats.listener(&e.config.name).active.get(),
             })
@@ -487,7 +474,7 @@ impl Control {
         let Some(path) = &self.state_file else { return };
         let state = RuntimeState {
             services: st.services.values().map(|e| e.config.clone()).collect(),
-            listeners: st.listeners.values().map(|e| e.config.clone()).collect(),
+            listeners: st.listeners.values().map(ListenerEntry::config).collect(),
         };
         let write = || -> std::io::Result<()> {
             let tmp = path.with_extension("tmp");
@@ -504,13 +491,19 @@ impl Control {
 }
 
 fn apply_pause(e: &mut ListenerEntry, paused: bool) {
-    if paused {
-        e.handle.pause();
-    } else {
-        e.handle.resume();
-    }
-    e.config.paused = paused;
+    e.handle.set_paused(paused);
     tracing::info!(listener = %e.config.name, paused, "acceptor state changed");
+}
+
+impl ListenerEntry {
+    /// Its settings, with the acceptor's current paused state (kept only
+    /// in the listener's stats, where the acceptor watches it).
+    fn config(&self) -> ListenerConfig {
+        ListenerConfig {
+            paused: self.handle.is_paused(),
+            ..self.config.clone()
+        }
+    }
 }
 
 fn not_found_service(name: &str) -> ControlError {

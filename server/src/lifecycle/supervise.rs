@@ -5,7 +5,7 @@
 //! panics or ends when nobody asked it to, the process can no longer do its
 //! job, however healthy the others look. A zombie that still answers probes
 //! is the worst outcome: the orchestrator keeps sending it traffic. So every
-//! core task runs under [`Supervisor::run`]: its death is logged loudly,
+//! core task runs under [`Lifecycle::run`]: its death is logged loudly,
 //! recorded in the stats (`/healthz` and `/readyz` turn 503 at once) and
 //! cancels the `failed` token, on which `main` drains briefly and exits
 //! non-zero so the supervisor of the process (the kubelet, systemd) restarts
@@ -17,19 +17,16 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::Stats;
-
-/// Panics seen by the process (any thread), counted by the panic hook.
-pub static PANICS: AtomicU64 = AtomicU64::new(0);
+use super::Lifecycle;
+use crate::telemetry::PANICS;
 
 /// Installs a panic hook that logs every panic through `tracing` (so it
-/// lands in the JSON log with the rest) and counts it in [`PANICS`], then
+/// lands in the JSON log with the rest) and counts it in `PANICS`, then
 /// runs the default hook.
 pub fn install_panic_hook() {
     let default = std::panic::take_hook();
@@ -46,37 +43,7 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Watches the core tasks; cheap to clone through its `Arc`.
-#[derive(Debug)]
-pub struct Supervisor {
-    stats: Arc<Stats>,
-    failed: CancellationToken,
-}
-
-impl Supervisor {
-    pub fn new(stats: Arc<Stats>) -> Arc<Supervisor> {
-        Arc::new(Supervisor {
-            stats,
-            failed: CancellationToken::new(),
-        })
-    }
-
-    /// Cancelled once the process cannot serve any more.
-    pub fn failed(&self) -> &CancellationToken {
-        &self.failed
-    }
-
-    /// Records that core task `task` failed, and why; the process will exit.
-    pub fn fail(&self, task: &str, why: &str) {
-        tracing::error!(
-            task,
-            reason = why,
-            "core task failed: thriftworker cannot serve and will exit"
-        );
-        self.stats.core.fail(format!("{task}: {why}"));
-        self.failed.cancel();
-    }
-
+impl Lifecycle {
     /// Runs core task `task`. A panic fails the process; so does a return
     /// while `stop` is not cancelled (a core task only ends when told to).
     pub async fn run(&self, task: &str, stop: &CancellationToken, work: impl Future<Output = ()>) {
@@ -116,11 +83,13 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Stats;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_panicking_core_task_fails_the_process_and_the_probes() {
         let stats = Arc::new(Stats::default());
-        let sup = Supervisor::new(stats.clone());
+        let sup = Lifecycle::new(stats.clone());
         let stop = CancellationToken::new();
         sup.run("dispatcher", &stop, async { panic!("invalid deadline") })
             .await;
@@ -136,7 +105,7 @@ mod tests {
     #[tokio::test]
     async fn a_core_task_ending_unasked_fails_but_a_stopped_one_does_not() {
         let stats = Arc::new(Stats::default());
-        let sup = Supervisor::new(stats.clone());
+        let sup = Lifecycle::new(stats.clone());
         let stop = CancellationToken::new();
         stop.cancel();
         sup.run("acceptor", &stop, async {}).await;

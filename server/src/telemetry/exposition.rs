@@ -1,10 +1,5 @@
-//! Prometheus exposition and the HTTP health probes, on their own port.
-//!
-//! They run on the admin thread (see `app::spawn`), not on the data plane's
-//! runtime: the data plane runs on few threads (one by default) and may be
-//! saturated; a scrape or a kubelet probe must still answer then, or the pod
-//! gets restarted exactly when it is busiest. Everything here reads the
-//! registry's atomics: nothing goes through the dispatcher.
+//! The registry in the Prometheus text format, one section per kind of
+//! object (process, methods, services, listeners, workers).
 //!
 //! Why our own text encoder: every series is either an atomic we own or a
 //! dispatcher-written histogram (see `histogram`), so a metrics crate would
@@ -12,219 +7,34 @@
 //! only, whose counter families `promtool check metrics` (the classic text
 //! format linter) reports as problems. This writes the classic text format
 //! 0.0.4, which every Prometheus server scrapes.
-//!
-//! Endpoints: `/metrics`, `/healthz` (the process is up: 200 also while
-//! draining, so a drain is never cut short by a liveness restart), `/readyz`
-//! (200 only when not draining and every service has a live worker).
 
-use std::convert::Infallible;
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-
-use crate::histogram::{Histogram, PROMETHEUS_BOUNDS};
-use crate::stats::Stats;
-
-/// Why the metrics server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("cannot listen for metrics on {addr}: {source} (set [metrics].address or --metrics-addr to a free port, or 'off')")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
-/// Binds the metrics port (a std socket: it is served from another runtime).
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
-    let l =
-        std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
-    l.set_nonblocking(true)
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    Ok(l)
-}
-
-/// Connections served at once; more wait in the kernel backlog.
-const MAX_CONNECTIONS: usize = 64;
-
-/// Serves until `stop` is cancelled. Runs on the admin thread's runtime
-/// (`app::spawn`); `listener` is converted there.
-pub async fn serve(listener: std::net::TcpListener, stats: Arc<Stats>, stop: CancellationToken) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve metrics");
-            return;
-        }
-    };
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // E.g. EMFILE: back off instead of spinning on it.
-                    tracing::debug!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let stats = stats.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let stats = stats.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &stats)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
-}
-
-fn respond(req: &Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are served\n".into(),
-        );
-    }
-    match req.uri().path() {
-        "/metrics" => {
-            let mut out = String::with_capacity(16 * 1024);
-            encode(stats, &mut out);
-            let mut r = text(StatusCode::OK, out);
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        "/healthz" => match stats.not_live() {
-            None => text(StatusCode::OK, "ok\n".into()),
-            Some(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not alive: {why}\n"),
-            ),
-        },
-        "/readyz" => match stats.not_ready() {
-            None => text(StatusCode::OK, "ready\n".into()),
-            Some(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            ),
-        },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
-        ),
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// Writes one metric family's HELP and TYPE lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Writes a label value with the escapes the text format requires.
-fn escaped(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Writes `name{labels} value`; `labels` are (name, value) pairs.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            escaped(out, v);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// [`PROMETHEUS_BOUNDS`] as `le` label values.
-const LE: [&str; PROMETHEUS_BOUNDS.len()] = [
-    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
-    "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
-];
-
-fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-    let s = h.snapshot();
-    let bucket = format!("{name}_bucket");
-    let mut with_le: Vec<(&str, &str)> = labels.to_vec();
-    let cumulative = s.prometheus_buckets();
-    for (i, le) in LE.iter().enumerate() {
-        with_le.push(("le", le));
-        sample(out, &bucket, &with_le, cumulative[i]);
-        with_le.pop();
-    }
-    with_le.push(("le", "+Inf"));
-    sample(out, &bucket, &with_le, s.count);
-    sample(out, &format!("{name}_sum"), labels, s.sum_ns as f64 / 1e9);
-    sample(out, &format!("{name}_count"), labels, s.count);
-}
+use super::histogram::{Histogram, PROMETHEUS_BOUNDS};
+use super::outcome::Outcome;
+use super::stats::{CloseReason, ListenerStats, MethodStats, ServiceStats, Stats, WorkerStats};
 
 /// The whole registry in the Prometheus text format.
 pub fn encode(stats: &Stats, out: &mut String) {
     let services = stats.services();
-    let listeners = stats.listeners();
-    let workers = stats.workers();
+    process(stats, out);
+    methods(&services, out);
+    service_gauges(&services, out);
+    listeners(&stats.listeners(), out);
+    workers(stats, &stats.workers(), out);
+    lifecycle(stats, out);
+}
 
+/// Build info and process-wide gauges.
+fn process(stats: &Stats, out: &mut String) {
     family(
         out,
         "thriftworker_build_info",
         "gauge",
         "Version and git commit of this binary (always 1).",
     );
-    let build = [("version", crate::VERSION), ("git_sha", crate::GIT_SHA)];
+    let build = [("version", super::VERSION), ("git_sha", super::GIT_SHA)];
     sample(out, "thriftworker_build_info", &build, 1);
     // Unlabelled gauges: (name, help, value); the process ones only where
     // /proc has them.
@@ -273,15 +83,17 @@ pub fn encode(stats: &Stats, out: &mut String) {
             sample(out, name, &[], v);
         }
     }
+}
 
-    // Per service and method.
+/// Calls, outcomes, late replies and latency histograms per method.
+fn methods(services: &[(String, Arc<ServiceStats>)], out: &mut String) {
     family(
         out,
         "thriftworker_calls_total",
         "counter",
         "Calls received, by service, method and kind (call or oneway).",
     );
-    for (svc, s) in &services {
+    for (svc, s) in services {
         for m in s.methods() {
             let l = [("service", svc.as_str()), ("method", &*m.name)];
             sample(
@@ -298,19 +110,24 @@ pub fn encode(stats: &Stats, out: &mut String) {
             );
         }
     }
-    family(out, "thriftworker_call_outcomes_total", "counter", "Calls finished, by how: success, declared_exception, app_exception, timeout, overloaded, no_worker, worker_died, shutdown, empty_reply, abandoned, bad_reply.");
-    for (svc, s) in &services {
+    family(
+        out,
+        "thriftworker_call_outcomes_total",
+        "counter",
+        &super::outcome::help(),
+    );
+    for (svc, s) in services {
         for m in s.methods() {
-            for (outcome, n) in m.outcomes() {
+            for o in Outcome::ALL {
                 sample(
                     out,
                     "thriftworker_call_outcomes_total",
                     &[
                         ("service", svc.as_str()),
                         ("method", &*m.name),
-                        ("outcome", outcome),
+                        ("outcome", o.label()),
                     ],
-                    n,
+                    m.count(o),
                 );
             }
         }
@@ -321,7 +138,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "counter",
         "Worker replies that arrived after their call had timed out (dropped).",
     );
-    for (svc, s) in &services {
+    for (svc, s) in services {
         for m in s.methods() {
             sample(
                 out,
@@ -331,7 +148,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
             );
         }
     }
-    type Pick = fn(&crate::stats::MethodStats) -> &Histogram;
+    type Pick = fn(&MethodStats) -> &Histogram;
     let histograms: [(&str, &str, Pick); 3] = [
         ("thriftworker_call_duration_seconds", "Time in the data plane per two-way call, request read to answer handed back, whatever the outcome.", |m| &m.total),
         ("thriftworker_call_queue_seconds", "Time a call waited before it was sent to a worker.", |m| &m.queue_wait),
@@ -339,7 +156,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
     ];
     for (name, help, get) in histograms {
         family(out, name, "histogram", help);
-        for (svc, s) in &services {
+        for (svc, s) in services {
             for m in s.methods() {
                 histogram(
                     out,
@@ -350,9 +167,11 @@ pub fn encode(stats: &Stats, out: &mut String) {
             }
         }
     }
+}
 
-    // Per service.
-    type Gauge = fn(&crate::stats::ServiceStats) -> u64;
+/// Queue, in-flight, workers and credit per service.
+fn service_gauges(services: &[(String, Arc<ServiceStats>)], out: &mut String) {
+    type Gauge = fn(&ServiceStats) -> u64;
     let gauges: [(&str, &str, Gauge); 6] = [
         (
             "thriftworker_service_queue_depth",
@@ -387,13 +206,15 @@ pub fn encode(stats: &Stats, out: &mut String) {
     ];
     for (name, help, get) in gauges {
         family(out, name, "gauge", help);
-        for (svc, s) in &services {
+        for (svc, s) in services {
             sample(out, name, &[("service", svc.as_str())], get(s));
         }
     }
+}
 
-    // Per listener.
-    type Lc = fn(&crate::stats::ListenerStats) -> u64;
+/// Connections and bytes per listener.
+fn listeners(listeners: &[(String, Arc<ListenerStats>)], out: &mut String) {
+    type Lc = fn(&ListenerStats) -> u64;
     let counters: [(&str, &str, &str, Lc); 7] = [
         (
             "thriftworker_listener_connections_accepted_total",
@@ -440,7 +261,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
     ];
     for (name, kind, help, get) in counters {
         family(out, name, kind, help);
-        for (n, l) in &listeners {
+        for (n, l) in listeners {
             sample(out, name, &[("listener", n.as_str())], get(l));
         }
     }
@@ -450,7 +271,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "gauge",
         "Connections open now.",
     );
-    for (n, l) in &listeners {
+    for (n, l) in listeners {
         sample(
             out,
             "thriftworker_listener_connections_active",
@@ -464,8 +285,8 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "gauge",
         "1 while the listener's acceptor is paused.",
     );
-    for (n, l) in &listeners {
-        let paused = l.paused.load(std::sync::atomic::Ordering::Relaxed);
+    for (n, l) in listeners {
+        let paused = l.is_paused();
         sample(
             out,
             "thriftworker_listener_paused",
@@ -479,27 +300,20 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "counter",
         "Connections closed, by reason.",
     );
-    for (n, l) in &listeners {
-        for (reason, c) in [
-            ("client_close", &l.closed_client),
-            ("idle_timeout", &l.closed_idle),
-            ("frame_too_large", &l.closed_frame_too_large),
-            ("bad_frame", &l.closed_bad_frame),
-            ("protocol_error", &l.closed_protocol_error),
-            ("shutdown", &l.closed_shutdown),
-            ("io_error", &l.closed_io_error),
-            ("write_timeout", &l.closed_write_timeout),
-        ] {
+    for (n, l) in listeners {
+        for reason in CloseReason::ALL {
             sample(
                 out,
                 "thriftworker_listener_connections_closed_total",
-                &[("listener", n.as_str()), ("reason", reason)],
-                c.get(),
+                &[("listener", n.as_str()), ("reason", reason.label())],
+                l.closed_for(reason),
             );
         }
     }
+}
 
-    // Per worker (series disappear when the worker leaves).
+/// Per worker (series disappear when the worker leaves).
+fn workers(stats: &Stats, workers: &[Arc<WorkerStats>], out: &mut String) {
     let now_ms = stats.now_ms();
     family(
         out,
@@ -507,7 +321,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "gauge",
         "Calls the worker holds now.",
     );
-    for w in &workers {
+    for w in workers {
         sample(
             out,
             "thriftworker_worker_in_flight",
@@ -521,7 +335,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "gauge",
         "Concurrent calls the worker announced.",
     );
-    for w in &workers {
+    for w in workers {
         sample(
             out,
             "thriftworker_worker_credit",
@@ -535,7 +349,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "counter",
         "Replies received from the worker.",
     );
-    for w in &workers {
+    for w in workers {
         sample(
             out,
             "thriftworker_worker_calls_served_total",
@@ -549,7 +363,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
         "gauge",
         "Seconds since the worker was last heard from.",
     );
-    for w in &workers {
+    for w in workers {
         let last = w.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed);
         sample(
             out,
@@ -558,8 +372,10 @@ pub fn encode(stats: &Stats, out: &mut String) {
             now_ms.saturating_sub(last) as f64 / 1000.0,
         );
     }
+}
 
-    // Worker lifecycle.
+/// Worker lifecycle and process-wide dispatch counters.
+fn lifecycle(stats: &Stats, out: &mut String) {
     let d = &stats.dispatch;
     for (name, kind, help, v) in [
         (
@@ -626,12 +442,70 @@ pub fn encode(stats: &Stats, out: &mut String) {
             "thriftworker_panics_total",
             "counter",
             "Panics in any thread (a bug: each is logged).",
-            crate::supervise::PANICS.load(std::sync::atomic::Ordering::Relaxed),
+            super::PANICS.load(std::sync::atomic::Ordering::Relaxed),
         ),
     ] {
         family(out, name, kind, help);
         sample(out, name, &[], v);
     }
+}
+
+/// Writes one metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes a label value with the escapes the text format requires.
+fn escaped(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes `name{labels} value`; `labels` are (name, value) pairs.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escaped(out, v);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// [`PROMETHEUS_BOUNDS`] as `le` label values.
+const LE: [&str; PROMETHEUS_BOUNDS.len()] = [
+    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+    "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
+];
+
+fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    let s = h.snapshot();
+    let bucket = format!("{name}_bucket");
+    let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+    let cumulative = s.prometheus_buckets();
+    for (i, le) in LE.iter().enumerate() {
+        with_le.push(("le", le));
+        sample(out, &bucket, &with_le, cumulative[i]);
+        with_le.pop();
+    }
+    with_le.push(("le", "+Inf"));
+    sample(out, &bucket, &with_le, s.count);
+    sample(out, &format!("{name}_sum"), labels, s.sum_ns as f64 / 1e9);
+    sample(out, &format!("{name}_count"), labels, s.count);
 }
 
 /// VmRSS from /proc/self/status (Linux); None elsewhere.
@@ -645,6 +519,7 @@ fn resident_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn le_labels_match_the_bounds() {

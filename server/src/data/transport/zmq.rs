@@ -1,5 +1,5 @@
-//! The worker-facing ZeroMQ transport, kept small so the backend could be
-//! swapped (e.g. for libzmq) without touching dispatch.
+//! The worker-facing ZeroMQ transport: a ROUTER socket of the (patched)
+//! `zeromq` crate behind [`WorkerTransport`].
 //!
 //! The endpoint is reachable before anyone has authenticated, so it is
 //! bounded like one (the patched `zeromq` crate in `third_party/zeromq`,
@@ -21,40 +21,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use thriftworker_wire::WorkerMsg;
 
+use super::{Inbound, SendError, WorkerTransport, PEER_SEND_QUEUE};
 use crate::config::WorkersConfig;
 use zeromq::util::PeerIdentity;
 use zeromq::{
     RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv,
     ZmqError, ZmqMessage,
 };
-
-/// Something that happened on the worker side.
-pub enum Inbound {
-    /// A message from the worker with this ZeroMQ identity.
-    Message {
-        peer: Bytes,
-        msg: Result<WorkerMsg, thriftworker_wire::WireError>,
-    },
-    /// ZeroMQ reports the worker's connection closed.
-    Disconnected { peer: Bytes },
-    /// The socket itself failed; dispatch cannot go on.
-    Closed(String),
-}
-
-/// Why a send to a worker failed; either way the message is dropped.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The peer's send queue is full: it does not read what it is sent.
-    #[error("the peer does not read (its send queue of {PEER_SEND_QUEUE} messages is full)")]
-    Full,
-    #[error("{0}")]
-    Gone(String),
-}
-
-/// Messages queued per peer. Credit (at most 65,536 calls) bounds what a
-/// registered worker is sent, plus a trickle of HEARTBEAT and DISCONNECT;
-/// a peer that lets more pile up is not reading.
-pub const PEER_SEND_QUEUE: usize = 65_536 + 4_096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -65,7 +38,7 @@ pub enum TransportError {
 }
 
 /// The bound ROUTER, in halves so receiving and sending can interleave.
-pub struct Transport {
+pub struct ZmqTransport {
     send: RouterSendHalf,
     recv: RouterRecvHalf,
     monitor: futures::channel::mpsc::Receiver<SocketEvent>,
@@ -91,8 +64,8 @@ pub fn default_endpoint() -> String {
     format!("ipc://{}/workers.sock", base.display())
 }
 
-impl Transport {
-    pub async fn bind(config: &WorkersConfig) -> Result<Transport, TransportError> {
+impl ZmqTransport {
+    pub async fn bind(config: &WorkersConfig) -> Result<ZmqTransport, TransportError> {
         let endpoints = &config.endpoints;
         let mut options = SocketOptions::default();
         options
@@ -121,7 +94,7 @@ impl Transport {
             bound.push(resolved.to_string());
         }
         let (send, recv) = socket.split();
-        Ok(Transport {
+        Ok(ZmqTransport {
             send,
             recv,
             monitor,
@@ -130,14 +103,16 @@ impl Transport {
             ipc_paths,
         })
     }
+}
 
+impl WorkerTransport for ZmqTransport {
     /// Waits for the next event. Cancel-safe (usable in `select!`).
     ///
     /// Monitor events come first: the crate emits a peer's `Disconnected`
     /// before it can accept a new connection with the same identity, so the
     /// dispatcher forgets the old worker before it sees a message of the new
     /// connection (which could otherwise pass for the old worker's).
-    pub async fn recv(&mut self) -> Inbound {
+    async fn recv(&mut self) -> Inbound {
         if let Some(next) = self.ready.pop_front() {
             return next;
         }
@@ -178,7 +153,7 @@ impl Transport {
 
     /// Queues `frames` for the worker `peer`; never waits (the dispatcher
     /// serves everyone and must not wait on one slow peer).
-    pub fn send(
+    fn send(
         &mut self,
         peer: &Bytes,
         frames: impl IntoIterator<Item = Bytes>,
@@ -196,7 +171,7 @@ impl Transport {
 
     /// Closes `peer`'s connection (a `Disconnected` event follows). Returns
     /// whether it was connected.
-    pub fn kick(&self, peer: &Bytes) -> bool {
+    fn kick(&mut self, peer: &Bytes) -> bool {
         match PeerIdentity::try_from(peer.clone()) {
             Ok(id) => self.send.disconnect_peer(&id),
             Err(_) => false,
@@ -204,7 +179,7 @@ impl Transport {
     }
 }
 
-impl Drop for Transport {
+impl Drop for ZmqTransport {
     fn drop(&mut self) {
         for p in &self.ipc_paths {
             let _ = std::fs::remove_file(p);

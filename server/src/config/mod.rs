@@ -3,90 +3,31 @@
 //!
 //! Everything is validated here, once, with messages that name the offending
 //! listener or service and say what to fix; the rest of the server can then
-//! trust its config.
+//! trust its config. Read by both planes, so it sits below them: it imports
+//! only `thrift` (a listener's protocol setting) and `telemetry` (defaults).
+//!
+//! - [`cli`]: the command line; [`secret`]: tokens;
+//! - [`address`]: listener addresses, parsed once;
+//! - [`bounds`]: the range of every setting and the checks.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-/// Command line of the `thriftworker` binary.
-#[derive(Debug, Parser)]
-#[command(
-    name = "thriftworker",
-    version,
-    about = "Thrift data plane: accepts framed Thrift connections and dispatches calls over ZeroMQ to worker processes",
-    after_help = "Example:\n  thriftworker --config examples/echo.toml\n\nSee docs/ for the config reference and the worker protocol."
-)]
-pub struct Cli {
-    /// TOML config file (listeners, services, worker endpoints).
-    #[arg(long, short = 'c', env = "THRIFTWORKER_CONFIG")]
-    pub config: PathBuf,
+pub mod address;
+pub mod bounds;
+pub mod cli;
+pub mod secret;
 
-    /// ZeroMQ endpoint(s) workers connect to (ipc:///path or tcp://127.0.0.1:PORT);
-    /// replaces [workers].endpoints. Repeat or comma-separate.
-    #[arg(
-        long = "worker-endpoint",
-        env = "THRIFTWORKER_WORKER_ENDPOINTS",
-        value_delimiter = ','
-    )]
-    pub worker_endpoints: Vec<String>,
+pub use address::{Address, Ports};
+pub use bounds::*;
+pub use cli::{Cli, LogFormat};
+pub use secret::Secret;
 
-    /// File holding the shared worker token (replaces [workers].token_file).
-    /// The token itself may instead be given in THRIFTWORKER_WORKER_TOKEN.
-    #[arg(long, env = "THRIFTWORKER_WORKER_TOKEN_FILE")]
-    pub worker_token_file: Option<PathBuf>,
-
-    /// How long SIGTERM waits for calls in flight before answering them itself.
-    #[arg(long, env = "THRIFTWORKER_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
-
-    /// Runtime threads (0 = one per core); replaces [server].threads.
-    #[arg(long, env = "THRIFTWORKER_THREADS")]
-    pub threads: Option<usize>,
-
-    /// Log format: text or json.
-    #[arg(long, env = "THRIFTWORKER_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "thriftworker=debug".
-    #[arg(long, env = "THRIFTWORKER_LOG", default_value = "info,zeromq=error")]
-    pub log: String,
-
-    /// Admin API (gRPC) address; replaces [admin].address. "off" disables it.
-    #[arg(long, env = "THRIFTWORKER_ADMIN_ADDR")]
-    pub admin_addr: Option<String>,
-
-    /// File holding the admin API bearer token (replaces [admin].token_file).
-    /// The token itself may instead be given in THRIFTWORKER_ADMIN_TOKEN.
-    #[arg(long, env = "THRIFTWORKER_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
-
-    /// Prometheus metrics and health probes (HTTP: /metrics, /healthz,
-    /// /readyz); replaces [metrics].address. "off" disables it.
-    #[arg(long, env = "THRIFTWORKER_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
-
-    /// Persist runtime changes here and reload them on start (replaces [admin].state_file).
-    #[arg(long, env = "THRIFTWORKER_STATE_FILE")]
-    pub state_file: Option<PathBuf>,
-
-    /// After every socket is bound, write their addresses to this file as JSON
-    /// (for tests and supervisors that start it on port 0).
-    #[arg(long, env = "THRIFTWORKER_READY_FILE")]
-    pub ready_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+use crate::thrift::{HeaderError, Protocol};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,7 +69,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             address: SocketAddr::from(([0, 0, 0, 0], 9900)),
-            method_cap: crate::stats::DEFAULT_METHOD_CAP,
+            method_cap: crate::telemetry::stats::DEFAULT_METHOD_CAP,
         }
     }
 }
@@ -243,16 +184,6 @@ impl Default for WorkersConfig {
     }
 }
 
-/// A secret whose `Debug` does not print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub Vec<u8>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -281,6 +212,7 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 pub struct HumanDuration(#[serde(with = "humantime_serde")] pub Duration);
 
+/// Which protocols a listener accepts (its `protocol` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProtocolSetting {
@@ -292,12 +224,25 @@ pub enum ProtocolSetting {
     Compact,
 }
 
+impl ProtocolSetting {
+    /// Whether a listener with this setting accepts `p`.
+    pub fn check(self, p: Protocol) -> Result<(), HeaderError> {
+        match (self, p) {
+            (ProtocolSetting::Binary, Protocol::Compact) => Err(HeaderError::NotAllowed("compact")),
+            (ProtocolSetting::Compact, Protocol::BinaryStrict | Protocol::BinaryLax) => {
+                Err(HeaderError::NotAllowed("binary"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
     /// `host:port`, `host:0`, or `host:start-end`.
-    pub address: String,
+    pub address: Address,
     pub services: Vec<String>,
     /// On a multi-service listener, where names without `Service:` go.
     #[serde(default)]
@@ -408,26 +353,11 @@ impl Config {
         if let Some(p) = &cli.worker_token_file {
             config.workers.token_file = Some(p.clone());
         }
-        if let Some(path) = &config.workers.token_file {
-            let raw = std::fs::read(path).map_err(|source| ConfigError::Token {
-                path: path.clone(),
-                source,
-            })?;
-            config.workers.token = Some(Secret(raw.trim_ascii().to_vec()));
-        } else if let Ok(t) = std::env::var("THRIFTWORKER_WORKER_TOKEN") {
-            config.workers.token = Some(Secret(t.trim().as_bytes().to_vec()));
-        }
-        if config
-            .workers
-            .token
-            .as_ref()
-            .is_some_and(|t| t.0.is_empty())
-        {
-            return Err(ConfigError::Invalid(
-                "the worker token is empty: put a non-empty token in the token file (or unset it)"
-                    .into(),
-            ));
-        }
+        config.workers.token = Secret::load(
+            config.workers.token_file.as_deref(),
+            "THRIFTWORKER_WORKER_TOKEN",
+            "worker",
+        )?;
         config.apply_admin_overrides(cli)?;
         config.validate()?;
         Ok(config)
@@ -463,21 +393,11 @@ impl Config {
         if let Some(p) = &cli.state_file {
             admin.state_file = Some(p.clone());
         }
-        if let Some(path) = &admin.token_file {
-            let raw = std::fs::read(path).map_err(|source| ConfigError::Token {
-                path: path.clone(),
-                source,
-            })?;
-            admin.token = Some(Secret(raw.trim_ascii().to_vec()));
-        } else if let Ok(t) = std::env::var("THRIFTWORKER_ADMIN_TOKEN") {
-            admin.token = Some(Secret(t.trim().as_bytes().to_vec()));
-        }
-        if admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {
-            return Err(ConfigError::Invalid(
-                "the admin token is empty: put a non-empty token in the token file (or unset it)"
-                    .into(),
-            ));
-        }
+        admin.token = Secret::load(
+            admin.token_file.as_deref(),
+            "THRIFTWORKER_ADMIN_TOKEN",
+            "admin",
+        )?;
         if admin.tls_cert.is_some() != admin.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "[admin] tls_cert and tls_key must be set together".into(),
@@ -734,128 +654,17 @@ impl ListenerConfig {
             MIN_TIMEOUT,
             MAX_IDLE_TIMEOUT,
         )?;
-        if self.address.len() > MAX_ADDRESS_LEN {
-            return Err(format!(
-                "{} is {} bytes long; at most {MAX_ADDRESS_LEN}",
-                at("address"),
-                self.address.len()
-            ));
-        }
-        crate::listener::parse_address(&self.address)
-            .map_err(|e| format!("listener '{}': {e}", self.name))?;
         Ok(())
     }
-}
-
-// ---------------------------------------------------------------------------
-// Bounds. Every setting, from the file, a flag, the environment or the admin
-// API, goes through the checks below: nothing unbounded reaches a timer, a
-// channel or an allocation, and no error echoes an unbounded input.
-
-/// Longest service, listener or method name.
-pub const MAX_NAME_LEN: usize = 128;
-/// Shortest timeout of any kind.
-pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
-/// Longest call deadline or queue timeout (a timer further out is a mistake:
-/// tokio's timers and our queues are not meant to hold calls for days).
-pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Longest idle or write timeout of a connection.
-pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Longest shutdown timeout.
-pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Heartbeat interval bounds.
-pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
-pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
-pub const MAX_LIVENESS: usize = 100;
-pub const MAX_QUEUE: usize = 1_000_000;
-pub const MAX_CONNECTIONS: usize = 1_000_000;
-pub const MAX_PIPELINE: usize = 10_000;
-pub const MAX_BACKLOG: usize = 65_535;
-pub const MIN_FRAME_SIZE: usize = 16;
-/// Largest `max_frame_size` (256 MiB).
-pub const MAX_FRAME_SIZE: usize = 256 << 20;
-/// Services per listener, and services in all.
-pub const MAX_SERVICES: usize = 1_000;
-pub const MAX_LISTENERS: usize = 1_000;
-pub const MAX_ENDPOINTS: usize = 16;
-pub const MAX_THREADS: usize = 1_024;
-pub const MAX_ADDRESS_LEN: usize = 300;
-/// Memory budget bounds (bytes of requests queued or in flight).
-pub const MIN_BUFFERED_BYTES: usize = 1 << 20;
-pub const MAX_BUFFERED_BYTES: usize = 1 << 40;
-/// Bounds of `[workers].max_message_size`.
-pub const MIN_WORKER_MESSAGE: usize = 64 << 10;
-pub const MAX_WORKER_MESSAGE: usize = MAX_FRAME_SIZE + (64 << 10);
-/// Bounds of `[workers].handshake_timeout`.
-pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Bounds of `[workers].stuck_timeout`.
-pub const MAX_STUCK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
-/// A name (service, listener, method) must be 1 to [`MAX_NAME_LEN`] bytes
-/// of ASCII letters, digits, `_`, `-` and `.`: it appears in logs, metrics
-/// labels, terminal tables and TOML, where anything else needs escaping.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        return Ok(());
-    }
-    Err(format!(
-        "{what} {} is not valid: use 1 to {MAX_NAME_LEN} characters from A-Z, a-z, 0-9, '_', '-' and '.'",
-        shown(name)
-    ))
-}
-
-/// `s` as it may appear in an error message or a log line: quoted, control
-/// characters escaped, cut after 64 characters (with its length in bytes).
-pub fn shown(s: &str) -> String {
-    const MAX: usize = 64;
-    let mut out = String::from("'");
-    for c in s.chars().take(MAX) {
-        out.extend(c.escape_debug());
-    }
-    out.push('\'');
-    if s.chars().count() > MAX {
-        out.push_str(&format!("... ({} bytes)", s.len()));
-    }
-    out
-}
-
-fn check_duration(what: &str, d: Duration, min: Duration, max: Duration) -> Result<(), String> {
-    if d < min || d > max {
-        return Err(format!(
-            "{what} is {}; it must be between {} and {}",
-            humantime::format_duration(d),
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ));
-    }
-    Ok(())
-}
-
-fn check_count(what: &str, n: usize, min: usize, max: usize) -> Result<(), String> {
-    if n < min || n > max {
-        return Err(format!("{what} is {n}; it must be between {min} and {max}"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_debug_assert() {
-        Cli::command().debug_assert();
-    }
 
     #[test]
     fn example_config_parses() {
-        let c = Config::parse(include_str!("../../examples/echo.toml")).unwrap();
+        let c = Config::parse(include_str!("../../../examples/echo.toml")).unwrap();
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(
             c.services[0].method_timeouts["slow"].0,
@@ -870,8 +679,8 @@ mod tests {
         let cases = [
             ("[[listeners]]\nname='a'\naddress='127.0.0.1:0'\nservices=['X']", "names service 'X'"),
             ("[[services]]\nname='A'\n[[services]]\nname='A'", "defined twice"),
-            ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='nope'\nservices=['A']", "listener 'a'"),
-            ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='127.0.0.1:9-3'\nservices=['A']", "listener 'a'"),
+            ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='nope'\nservices=['A']", "address 'nope' must be host:port"),
+            ("[[services]]\nname='A'\n[[listeners]]\nname='a'\naddress='127.0.0.1:9-3'\nservices=['A']", "address '127.0.0.1:9-3': port range"),
             ("[workers]\nendpoints=['http://x']", "ipc:// or tcp://"),
             ("[server]\nbogus=1", "unknown field"),
             ("[metrics]\nmethod_cap=10001", "method_cap 10001 is too large"),
@@ -880,13 +689,5 @@ mod tests {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
-    }
-
-    #[test]
-    fn secret_is_not_printed() {
-        assert_eq!(
-            format!("{:?}", Secret(b"hunter2".to_vec())),
-            "Secret(<redacted>)"
-        );
     }
 }

@@ -11,52 +11,17 @@
 //! so a scrape answers even when the data plane is saturated.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use crate::histogram::owner_add;
-pub use crate::histogram::Histogram;
+use tokio::sync::watch;
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use super::counters::{Counter, Gauge, LogLimiter, Tally};
+use super::health::CoreHealth;
+pub use super::histogram::Histogram;
+use super::outcome::{Outcome, OUTCOMES};
 
-impl Counter {
-    #[inline]
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    #[inline]
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    #[inline]
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    #[inline]
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Why a client connection was closed.
+/// Why a client connection was closed: the one table of close reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     ClientClose,
@@ -70,59 +35,45 @@ pub enum CloseReason {
     WriteTimeout,
 }
 
-/// Lets through at most `per_second` events each second and counts the
-/// rest, so a flood of bad frames cannot flood the log (the counters above
-/// still count every one).
-#[derive(Debug)]
-pub struct LogLimiter {
-    per_second: u64,
-    window: AtomicU64,
-    in_window: AtomicU64,
-    suppressed: AtomicU64,
-    start: std::time::Instant,
-}
+/// How many close reasons there are.
+pub const CLOSE_REASONS: usize = CloseReason::ALL.len();
 
-impl LogLimiter {
-    pub fn new(per_second: u64) -> LogLimiter {
-        LogLimiter {
-            per_second,
-            window: AtomicU64::new(0),
-            in_window: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-            start: std::time::Instant::now(),
-        }
-    }
+impl CloseReason {
+    /// Every reason, in the order of the views (and of the counters).
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::ClientClose,
+        CloseReason::IdleTimeout,
+        CloseReason::FrameTooLarge,
+        CloseReason::BadFrame,
+        CloseReason::ProtocolError,
+        CloseReason::Shutdown,
+        CloseReason::IoError,
+        CloseReason::WriteTimeout,
+    ];
 
-    /// `Some(n)` if this event may be logged, `n` being how many were
-    /// suppressed since the last one logged; `None` to stay quiet.
-    pub fn allow(&self) -> Option<u64> {
-        let now = self.start.elapsed().as_secs();
-        if self.window.swap(now, Ordering::Relaxed) != now {
-            self.in_window.store(0, Ordering::Relaxed);
-        }
-        if self.in_window.fetch_add(1, Ordering::Relaxed) < self.per_second {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
+    /// The Prometheus label value (`reason="..."`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::BadFrame => "bad_frame",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IoError => "io_error",
+            CloseReason::WriteTimeout => "write_timeout",
         }
     }
 }
 
 /// Per-listener counters, written by its connections.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ListenerStats {
     pub accepted: Counter,
     pub active: Gauge,
     pub refused: Counter,
-    pub closed_client: Counter,
-    pub closed_idle: Counter,
-    pub closed_frame_too_large: Counter,
-    pub closed_bad_frame: Counter,
-    pub closed_protocol_error: Counter,
-    pub closed_shutdown: Counter,
-    pub closed_io_error: Counter,
-    pub closed_write_timeout: Counter,
+    /// Connections closed, indexed by [`CloseReason`].
+    pub closed: [Counter; CLOSE_REASONS],
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Calls naming no service this listener routes to.
@@ -131,71 +82,43 @@ pub struct ListenerStats {
     pub invalid_type: Counter,
     /// Connections closed with two-way calls not yet answered.
     pub closed_with_calls_in_flight: Counter,
-    /// Acceptor paused (set by the control API).
-    pub paused: AtomicBool,
+    /// Whether the acceptor is paused: the one place this is kept. The
+    /// control API sets it, the acceptor waits on it, the views read it.
+    pub paused: watch::Sender<bool>,
     /// Limits the warnings about bad clients.
     pub warn_limit: LogLimiter,
 }
 
-impl Default for LogLimiter {
+impl Default for ListenerStats {
     fn default() -> Self {
-        LogLimiter::new(10)
+        ListenerStats {
+            accepted: Counter::default(),
+            active: Gauge::default(),
+            refused: Counter::default(),
+            closed: Default::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            unknown_service: Counter::default(),
+            invalid_type: Counter::default(),
+            closed_with_calls_in_flight: Counter::default(),
+            paused: watch::Sender::new(false),
+            warn_limit: LogLimiter::default(),
+        }
     }
 }
 
 impl ListenerStats {
     pub fn closed(&self, reason: CloseReason) {
-        match reason {
-            CloseReason::ClientClose => &self.closed_client,
-            CloseReason::IdleTimeout => &self.closed_idle,
-            CloseReason::FrameTooLarge => &self.closed_frame_too_large,
-            CloseReason::BadFrame => &self.closed_bad_frame,
-            CloseReason::ProtocolError => &self.closed_protocol_error,
-            CloseReason::Shutdown => &self.closed_shutdown,
-            CloseReason::IoError => &self.closed_io_error,
-            CloseReason::WriteTimeout => &self.closed_write_timeout,
-        }
-        .inc()
+        self.closed[reason as usize].inc()
     }
-}
 
-/// A counter only the dispatcher task writes (load + store, no locked
-/// instruction); anyone may read it.
-#[derive(Debug, Default)]
-pub struct Tally(AtomicU64);
-
-impl Tally {
-    #[inline]
-    pub fn inc(&self) {
-        owner_add(&self.0, 1);
+    pub fn closed_for(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize].get()
     }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
-/// How one call ended. Every call ends in exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A normal reply (oneway: the worker ran it).
-    Success,
-    /// A reply carrying an exception declared in the IDL.
-    DeclaredException,
-    /// A `TApplicationException` from the worker.
-    AppException,
-    Timeout,
-    Overloaded,
-    /// Overloaded while the service had no live worker.
-    NoWorker,
-    WorkerDied,
-    Shutdown,
-    EmptyReply,
-    /// The client closed its connection while the call waited in the queue:
-    /// dropped, never sent to a worker.
-    Abandoned,
-    /// The worker's reply did not answer the call (wrong protocol, type,
-    /// name, seqid, or too large): the client got an exception instead.
-    BadReply,
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
 }
 
 /// Counters and latency histograms of one method of one service. Written
@@ -206,17 +129,8 @@ pub struct MethodStats {
     pub name: Box<str>,
     pub calls: Tally,
     pub oneway: Tally,
-    pub success: Tally,
-    pub declared_exception: Tally,
-    pub app_exception: Tally,
-    pub timeout: Tally,
-    pub overloaded: Tally,
-    pub no_worker: Tally,
-    pub worker_died: Tally,
-    pub shutdown: Tally,
-    pub empty_reply: Tally,
-    pub abandoned: Tally,
-    pub bad_reply: Tally,
+    /// Calls finished, indexed by [`Outcome`].
+    outcomes: [Tally; OUTCOMES],
     pub late_replies: Tally,
     /// Request read → answer handed to the connection (two-way calls).
     pub total: Histogram,
@@ -232,17 +146,7 @@ impl MethodStats {
             name: name.into(),
             calls: Tally::default(),
             oneway: Tally::default(),
-            success: Tally::default(),
-            declared_exception: Tally::default(),
-            app_exception: Tally::default(),
-            timeout: Tally::default(),
-            overloaded: Tally::default(),
-            no_worker: Tally::default(),
-            worker_died: Tally::default(),
-            shutdown: Tally::default(),
-            empty_reply: Tally::default(),
-            abandoned: Tally::default(),
-            bad_reply: Tally::default(),
+            outcomes: Default::default(),
             late_replies: Tally::default(),
             total: Histogram::default(),
             queue_wait: Histogram::default(),
@@ -252,55 +156,28 @@ impl MethodStats {
 
     #[inline]
     pub fn outcome(&self, o: Outcome) {
-        match o {
-            Outcome::Success => &self.success,
-            Outcome::DeclaredException => &self.declared_exception,
-            Outcome::AppException => &self.app_exception,
-            Outcome::Timeout => &self.timeout,
-            Outcome::Overloaded => &self.overloaded,
-            Outcome::NoWorker => &self.no_worker,
-            Outcome::WorkerDied => &self.worker_died,
-            Outcome::Shutdown => &self.shutdown,
-            Outcome::EmptyReply => &self.empty_reply,
-            Outcome::Abandoned => &self.abandoned,
-            Outcome::BadReply => &self.bad_reply,
-        }
-        .inc()
+        self.outcomes[o.index()].inc()
     }
 
-    /// Each outcome with its label value, in a fixed order.
-    pub fn outcomes(&self) -> [(&'static str, u64); OUTCOMES] {
-        [
-            ("success", self.success.get()),
-            ("declared_exception", self.declared_exception.get()),
-            ("app_exception", self.app_exception.get()),
-            ("timeout", self.timeout.get()),
-            ("overloaded", self.overloaded.get()),
-            ("no_worker", self.no_worker.get()),
-            ("worker_died", self.worker_died.get()),
-            ("shutdown", self.shutdown.get()),
-            ("empty_reply", self.empty_reply.get()),
-            ("abandoned", self.abandoned.get()),
-            ("bad_reply", self.bad_reply.get()),
-        ]
+    /// How many calls ended in `o`.
+    pub fn count(&self, o: Outcome) -> u64 {
+        self.outcomes[o.index()].get()
     }
 
-    /// Failures of the data plane or the worker: every outcome but success,
-    /// declared exceptions and calls the client abandoned.
+    /// Every outcome's count, indexed by [`Outcome`].
+    pub fn outcomes(&self) -> [u64; OUTCOMES] {
+        Outcome::ALL.map(|o| self.count(o))
+    }
+
+    /// Failures of the data plane or the worker ([`Outcome::is_error`]).
     pub fn errors(&self) -> u64 {
-        self.app_exception.get()
-            + self.timeout.get()
-            + self.overloaded.get()
-            + self.no_worker.get()
-            + self.worker_died.get()
-            + self.shutdown.get()
-            + self.empty_reply.get()
-            + self.bad_reply.get()
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.is_error())
+            .map(|&o| self.count(o))
+            .sum()
     }
 }
-
-/// How many outcomes there are (see [`Outcome`]).
-pub const OUTCOMES: usize = 11;
 
 /// Label of the method that collects calls beyond the cap.
 pub const OTHER_METHOD: &str = "other";
@@ -379,8 +256,8 @@ impl ServiceStats {
         for m in self.methods() {
             t.calls += m.calls.get();
             t.oneway += m.oneway.get();
-            for (i, (_, n)) in m.outcomes().iter().enumerate() {
-                t.outcomes[i] += n;
+            for (t, n) in t.outcomes.iter_mut().zip(m.outcomes()) {
+                *t += n;
             }
             t.errors += m.errors();
             t.late_replies += m.late_replies.get();
@@ -389,8 +266,8 @@ impl ServiceStats {
     }
 }
 
-/// A service's counters summed over its methods; `outcomes` in the order of
-/// [`MethodStats::outcomes`].
+/// A service's counters summed over its methods; `outcomes` indexed by
+/// [`Outcome`].
 #[derive(Debug, Default, Clone)]
 pub struct ServiceTotals {
     pub calls: u64,
@@ -398,6 +275,12 @@ pub struct ServiceTotals {
     pub outcomes: [u64; OUTCOMES],
     pub errors: u64,
     pub late_replies: u64,
+}
+
+impl ServiceTotals {
+    pub fn count(&self, o: Outcome) -> u64 {
+        self.outcomes[o.index()]
+    }
 }
 
 /// One connected worker. Its block leaves the registry when it leaves, so
@@ -449,78 +332,9 @@ pub struct Stats {
     pub started: std::time::Instant,
     /// Wall-clock start, seconds since the Unix epoch.
     pub started_unix: f64,
-    draining: AtomicBool,
     method_cap: usize,
     /// Whether the core tasks can serve: see [`CoreHealth`].
     pub core: CoreHealth,
-}
-
-/// The truth behind the probes: a core task (dispatcher, acceptor, admin,
-/// metrics) that died makes the process unfit to serve, and so does a
-/// dispatcher that stopped turning its loop (it stamps `beat` on every
-/// heartbeat tick, which nothing can starve: see `Dispatcher::run`).
-#[derive(Debug)]
-pub struct CoreHealth {
-    failure: Mutex<Option<String>>,
-    failed: AtomicBool,
-    /// The dispatcher's last heartbeat tick, ms since start; `u64::MAX`
-    /// before it starts and once it has stopped on purpose (shutdown).
-    beat_ms: AtomicU64,
-    /// Past this without a beat the dispatcher counts as stalled.
-    stall_after_ms: AtomicU64,
-}
-
-impl Default for CoreHealth {
-    fn default() -> Self {
-        CoreHealth {
-            failure: Mutex::new(None),
-            failed: AtomicBool::new(false),
-            beat_ms: AtomicU64::new(u64::MAX),
-            stall_after_ms: AtomicU64::new(10_000),
-        }
-    }
-}
-
-impl CoreHealth {
-    /// Records that a core task died; the first reason is kept.
-    pub fn fail(&self, why: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(why);
-        }
-        self.failed.store(true, Ordering::Release);
-    }
-
-    pub fn failure(&self) -> Option<String> {
-        if !self.failed.load(Ordering::Acquire) {
-            return None;
-        }
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn beat(&self, now_ms: u64) {
-        self.beat_ms.store(now_ms, Ordering::Relaxed);
-    }
-
-    /// The dispatcher stopped on purpose: no stall to report from now on.
-    pub fn stopped(&self) {
-        self.beat_ms.store(u64::MAX, Ordering::Relaxed);
-    }
-
-    pub fn set_stall_after(&self, d: std::time::Duration) {
-        self.stall_after_ms
-            .store(d.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// How long the dispatcher has not beaten, if longer than the limit.
-    pub fn stalled(&self, now_ms: u64) -> Option<u64> {
-        let beat = self.beat_ms.load(Ordering::Relaxed);
-        let silent = now_ms.saturating_sub(beat);
-        (beat != u64::MAX && silent > self.stall_after_ms.load(Ordering::Relaxed)).then_some(silent)
-    }
 }
 
 impl Default for Stats {
@@ -543,7 +357,6 @@ impl Stats {
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
-            draining: AtomicBool::new(false),
             method_cap,
             core: CoreHealth::default(),
         }
@@ -551,15 +364,12 @@ impl Stats {
 
     /// Milliseconds since start (for `WorkerStats::last_seen_ms`).
     pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
+    /// Whether the process drains (SIGTERM or the Drain RPC).
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.core.draining().is_cancelled()
     }
 
     /// The counter block of listener `name`, created on first use.
@@ -647,19 +457,6 @@ impl Stats {
             .collect();
         (!missing.is_empty())
             .then(|| format!("no live worker for service(s): {}", missing.join(", ")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_limiter_caps_a_burst_and_reports_what_it_suppressed() {
-        let l = LogLimiter::new(3);
-        let allowed = (0..100).filter(|_| l.allow().is_some()).count();
-        // All 100 fall in one or two one-second windows.
-        assert!((3..=6).contains(&allowed), "{allowed}");
     }
 }
 

@@ -9,7 +9,6 @@
 //! are served on resume); connections already accepted keep working.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -18,16 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::ListenerConfig;
-use crate::connection::{self, ConnectionContext};
-use crate::stats::ListenerStats;
-
-/// A listener's address as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    Port(IpAddr, u16),
-    Range(IpAddr, u16, u16),
-}
+use super::connection::{self, ConnectionContext};
+use crate::config::{ListenerConfig, Ports};
+use crate::telemetry::ListenerStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -48,36 +40,6 @@ pub enum ListenerError {
     },
 }
 
-/// Parses `host:port`, `host:0` or `host:start-end` (IPv6 as `[::1]:port`).
-pub fn parse_address(s: &str) -> Result<Address, String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("address '{s}' must be host:port or host:start-end"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = if host == "localhost" {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        host.parse()
-            .map_err(|_| format!("address '{s}': '{host}' is not an IP address"))?
-    };
-    let num = |p: &str| {
-        p.parse::<u16>()
-            .map_err(|_| format!("address '{s}': '{p}' is not a port"))
-    };
-    match port.split_once('-') {
-        None => Ok(Address::Port(ip, num(port)?)),
-        Some((a, b)) => {
-            let (a, b) = (num(a)?, num(b)?);
-            if a == 0 || a > b {
-                return Err(format!(
-                    "address '{s}': port range must be start-end with 0 < start <= end"
-                ));
-            }
-            Ok(Address::Range(ip, a, b))
-        }
-    }
-}
-
 /// The first port tried for `name` in `start..=end` (FNV-1a of the name).
 pub fn range_start(name: &str, start: u16, end: u16) -> u16 {
     let mut h: u32 = 0x811c9dc5;
@@ -85,8 +47,9 @@ pub fn range_start(name: &str, start: u16, end: u16) -> u16 {
         h ^= b as u32;
         h = h.wrapping_mul(0x01000193);
     }
-    let width = (end - start) as u32 + 1;
-    start + (h % width) as u16
+    let width = u32::from(end - start) + 1;
+    // < width <= 65,536: the offset fits in u16.
+    start + u16::try_from(h % width).unwrap_or(0)
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -102,9 +65,9 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// Binds the listener's socket (scanning a range if configured).
 pub fn bind(config: &ListenerConfig) -> Result<TcpListener, ListenerError> {
-    let address = parse_address(&config.address).expect("validated by config");
-    match address {
-        Address::Port(ip, port) => {
+    let ip = config.address.ip;
+    match config.address.ports {
+        Ports::One(port) => {
             let addr = SocketAddr::new(ip, port);
             bind_one(addr, config.backlog).map_err(|source| ListenerError::Bind {
                 name: config.name.clone(),
@@ -112,11 +75,12 @@ pub fn bind(config: &ListenerConfig) -> Result<TcpListener, ListenerError> {
                 source,
             })
         }
-        Address::Range(ip, start, end) => {
+        Ports::Range(start, end) => {
             let first = range_start(&config.name, start, end);
-            let width = (end - start) as u32 + 1;
+            let width = u32::from(end - start) + 1;
             for k in 0..width {
-                let port = start + ((first - start) as u32 + k).rem_euclid(width) as u16;
+                let offset = (u32::from(first - start) + k) % width;
+                let port = start + u16::try_from(offset).unwrap_or(0);
                 match bind_one(SocketAddr::new(ip, port), config.backlog) {
                     Ok(l) => return Ok(l),
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
@@ -144,21 +108,16 @@ pub fn bind(config: &ListenerConfig) -> Result<TcpListener, ListenerError> {
 pub struct ListenerHandle {
     pub name: String,
     pub local_addr: SocketAddr,
-    paused: watch::Sender<bool>,
     stats: Arc<ListenerStats>,
 }
 
 impl ListenerHandle {
-    pub fn pause(&self) {
-        self.paused.send_replace(true);
-        self.stats.paused.store(true, Ordering::Relaxed);
-    }
-    pub fn resume(&self) {
-        self.paused.send_replace(false);
-        self.stats.paused.store(false, Ordering::Relaxed);
+    /// Pauses or resumes the acceptor (connections already accepted go on).
+    pub fn set_paused(&self, paused: bool) {
+        self.stats.paused.send_replace(paused);
     }
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.stats.is_paused()
     }
 }
 
@@ -178,8 +137,8 @@ impl Listener {
         config: &ListenerConfig,
     ) -> std::io::Result<Listener> {
         let local_addr = socket.local_addr()?;
-        let (tx, rx) = watch::channel(config.paused);
-        ctx.stats.paused.store(config.paused, Ordering::Relaxed);
+        ctx.stats.paused.send_replace(config.paused);
+        let paused = ctx.stats.paused.subscribe();
         let stats = ctx.stats.clone();
         Ok(Listener {
             socket,
@@ -188,10 +147,9 @@ impl Listener {
             handle: ListenerHandle {
                 name: config.name.clone(),
                 local_addr,
-                paused: tx,
                 stats,
             },
-            paused: rx,
+            paused,
         })
     }
 
@@ -285,31 +243,6 @@ impl Drop for Active {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_addresses() {
-        let lo = IpAddr::from([127, 0, 0, 1]);
-        assert_eq!(parse_address("127.0.0.1:0"), Ok(Address::Port(lo, 0)));
-        assert_eq!(parse_address("localhost:9090"), Ok(Address::Port(lo, 9090)));
-        assert_eq!(
-            parse_address("127.0.0.1:9000-9010"),
-            Ok(Address::Range(lo, 9000, 9010))
-        );
-        assert_eq!(
-            parse_address("[::1]:80"),
-            Ok(Address::Port("::1".parse().unwrap(), 80))
-        );
-        for bad in [
-            "9090",
-            "host:1",
-            "127.0.0.1:x",
-            "127.0.0.1:10-5",
-            "127.0.0.1:0-5",
-            "127.0.0.1:70000",
-        ] {
-            assert!(parse_address(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn range_start_is_deterministic_and_in_range() {

@@ -5,7 +5,7 @@
 //! single byte allocated for it. Decoded frames are `Bytes` split off the
 //! read buffer, so the message travels to the worker without a copy.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 /// Why a frame was rejected.
@@ -77,6 +77,14 @@ impl Decoder for FrameDecoder {
             None => Err(FrameError::Truncated(buf.len())),
         }
     }
+}
+
+/// Appends `message` to `out` as one frame. Every message written is at
+/// most a listener's `max_frame_size` (256 MiB at most), so its length fits.
+pub fn encode(message: &[u8], out: &mut BytesMut) {
+    out.reserve(4 + message.len());
+    out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    out.put_slice(message);
 }
 
 #[cfg(test)]

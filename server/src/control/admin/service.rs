@@ -1,0 +1,279 @@
+//! The `thriftworker.admin.v1.Admin` service: each RPC checks its names,
+//! calls the control API and converts the answer (see [`super::convert`]).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use thriftworker_proto::admin::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    listener_config, listener_pb, ms, require_name, service_config, service_pb, stats_snapshot,
+    status,
+};
+use super::AdminContext;
+
+pub struct AdminService {
+    pub ctx: AdminContext,
+}
+
+impl AdminService {
+    async fn listener_list(&self) -> pb::ListListenersResponse {
+        let listeners = self
+            .ctx
+            .control
+            .listeners()
+            .await
+            .iter()
+            .map(listener_pb)
+            .collect();
+        pb::ListListenersResponse { listeners }
+    }
+
+    /// A snapshot of the registry: the same atomics `/metrics` reads.
+    async fn stats(&self, filter: &pb::GetStatsRequest) -> pb::Stats {
+        stats_snapshot(&self.ctx.stats, filter)
+    }
+}
+
+type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self
+            .ctx
+            .control
+            .services()
+            .await
+            .iter()
+            .map(service_pb)
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let name = req.into_inner().name;
+        require_name(&name, "service")?;
+        let v = self.ctx.control.service(&name).await.map_err(status)?;
+        Ok(Response::new(service_pb(&v)))
+    }
+
+    async fn register_service(
+        &self,
+        req: Request<pb::RegisterServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name, "service")?;
+        let config = service_config(r.name, r.settings, None);
+        let v = self
+            .ctx
+            .control
+            .register_service(config)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(service_pb(&v)))
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name, "service")?;
+        let current = self.ctx.control.service(&r.name).await.map_err(status)?;
+        let config = service_config(r.name, r.settings, Some(&current.config));
+        let v = self
+            .ctx
+            .control
+            .update_service(config)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(service_pb(&v)))
+    }
+
+    async fn unregister_service(
+        &self,
+        req: Request<pb::UnregisterServiceRequest>,
+    ) -> Result<Response<pb::UnregisterServiceResponse>, Status> {
+        let name = req.into_inner().name;
+        require_name(&name, "service")?;
+        self.ctx
+            .control
+            .unregister_service(&name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UnregisterServiceResponse {}))
+    }
+
+    async fn list_listeners(
+        &self,
+        _: Request<pb::ListListenersRequest>,
+    ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        Ok(Response::new(self.listener_list().await))
+    }
+
+    async fn add_listener(
+        &self,
+        req: Request<pb::AddListenerRequest>,
+    ) -> Result<Response<pb::Listener>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name, "listener")?;
+        let config = listener_config(r.name, r.settings)?;
+        let v = self
+            .ctx
+            .control
+            .add_listener(config)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(listener_pb(&v)))
+    }
+
+    async fn remove_listener(
+        &self,
+        req: Request<pb::RemoveListenerRequest>,
+    ) -> Result<Response<pb::RemoveListenerResponse>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name, "listener")?;
+        let timeout = if r.drain_timeout_ms == 0 {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_millis(r.drain_timeout_ms)
+        };
+        self.ctx
+            .control
+            .remove_listener(&r.name, timeout)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RemoveListenerResponse {}))
+    }
+
+    async fn pause_listeners(
+        &self,
+        req: Request<pb::PauseListenersRequest>,
+    ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        let r = req.into_inner();
+        self.set_paused(&r.name, r.all, true).await
+    }
+
+    async fn resume_listeners(
+        &self,
+        req: Request<pb::ResumeListenersRequest>,
+    ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        let r = req.into_inner();
+        self.set_paused(&r.name, r.all, false).await
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let service = req.into_inner().service;
+        let workers = self
+            .ctx
+            .control
+            .workers()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .filter(|w| service.is_empty() || w.services.contains(&service))
+            .map(|w| pb::Worker {
+                id: w.id,
+                services: w.services,
+                credit: w.credit,
+                in_flight: w.in_flight,
+                last_heartbeat_ms: ms(w.last_heartbeat),
+                identity: w.identity.iter().map(|b| format!("{b:02x}")).collect(),
+                leaving: w.leaving,
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn evict_worker(
+        &self,
+        req: Request<pb::EvictWorkerRequest>,
+    ) -> Result<Response<pb::EvictWorkerResponse>, Status> {
+        let id = req.into_inner().id;
+        require_name(&id, "worker")?;
+        self.ctx.control.evict(&id).await.map_err(status)?;
+        Ok(Response::new(pb::EvictWorkerResponse {}))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let t = req.into_inner().timeout_ms;
+        tracing::info!("drain requested through the admin API");
+        let timeout = (t > 0).then(|| Duration::from_millis(t));
+        self.ctx.lifecycle.request_drain(timeout);
+        Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn get_stats(
+        &self,
+        req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::Stats>, Status> {
+        Ok(Response::new(self.stats(&req.into_inner()).await))
+    }
+
+    type WatchStatsStream = StatsStream;
+
+    async fn watch_stats(
+        &self,
+        req: Request<pb::WatchStatsRequest>,
+    ) -> Result<Response<StatsStream>, Status> {
+        let r = req.into_inner();
+        let filter = r.filter.unwrap_or_default();
+        let interval = Duration::from_millis(if r.interval_ms == 0 {
+            1000
+        } else {
+            r.interval_ms.max(50)
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let me = AdminService {
+            ctx: self.ctx.clone(),
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                if tx.send(Ok(me.stats(&filter).await)).await.is_err() {
+                    return; // client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+impl AdminService {
+    async fn set_paused(
+        &self,
+        name: &str,
+        all: bool,
+        paused: bool,
+    ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        if all != name.is_empty() {
+            return Err(Status::invalid_argument(
+                "give either a listener name or all = true",
+            ));
+        }
+        self.ctx
+            .control
+            .set_paused((!all).then_some(name), paused)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.listener_list().await))
+    }
+}

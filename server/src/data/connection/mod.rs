@@ -1,0 +1,283 @@
+//! One client connection: read frames, route each call, write replies in
+//! request order.
+//!
+//! The rooms: this file runs the connection's loop (read, take answers,
+//! write, time out, drain); [`pipeline`] keeps answers in request order;
+//! [`request`] turns a frame into a call.
+//!
+//! At the pipeline's bound the connection stops reading (TCP backpressure
+//! does the rest). Any frame or header the connection cannot make sense of
+//! ends reading (with a counted reason): after a broken frame the stream
+//! cannot be resynchronised, and without a seqid there is nothing to answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::call::Completion;
+use super::dispatch::Command;
+use super::routes::Routes;
+use crate::config::ProtocolSetting;
+use crate::telemetry::{CloseReason, ListenerStats};
+use crate::thrift::framed::{FrameDecoder, FrameError};
+use crate::thrift::Protocol;
+
+mod pipeline;
+mod request;
+
+use pipeline::Pipeline;
+use request::{handle_frame, Handled};
+
+/// What a connection needs from its listener; shared by all its connections.
+pub struct ConnectionContext {
+    pub listener: String,
+    /// Where calls go; swapped atomically when a service's settings change.
+    pub routes: Arc<ArcSwap<Routes>>,
+    pub protocol: ProtocolSetting,
+    pub max_frame_size: usize,
+    pub max_pipeline: usize,
+    pub idle_timeout: Duration,
+    /// A client that accepts no answer bytes for this long is disconnected.
+    pub write_timeout: Duration,
+    pub dispatch: mpsc::Sender<Command>,
+    pub stats: Arc<ListenerStats>,
+}
+
+/// Serves one connection until the client closes it, an error, idleness, a
+/// client that stops reading, or drain (then it finishes the calls it has
+/// read and closes).
+///
+/// Every two-way call that was read gets its answer written before the
+/// connection closes on its own account: after end of stream (a client may
+/// half-close once it has sent its calls), after a bad frame or header
+/// (calls read before it are still answered), and during drain. Only a
+/// write error, the write timeout or an aborted drain close it with calls
+/// unanswered.
+pub async fn serve(
+    stream: TcpStream,
+    ctx: Arc<ConnectionContext>,
+    drain: CancellationToken,
+    abort: CancellationToken,
+) {
+    let mut conn = Connection::new(stream, ctx, drain.is_cancelled());
+    let reason = conn.run(&drain, &abort).await;
+    conn.close(reason).await;
+}
+
+struct Connection {
+    ctx: Arc<ConnectionContext>,
+    peer: Option<SocketAddr>,
+    frames: FramedRead<OwnedReadHalf, FrameDecoder>,
+    write: OwnedWriteHalf,
+    /// Answers from the dispatcher; `tx` is handed to every call.
+    completions: mpsc::Receiver<Completion>,
+    tx: mpsc::Sender<Completion>,
+    pipeline: Pipeline,
+    /// Fixed by the first message.
+    protocol: Option<Protocol>,
+    draining: bool,
+    /// Set when reading has ended (end of stream, bad input): the reason the
+    /// connection closes once every call read is answered.
+    read_done: Option<CloseReason>,
+    idle_deadline: Instant,
+    write_deadline: Instant,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, ctx: Arc<ConnectionContext>, draining: bool) -> Connection {
+        let peer = stream.peer_addr().ok();
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        // Buffers start small or empty: most connections are idle most of
+        // the time, and RSS per idle connection is a target
+        // (docs/benchmarks.md). The decoder reserves exactly what a larger
+        // frame needs once its length is known.
+        let frames = FramedRead::with_capacity(read, FrameDecoder::new(ctx.max_frame_size), 2048);
+        let (tx, completions) = mpsc::channel(ctx.max_pipeline);
+        let now = Instant::now();
+        Connection {
+            peer,
+            frames,
+            write,
+            completions,
+            tx,
+            pipeline: Pipeline::new(ctx.max_pipeline),
+            protocol: None,
+            draining,
+            read_done: None,
+            idle_deadline: now + ctx.idle_timeout,
+            write_deadline: now + ctx.write_timeout,
+            ctx,
+        }
+    }
+
+    /// The loop; returns why the connection closes.
+    async fn run(&mut self, drain: &CancellationToken, abort: &CancellationToken) -> CloseReason {
+        loop {
+            if self.pipeline.is_idle() {
+                if let Some(reason) = self.read_done {
+                    return reason;
+                }
+                if self.draining {
+                    return CloseReason::Shutdown;
+                }
+            }
+            let can_read = self.read_done.is_none() && !self.draining && self.pipeline.has_room();
+            let writing = self.pipeline.has_output();
+            let idle = self.pipeline.is_idle() && !self.draining && self.read_done.is_none();
+            tokio::select! {
+                frame = self.frames.next(), if can_read => {
+                    if let Some(reason) = self.on_frame(frame).await {
+                        return reason;
+                    }
+                }
+                Some(done) = self.completions.recv() => {
+                    self.pipeline.complete(done.slot, done.message);
+                    // Take any further answers already here, then write in one go.
+                    while let Ok(done) = self.completions.try_recv() {
+                        self.pipeline.complete(done.slot, done.message);
+                    }
+                }
+                // Inside the select, so a client that does not read never
+                // stops the connection from taking answers, noticing drain
+                // or abort.
+                written = self.write.write_buf(self.pipeline.out()), if writing => match written {
+                    Ok(0) | Err(_) => {
+                        tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, "write failed");
+                        return CloseReason::IoError;
+                    }
+                    Ok(_) => self.touch(),
+                },
+                _ = sleep_until(self.write_deadline), if writing => {
+                    if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
+                        tracing::warn!(listener = %self.ctx.listener, peer = ?self.peer, timeout = ?self.ctx.write_timeout, suppressed, "closing connection: the client does not read its answers");
+                    }
+                    return CloseReason::WriteTimeout;
+                }
+                _ = sleep_until(self.idle_deadline), if idle => {
+                    tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, "closing idle connection");
+                    return CloseReason::IdleTimeout;
+                }
+                _ = drain.cancelled(), if !self.draining => self.draining = true,
+                // Drain timed out: close with calls unanswered.
+                _ = abort.cancelled() => return CloseReason::Shutdown,
+            }
+            if let Err(reason) = self.write_ready() {
+                return reason;
+            }
+        }
+    }
+
+    /// Handles what the frame reader produced. Returns a reason to close
+    /// at once (the client is gone).
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<bytes::Bytes, FrameError>>,
+    ) -> Option<CloseReason> {
+        let frame = match frame {
+            // End of stream: the client sent FIN. It may only have
+            // half-closed, so its answers are still written (if it is gone,
+            // the first write fails).
+            None => {
+                self.read_done = Some(CloseReason::ClientClose);
+                return None;
+            }
+            // A reset or another I/O error: the client is gone.
+            Some(Err(FrameError::Io(e))) => {
+                tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, "connection ended");
+                return Some(CloseReason::IoError);
+            }
+            Some(Err(e)) => {
+                self.read_done = Some(self.frame_error(&e));
+                return None;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        self.ctx.stats.bytes_in.add(frame.len() as u64 + 4);
+        self.idle_deadline = Instant::now() + self.ctx.idle_timeout;
+        let slot = self.pipeline.next_slot();
+        match handle_frame(&self.ctx, frame, &mut self.protocol, &self.tx, slot).await {
+            Ok(Handled::Slot(answer)) => self.pipeline.push(answer),
+            Ok(Handled::NoSlot) => {}
+            Err(e) => {
+                if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
+                    tracing::warn!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, suppressed, "closing connection: unparseable message header");
+                }
+                self.read_done = Some(CloseReason::ProtocolError);
+            }
+        }
+        None
+    }
+
+    /// Why reading ends after a bad or truncated frame (logged).
+    fn frame_error(&self, e: &FrameError) -> CloseReason {
+        let reason = match e {
+            FrameError::Io(_) => CloseReason::IoError,
+            // End of stream inside a frame: the calls before it are answered.
+            FrameError::Truncated(_) => CloseReason::ClientClose,
+            FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
+            FrameError::Empty | FrameError::Negative(_) => CloseReason::BadFrame,
+        };
+        if reason == CloseReason::ClientClose {
+            tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, "connection ended");
+        } else if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
+            tracing::warn!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, suppressed, "closing connection: bad frame");
+        }
+        reason
+    }
+
+    /// Frames every answer next in order and, if the output was empty,
+    /// writes it at once: usually the socket takes the whole batch (one
+    /// syscall, no timer). What it does not take is written by `run`'s
+    /// select under the write timeout.
+    fn write_ready(&mut self) -> Result<(), CloseReason> {
+        let was_empty = !self.pipeline.has_output();
+        let added = self.pipeline.frame_ready();
+        if added == 0 {
+            return Ok(());
+        }
+        self.ctx.stats.bytes_out.add(added as u64);
+        if was_empty {
+            match self.write.try_write(self.pipeline.out()) {
+                Ok(n) => self.pipeline.written(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, "write failed");
+                    return Err(CloseReason::IoError);
+                }
+            }
+            self.touch();
+        }
+        Ok(())
+    }
+
+    /// The client took bytes: it is neither idle nor failing to read.
+    fn touch(&mut self) {
+        let now = Instant::now();
+        self.idle_deadline = now + self.ctx.idle_timeout;
+        self.write_deadline = now + self.ctx.write_timeout;
+    }
+
+    async fn close(mut self, reason: CloseReason) {
+        self.ctx.stats.closed(reason);
+        let unanswered = self.pipeline.unanswered();
+        if unanswered > 0 {
+            self.ctx.stats.closed_with_calls_in_flight.inc();
+        }
+        tracing::debug!(?reason, unanswered, "connection closed");
+        if reason != CloseReason::WriteTimeout && reason != CloseReason::IoError {
+            // A bounded goodbye: never wait on a client that does not read.
+            let _ = tokio::time::timeout(self.ctx.write_timeout, self.write.shutdown()).await;
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! One frame read from a client, made into a call: protocol checks, the
+//! header, routing, and the answers the connection gives itself (unknown
+//! service, wrong message type).
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ConnectionContext;
+use crate::data::call::{Call, Completion, ReplyTo};
+use crate::data::dispatch::Command;
+use crate::data::routes::Route;
+use crate::thrift::{
+    self, application_exception, AppErrorKind, Header, HeaderError, MessageType, Protocol,
+};
+
+/// What became of a frame.
+pub enum Handled {
+    /// A two-way call took a slot; `Some` if it is already answered.
+    Slot(Option<Bytes>),
+    /// Oneway: no answer.
+    NoSlot,
+}
+
+/// Reads the call in `frame` (the connection's protocol is fixed by its
+/// first message) and sends it to the dispatcher, or answers it here.
+pub async fn handle_frame(
+    ctx: &ConnectionContext,
+    frame: Bytes,
+    protocol: &mut Option<Protocol>,
+    tx: &mpsc::Sender<Completion>,
+    slot: u32,
+) -> Result<Handled, HeaderError> {
+    let detected = thrift::detect(&frame)?;
+    ctx.protocol.check(detected)?;
+    match protocol {
+        None => *protocol = Some(detected),
+        Some(p) if *p != detected => {
+            return Err(HeaderError::ProtocolMismatch {
+                got: detected.as_str(),
+                expected: p.as_str(),
+            })
+        }
+        Some(_) => {}
+    }
+    let header: Header = thrift::parse(&frame, detected)?;
+    let name = header.name(&frame);
+    let oneway = match header.message_type {
+        MessageType::Call => false,
+        MessageType::Oneway => true,
+        MessageType::Reply | MessageType::Exception => {
+            ctx.stats.invalid_type.inc();
+            let text = "thriftworker: invalid message type: expected CALL or ONEWAY";
+            let kind = AppErrorKind::InvalidMessageType;
+            let answer = application_exception(detected, name, header.seqid, kind, text);
+            return Ok(Handled::Slot(Some(answer)));
+        }
+    };
+    let routes = ctx.routes.load();
+    let (svc, strip) = match routes.route(name) {
+        Route::Service(s, strip) => (s.clone(), strip),
+        Route::Unknown => {
+            ctx.stats.unknown_service.inc();
+            if oneway {
+                return Ok(Handled::NoSlot);
+            }
+            return Ok(Handled::Slot(Some(unknown_service(ctx, &header, name))));
+        }
+    };
+    drop(routes);
+    let method = &name[strip..];
+    let received = Instant::now();
+    let deadline = received + svc.timeout_for(method);
+    let (message, name) = if strip > 0 {
+        let (renamed, range) = thrift::rename(&frame, &header, method);
+        let n = renamed.slice(range);
+        (renamed, n)
+    } else {
+        let n = frame.slice(header.name_start..header.name_end);
+        (frame, n)
+    };
+    let call = Call {
+        service: svc.index,
+        protocol: detected,
+        seqid: header.seqid,
+        name,
+        message,
+        deadline,
+        received,
+        reply: (!oneway).then(|| ReplyTo {
+            tx: tx.clone(),
+            slot,
+            // At most MAX_FRAME_SIZE (256 MiB).
+            max_reply: u32::try_from(ctx.max_frame_size).unwrap_or(u32::MAX),
+        }),
+        method: 0,
+    };
+    // Backpressure: waits if the dispatcher is behind.
+    if ctx.dispatch.send(Command::Call(call)).await.is_err() {
+        // The dispatcher is gone (shutting down): nothing can be served.
+        return Err(HeaderError::NotAllowed("any (shutting down)"));
+    }
+    Ok(if oneway {
+        Handled::NoSlot
+    } else {
+        Handled::Slot(None)
+    })
+}
+
+/// The UNKNOWN_METHOD answer to a call naming no service of this listener.
+fn unknown_service(ctx: &ConnectionContext, header: &Header, name: &[u8]) -> Bytes {
+    let service = name
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(&b""[..], |c| &name[..c]);
+    let text = if service.is_empty() {
+        format!(
+            "thriftworker: unknown service: listener '{}' serves several services; call 'Service:method'",
+            ctx.listener
+        )
+    } else {
+        format!(
+            "thriftworker: unknown service '{}' on listener '{}'",
+            String::from_utf8_lossy(service),
+            ctx.listener
+        )
+    };
+    // Answer with the bare method name: multiplexed clients (the Rust
+    // one, for one) expect the reply name without the `Service:` prefix.
+    let bare = &name[service.len() + usize::from(!service.is_empty())..];
+    application_exception(
+        header.protocol,
+        bare,
+        header.seqid,
+        AppErrorKind::UnknownMethod,
+        &text,
+    )
+}

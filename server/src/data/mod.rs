@@ -1,0 +1,15 @@
+//! The data plane: what a call goes through.
+//!
+//! [`listener`] accepts → [`connection`] reads frames (via `thrift`),
+//! routes each call ([`routes`], [`service`]) and writes answers in order →
+//! [`dispatch`] queues, balances over workers by credit, enforces deadlines →
+//! [`transport`] carries it to a worker (ZeroMQ) and the reply back.
+//! [`call`] holds the types that travel between connection and dispatcher.
+
+pub mod call;
+pub mod connection;
+pub mod dispatch;
+pub mod listener;
+pub mod routes;
+pub mod service;
+pub mod transport;
