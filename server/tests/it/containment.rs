@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use thriftworker::config::{ListenerConfig, ServiceConfig};
 use thriftworker::control::ControlError;
-use thriftworker::telemetry::CloseReason;
+use thriftworker::telemetry::{CloseReason, Outcome};
 use thriftworker::thrift::{self, MessageType, Protocol};
 use thriftworker_wire::{ServerMsg, WorkerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -132,7 +132,11 @@ async fn replies_that_do_not_answer_the_call_are_replaced() {
             text(&buf)
         );
     }
-    assert_eq!(stats.totals().outcomes[10], bad.len() as u64, "bad_reply");
+    assert_eq!(
+        stats.totals().count(Outcome::BadReply),
+        bad.len() as u64,
+        "bad_reply"
+    );
     assert_eq!(
         dp.running.stats().dispatch.bad_replies.get(),
         bad.len() as u64

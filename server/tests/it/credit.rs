@@ -2,6 +2,7 @@
 //! messages), so the data plane must never send a worker more calls than the
 //! credit it announced: the data plane's own bounded queue is the only queue.
 
+use thriftworker::telemetry::Outcome;
 use thriftworker_wire::{ServerMsg, WorkerMsg};
 
 use crate::support::*;
@@ -58,7 +59,11 @@ async fn never_sends_a_worker_more_than_its_credit() {
             stats.in_flight.get()
         );
     }
-    assert_eq!(stats.totals().outcomes[0], 10, "success outcomes");
+    assert_eq!(
+        stats.totals().count(Outcome::Success),
+        10,
+        "success outcomes"
+    );
     assert_eq!(stats.queue_depth.get(), 0);
     dp.running.shutdown().await;
 }
@@ -82,7 +87,15 @@ async fn full_queue_is_answered_overloaded_with_the_calls_seqid() {
         "{}",
         text_of(&buf)
     );
-    assert_eq!(stats.totals().outcomes[5], 1, "no_worker outcomes");
-    assert_eq!(stats.totals().outcomes[4], 0, "overloaded outcomes");
+    assert_eq!(
+        stats.totals().count(Outcome::NoWorker),
+        1,
+        "no_worker outcomes"
+    );
+    assert_eq!(
+        stats.totals().count(Outcome::Overloaded),
+        0,
+        "overloaded outcomes"
+    );
     dp.running.shutdown().await;
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod containment;
 mod credit;
+mod dispatch_time;
 mod listener_control;
 mod outcomes;
 mod worker_liveness;

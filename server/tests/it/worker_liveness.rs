@@ -2,7 +2,7 @@
 //! ZMTP PING): a worker that goes silent is declared dead after
 //! `heartbeat_liveness` intervals and its calls are answered at once.
 
-use std::time::{Duration, Instant};
+use thriftworker::telemetry::Outcome;
 
 use bytes::Bytes;
 use thriftworker_wire::{ServerMsg, WorkerMsg};
@@ -33,21 +33,14 @@ async fn silent_worker_is_declared_dead_and_its_call_answered() {
         worker.recv_non_heartbeat().await,
         ServerMsg::Request(_)
     ));
-    // The worker now says nothing at all.
-    let started = Instant::now();
+    // The worker now says nothing at all. (When exactly it is declared
+    // dead is checked on paused time in dispatch_time.rs; this is the same
+    // path through real ZeroMQ and a real client.)
     let (h, buf) = read_reply(&mut c).await;
-    let took = started.elapsed();
     assert_eq!(h.seqid, 9);
     assert!(text_of(&buf).contains("worker died"), "{}", text_of(&buf));
-    assert!(
-        took < Duration::from_secs(3),
-        "answered after {took:?}, expected ~300-400ms"
-    );
-    assert!(
-        took >= Duration::from_millis(250),
-        "declared dead too early: {took:?}"
-    );
-    assert_eq!(dp.running.stats().service("Echo").totals().outcomes[6], 1);
+    let totals = dp.running.stats().service("Echo").totals();
+    assert_eq!(totals.count(Outcome::WorkerDied), 1);
     // It is told it was dropped, so it can reconnect.
     assert!(matches!(
         worker.recv_non_heartbeat().await,
