@@ -166,7 +166,12 @@ impl Built {
         let stop = lifecycle.control_plane_stop().clone();
         let admin = self.admin.map(|listener| {
             let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, token = self.config.admin.token.is_some(), tls = self.config.admin.tls_cert.is_some(), "admin API listening");
+            tracing::info!(
+                addr = ?addr,
+                token = self.config.admin.token.is_some(),
+                tls = self.config.admin.tls_cert.is_some(),
+                "admin API listening",
+            );
             let ctx = AdminContext {
                 control: self.control.clone(),
                 stats: self.stats.clone(),
@@ -186,7 +191,10 @@ impl Built {
         });
         let metrics = self.metrics.map(|listener| {
             let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "metrics and probes listening (/metrics, /healthz, /readyz)");
+            tracing::info!(
+                addr = ?addr,
+                "metrics and probes listening (/metrics, /healthz, /readyz)",
+            );
             let serve = metrics::serve(listener, self.stats.clone(), stop.clone());
             let (stop, lifecycle) = (stop.clone(), lifecycle.clone());
             async move { lifecycle.run("metrics server", &stop, serve).await }

@@ -336,7 +336,12 @@ impl Control {
 
     fn start(e: &mut ListenerEntry, runtime: &tokio::runtime::Handle, sup: &Arc<Lifecycle>) {
         if let Some(l) = e.pending.take() {
-            tracing::info!(listener = %e.handle.name, addr = %e.handle.local_addr, paused = e.handle.is_paused(), "listening");
+            tracing::info!(
+                listener = %e.handle.name,
+                addr = %e.handle.local_addr,
+                paused = e.handle.is_paused(),
+                "listening",
+            );
             let tracker = e.tracker.clone();
             let (stop, sup) = (e.stop.clone(), sup.clone());
             let task = format!("acceptor of listener '{}'", e.handle.name);
@@ -485,7 +490,11 @@ impl Control {
             std::fs::rename(&tmp, path)
         };
         if let Err(e) = write() {
-            tracing::error!(path = %path.display(), error = %e, "cannot write the state file: runtime changes will be lost on restart");
+            tracing::error!(
+                path = %path.display(),
+                error = %e,
+                "cannot write the state file: runtime changes will be lost on restart",
+            );
         }
     }
 }

@@ -190,7 +190,12 @@ impl Listener {
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     if let Some(suppressed) = stats.warn_limit.allow() {
-                        tracing::warn!(listener = %self.handle.name, error = %e, suppressed, "accept failed");
+                        tracing::warn!(
+                            listener = %self.handle.name,
+                            error = %e,
+                            suppressed,
+                            "accept failed",
+                        );
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
@@ -198,7 +203,12 @@ impl Listener {
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 stats.refused.inc();
-                tracing::debug!(listener = %self.handle.name, %peer, max = self.max_connections, "connection refused: max_connections reached");
+                tracing::debug!(
+                    listener = %self.handle.name,
+                    %peer,
+                    max = self.max_connections,
+                    "connection refused: max_connections reached",
+                );
                 drop(stream);
                 continue;
             };

@@ -20,6 +20,7 @@ pub fn encode(stats: &Stats, out: &mut String) {
     let services = stats.services();
     process(stats, out);
     methods(&services, out);
+    method_histograms(&services, out);
     service_gauges(&services, out);
     listeners(&stats.listeners(), out);
     workers(stats, &stats.workers(), out);
@@ -85,7 +86,7 @@ fn process(stats: &Stats, out: &mut String) {
     }
 }
 
-/// Calls, outcomes, late replies and latency histograms per method.
+/// Calls, outcomes and late replies per method.
 fn methods(services: &[(String, Arc<ServiceStats>)], out: &mut String) {
     family(
         out,
@@ -148,11 +149,27 @@ fn methods(services: &[(String, Arc<ServiceStats>)], out: &mut String) {
             );
         }
     }
+}
+
+/// Latency histograms per method.
+fn method_histograms(services: &[(String, Arc<ServiceStats>)], out: &mut String) {
     type Pick = fn(&MethodStats) -> &Histogram;
     let histograms: [(&str, &str, Pick); 3] = [
-        ("thriftworker_call_duration_seconds", "Time in the data plane per two-way call, request read to answer handed back, whatever the outcome.", |m| &m.total),
-        ("thriftworker_call_queue_seconds", "Time a call waited before it was sent to a worker.", |m| &m.queue_wait),
-        ("thriftworker_call_worker_seconds", "Time from sending a call to a worker to its reply (worker execution and transport).", |m| &m.worker),
+        (
+            "thriftworker_call_duration_seconds",
+            "Time in the data plane per two-way call, request read to answer handed back, whatever the outcome.",
+            |m| &m.total,
+        ),
+        (
+            "thriftworker_call_queue_seconds",
+            "Time a call waited before it was sent to a worker.",
+            |m| &m.queue_wait,
+        ),
+        (
+            "thriftworker_call_worker_seconds",
+            "Time from sending a call to a worker to its reply (worker execution and transport).",
+            |m| &m.worker,
+        ),
     ];
     for (name, help, get) in histograms {
         family(out, name, "histogram", help);
@@ -212,87 +229,78 @@ fn service_gauges(services: &[(String, Arc<ServiceStats>)], out: &mut String) {
     }
 }
 
+type ListenerFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ListenerStats) -> u64,
+);
+
+/// One series per listener each: (name, type, help, value).
+const LISTENER_FAMILIES: [ListenerFamily; 9] = [
+    (
+        "thriftworker_listener_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |l| l.accepted.get(),
+    ),
+    (
+        "thriftworker_listener_connections_refused_total",
+        "counter",
+        "Connections refused at max_connections.",
+        |l| l.refused.get(),
+    ),
+    (
+        "thriftworker_listener_received_bytes_total",
+        "counter",
+        "Bytes of frames read from clients.",
+        |l| l.bytes_in.get(),
+    ),
+    (
+        "thriftworker_listener_sent_bytes_total",
+        "counter",
+        "Bytes of frames written to clients.",
+        |l| l.bytes_out.get(),
+    ),
+    (
+        "thriftworker_listener_unknown_service_calls_total",
+        "counter",
+        "Calls naming no service the listener routes to (answered UNKNOWN_METHOD).",
+        |l| l.unknown_service.get(),
+    ),
+    (
+        "thriftworker_listener_invalid_type_calls_total",
+        "counter",
+        "REPLY or EXCEPTION messages sent as requests (answered INVALID_MESSAGE_TYPE).",
+        |l| l.invalid_type.get(),
+    ),
+    (
+        "thriftworker_listener_connections_closed_with_calls_in_flight_total",
+        "counter",
+        "Connections closed (any reason) with two-way calls not yet answered.",
+        |l| l.closed_with_calls_in_flight.get(),
+    ),
+    (
+        "thriftworker_listener_connections_active",
+        "gauge",
+        "Connections open now.",
+        |l| l.active.get(),
+    ),
+    (
+        "thriftworker_listener_paused",
+        "gauge",
+        "1 while the listener's acceptor is paused.",
+        |l| u64::from(l.is_paused()),
+    ),
+];
+
 /// Connections and bytes per listener.
 fn listeners(listeners: &[(String, Arc<ListenerStats>)], out: &mut String) {
-    type Lc = fn(&ListenerStats) -> u64;
-    let counters: [(&str, &str, &str, Lc); 7] = [
-        (
-            "thriftworker_listener_connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            |l| l.accepted.get(),
-        ),
-        (
-            "thriftworker_listener_connections_refused_total",
-            "counter",
-            "Connections refused at max_connections.",
-            |l| l.refused.get(),
-        ),
-        (
-            "thriftworker_listener_received_bytes_total",
-            "counter",
-            "Bytes of frames read from clients.",
-            |l| l.bytes_in.get(),
-        ),
-        (
-            "thriftworker_listener_sent_bytes_total",
-            "counter",
-            "Bytes of frames written to clients.",
-            |l| l.bytes_out.get(),
-        ),
-        (
-            "thriftworker_listener_unknown_service_calls_total",
-            "counter",
-            "Calls naming no service the listener routes to (answered UNKNOWN_METHOD).",
-            |l| l.unknown_service.get(),
-        ),
-        (
-            "thriftworker_listener_invalid_type_calls_total",
-            "counter",
-            "REPLY or EXCEPTION messages sent as requests (answered INVALID_MESSAGE_TYPE).",
-            |l| l.invalid_type.get(),
-        ),
-        (
-            "thriftworker_listener_connections_closed_with_calls_in_flight_total",
-            "counter",
-            "Connections closed (any reason) with two-way calls not yet answered.",
-            |l| l.closed_with_calls_in_flight.get(),
-        ),
-    ];
-    for (name, kind, help, get) in counters {
+    for (name, kind, help, get) in LISTENER_FAMILIES {
         family(out, name, kind, help);
         for (n, l) in listeners {
             sample(out, name, &[("listener", n.as_str())], get(l));
         }
-    }
-    family(
-        out,
-        "thriftworker_listener_connections_active",
-        "gauge",
-        "Connections open now.",
-    );
-    for (n, l) in listeners {
-        sample(
-            out,
-            "thriftworker_listener_connections_active",
-            &[("listener", n.as_str())],
-            l.active.get(),
-        );
-    }
-    family(
-        out,
-        "thriftworker_listener_paused",
-        "gauge",
-        "1 while the listener's acceptor is paused.",
-    );
-    for (n, l) in listeners {
-        let paused = l.is_paused();
-        sample(
-            out,
-            "thriftworker_listener_paused",
-            &[("listener", n.as_str())],
-            u8::from(paused),
-        );
     }
     family(
         out,

@@ -26,7 +26,7 @@ pub fn status(e: ControlError) -> Status {
 }
 
 pub fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn service_config(
@@ -54,7 +54,7 @@ pub fn service_config(
         max_queue: if s.max_queue == 0 {
             defaults.max_queue
         } else {
-            s.max_queue as usize
+            usize::try_from(s.max_queue).unwrap_or(usize::MAX)
         },
         max_buffered_bytes: defaults.max_buffered_bytes,
         strip_service_prefix: s
@@ -81,7 +81,7 @@ pub fn service_pb(v: &ServiceView) -> pb::Service {
             max_queue: v.config.max_queue as u64,
             strip_service_prefix: Some(v.config.strip_service_prefix),
         }),
-        live_workers: st.live_workers.get() as u32,
+        live_workers: u32::try_from(st.live_workers.get()).unwrap_or(u32::MAX),
         total_credit: total,
         free_credit: total.saturating_sub(in_flight),
         in_flight,

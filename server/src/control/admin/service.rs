@@ -30,11 +30,6 @@ impl AdminService {
             .collect();
         pb::ListListenersResponse { listeners }
     }
-
-    /// A snapshot of the registry: the same atomics `/metrics` reads.
-    async fn stats(&self, filter: &pb::GetStatsRequest) -> pb::Stats {
-        stats_snapshot(&self.ctx.stats, filter)
-    }
 }
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send>>;
@@ -222,7 +217,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
-        Ok(Response::new(self.stats(&req.into_inner()).await))
+        // A snapshot of the registry: the same atomics `/metrics` reads.
+        let snapshot = stats_snapshot(&self.ctx.stats, &req.into_inner());
+        Ok(Response::new(snapshot))
     }
 
     type WatchStatsStream = StatsStream;
@@ -239,14 +236,12 @@ impl pb::admin_server::Admin for AdminService {
             r.interval_ms.max(50)
         });
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let me = AdminService {
-            ctx: self.ctx.clone(),
-        };
+        let stats = self.ctx.stats.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                if tx.send(Ok(me.stats(&filter).await)).await.is_err() {
+                if tx.send(Ok(stats_snapshot(&stats, &filter))).await.is_err() {
                     return; // client went away
                 }
             }

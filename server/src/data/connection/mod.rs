@@ -153,19 +153,33 @@ impl Connection {
                 // or abort.
                 written = self.write.write_buf(self.pipeline.out()), if writing => match written {
                     Ok(0) | Err(_) => {
-                        tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, "write failed");
+                        tracing::debug!(
+                            listener = %self.ctx.listener,
+                            peer = ?self.peer,
+                            "write failed",
+                        );
                         return CloseReason::IoError;
                     }
                     Ok(_) => self.touch(),
                 },
                 _ = sleep_until(self.write_deadline), if writing => {
                     if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
-                        tracing::warn!(listener = %self.ctx.listener, peer = ?self.peer, timeout = ?self.ctx.write_timeout, suppressed, "closing connection: the client does not read its answers");
+                        tracing::warn!(
+                            listener = %self.ctx.listener,
+                            peer = ?self.peer,
+                            timeout = ?self.ctx.write_timeout,
+                            suppressed,
+                            "closing connection: the client does not read its answers",
+                        );
                     }
                     return CloseReason::WriteTimeout;
                 }
                 _ = sleep_until(self.idle_deadline), if idle => {
-                    tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, "closing idle connection");
+                    tracing::debug!(
+                        listener = %self.ctx.listener,
+                        peer = ?self.peer,
+                        "closing idle connection",
+                    );
                     return CloseReason::IdleTimeout;
                 }
                 _ = drain.cancelled(), if !self.draining => self.draining = true,
@@ -194,7 +208,12 @@ impl Connection {
             }
             // A reset or another I/O error: the client is gone.
             Some(Err(FrameError::Io(e))) => {
-                tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, "connection ended");
+                tracing::debug!(
+                    listener = %self.ctx.listener,
+                    peer = ?self.peer,
+                    error = %e,
+                    "connection ended",
+                );
                 return Some(CloseReason::IoError);
             }
             Some(Err(e)) => {
@@ -211,7 +230,13 @@ impl Connection {
             Ok(Handled::NoSlot) => {}
             Err(e) => {
                 if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
-                    tracing::warn!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, suppressed, "closing connection: unparseable message header");
+                    tracing::warn!(
+                        listener = %self.ctx.listener,
+                        peer = ?self.peer,
+                        error = %e,
+                        suppressed,
+                        "closing connection: unparseable message header",
+                    );
                 }
                 self.read_done = Some(CloseReason::ProtocolError);
             }
@@ -229,9 +254,20 @@ impl Connection {
             FrameError::Empty | FrameError::Negative(_) => CloseReason::BadFrame,
         };
         if reason == CloseReason::ClientClose {
-            tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, "connection ended");
+            tracing::debug!(
+                listener = %self.ctx.listener,
+                peer = ?self.peer,
+                error = %e,
+                "connection ended",
+            );
         } else if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
-            tracing::warn!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, suppressed, "closing connection: bad frame");
+            tracing::warn!(
+                listener = %self.ctx.listener,
+                peer = ?self.peer,
+                error = %e,
+                suppressed,
+                "closing connection: bad frame",
+            );
         }
         reason
     }
@@ -252,7 +288,12 @@ impl Connection {
                 Ok(n) => self.pipeline.written(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    tracing::debug!(listener = %self.ctx.listener, peer = ?self.peer, error = %e, "write failed");
+                    tracing::debug!(
+                        listener = %self.ctx.listener,
+                        peer = ?self.peer,
+                        error = %e,
+                        "write failed",
+                    );
                     return Err(CloseReason::IoError);
                 }
             }

@@ -31,18 +31,7 @@ pub async fn handle_frame(
     tx: &mpsc::Sender<Completion>,
     slot: u32,
 ) -> Result<Handled, HeaderError> {
-    let detected = thrift::detect(&frame)?;
-    ctx.protocol.check(detected)?;
-    match protocol {
-        None => *protocol = Some(detected),
-        Some(p) if *p != detected => {
-            return Err(HeaderError::ProtocolMismatch {
-                got: detected.as_str(),
-                expected: p.as_str(),
-            })
-        }
-        Some(_) => {}
-    }
+    let detected = protocol_of(ctx, &frame, protocol)?;
     let header: Header = thrift::parse(&frame, detected)?;
     let name = header.name(&frame);
     let oneway = match header.message_type {
@@ -105,6 +94,28 @@ pub async fn handle_frame(
     } else {
         Handled::Slot(None)
     })
+}
+
+/// The protocol of `frame`: one the listener accepts, and the same as the
+/// connection's earlier messages (the first one fixes it).
+fn protocol_of(
+    ctx: &ConnectionContext,
+    frame: &[u8],
+    protocol: &mut Option<Protocol>,
+) -> Result<Protocol, HeaderError> {
+    let detected = thrift::detect(frame)?;
+    ctx.protocol.check(detected)?;
+    match protocol {
+        None => *protocol = Some(detected),
+        Some(p) if *p != detected => {
+            return Err(HeaderError::ProtocolMismatch {
+                got: detected.as_str(),
+                expected: p.as_str(),
+            })
+        }
+        Some(_) => {}
+    }
+    Ok(detected)
 }
 
 /// The UNKNOWN_METHOD answer to a call naming no service of this listener.

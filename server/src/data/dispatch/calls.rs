@@ -127,6 +127,13 @@ impl ServiceSlot {
     }
 }
 
+/// A service index as the pool stores it (with a call's method, to count
+/// a late reply). Indexes are bounded by MAX_SERVICES (1,000) per process
+/// start plus registrations, far below u32::MAX.
+fn service_key(service: usize) -> u32 {
+    u32::try_from(service).unwrap_or(u32::MAX)
+}
+
 /// Why the data plane sheds a call (answered `overloaded`, or `no_worker`
 /// when the service has no live worker at all).
 #[derive(Debug, Clone, Copy)]
@@ -272,7 +279,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         }
         worker
             .in_flight
-            .insert(id, (entry.call.service as u32, entry.call.method));
+            .insert(id, (service_key(entry.call.service), entry.call.method));
         worker.stats.in_flight.set(worker.in_flight.len() as u64);
         for &s in &worker.services {
             self.services[s].info.stats.free_credit.dec();

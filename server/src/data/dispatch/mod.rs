@@ -149,7 +149,10 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 _ = heartbeat.tick() => self.on_heartbeat_tick(),
                 inbound = self.transport.recv() => {
                     if let Err(e) = self.on_inbound(inbound) {
-                        tracing::error!(error = %e, "worker transport failed; answering all calls and stopping");
+                        tracing::error!(
+                            error = %e,
+                            "worker transport failed; answering all calls and stopping",
+                        );
                         self.stats.core.fail(format!("worker transport failed: {e}"));
                         self.fail_all();
                         return;

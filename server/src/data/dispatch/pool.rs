@@ -45,7 +45,8 @@ impl WorkerState {
         if self.leaving {
             return 0;
         }
-        self.credit.saturating_sub(self.in_flight.len() as u32)
+        let busy = u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX);
+        self.credit.saturating_sub(busy)
     }
 }
 

@@ -80,7 +80,12 @@ impl<T: WorkerTransport> Dispatcher<T> {
         self.stats.dispatch.bad_worker_messages.inc();
         if let Some(suppressed) = self.warn_limit.allow() {
             let worker = known.and_then(|w| self.pool.get(w)).map(|s| s.id.as_str());
-            tracing::warn!(worker, error = %e, suppressed, "malformed message from a worker dropped");
+            tracing::warn!(
+                worker,
+                error = %e,
+                suppressed,
+                "malformed message from a worker dropped",
+            );
         }
         let refuse = match e {
             WireError::Version(_) | WireError::Credit(_) | WireError::NoServices => true,
@@ -218,7 +223,11 @@ impl<T: WorkerTransport> Dispatcher<T> {
         };
         let Some((late_svc, late_method)) = state.in_flight.remove(&id) else {
             self.stats.dispatch.unknown_replies.inc();
-            tracing::debug!(worker = %state.id, request = id, "reply for a call this worker does not hold");
+            tracing::debug!(
+                worker = %state.id,
+                request = id,
+                "reply for a call this worker does not hold",
+            );
             return;
         };
         state.overdue.remove(&id);
@@ -267,14 +276,26 @@ impl<T: WorkerTransport> Dispatcher<T> {
         let call = &entry.call;
         let checked = match message.is_empty() {
             true => Err(Outcome::EmptyReply),
-            false => check_reply(&message, call.protocol, &call.name, call.seqid, reply.max_reply as usize)
-                .map_err(|e| {
-                    self.stats.dispatch.bad_replies.inc();
-                    if let Some(suppressed) = self.warn_limit.allow() {
-                        tracing::warn!(worker = %worker_id, service = %svc.name, error = %e, suppressed, "reply does not match its call: answering the client with an exception");
-                    }
-                    Outcome::BadReply
-                }),
+            false => check_reply(
+                &message,
+                call.protocol,
+                &call.name,
+                call.seqid,
+                reply.max_reply as usize,
+            )
+            .map_err(|e| {
+                self.stats.dispatch.bad_replies.inc();
+                if let Some(suppressed) = self.warn_limit.allow() {
+                    tracing::warn!(
+                        worker = %worker_id,
+                        service = %svc.name,
+                        error = %e,
+                        suppressed,
+                        "reply does not match its call: answering the client with an exception",
+                    );
+                }
+                Outcome::BadReply
+            }),
         };
         match checked {
             Ok(kind) => {
@@ -328,7 +349,13 @@ impl<T: WorkerTransport> Dispatcher<T> {
         self.update_worker_gauges();
         self.stats.dispatch.workers_dead.inc();
         if let Some(suppressed) = self.dead_limit.allow() {
-            tracing::warn!(worker = %state.id, reason = why, in_flight = state.in_flight.len(), suppressed, "worker dead");
+            tracing::warn!(
+                worker = %state.id,
+                reason = why,
+                in_flight = state.in_flight.len(),
+                suppressed,
+                "worker dead",
+            );
         }
         for id in state.in_flight.into_keys() {
             if let Some(entry) = self.take(id) {
