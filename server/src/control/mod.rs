@@ -184,16 +184,8 @@ impl Control {
         let info = ServiceInfo::new(st.next_index, &config, &self.stats);
         self.send(Command::SetService(info.clone())).await?;
         st.next_index += 1;
-        st.services.insert(
-            config.name.clone(),
-            ServiceEntry {
-                config: config.clone(),
-                info: info.clone(),
-            },
-        );
         tracing::info!(service = %config.name, "service registered");
-        self.persist(&st);
-        Ok(ServiceView { config, info })
+        Ok(self.store_service(&mut st, config, info))
     }
 
     pub async fn update_service(&self, config: ServiceConfig) -> Result<ServiceView, ControlError> {
@@ -212,16 +204,24 @@ impl Control {
                 l.routes.store(Arc::new(updated));
             }
         }
-        st.services.insert(
-            config.name.clone(),
-            ServiceEntry {
-                config: config.clone(),
-                info: info.clone(),
-            },
-        );
         tracing::info!(service = %config.name, "service updated");
-        self.persist(&st);
-        Ok(ServiceView { config, info })
+        Ok(self.store_service(&mut st, config, info))
+    }
+
+    /// Records a service's (new) settings and persists the state.
+    fn store_service(
+        &self,
+        st: &mut State,
+        config: ServiceConfig,
+        info: Arc<ServiceInfo>,
+    ) -> ServiceView {
+        let entry = ServiceEntry {
+            config: config.clone(),
+            info: info.clone(),
+        };
+        st.services.insert(config.name.clone(), entry);
+        self.persist(st);
+        ServiceView { config, info }
     }
 
     /// Stops routing to the service. Calls already queued or in flight

@@ -153,11 +153,7 @@ impl Connection {
                 // or abort.
                 written = self.write.write_buf(self.pipeline.out()), if writing => match written {
                     Ok(0) | Err(_) => {
-                        tracing::debug!(
-                            listener = %self.ctx.listener,
-                            peer = ?self.peer,
-                            "write failed",
-                        );
+                        self.debug(None, "write failed");
                         return CloseReason::IoError;
                     }
                     Ok(_) => self.touch(),
@@ -175,11 +171,7 @@ impl Connection {
                     return CloseReason::WriteTimeout;
                 }
                 _ = sleep_until(self.idle_deadline), if idle => {
-                    tracing::debug!(
-                        listener = %self.ctx.listener,
-                        peer = ?self.peer,
-                        "closing idle connection",
-                    );
+                    self.debug(None, "closing idle connection");
                     return CloseReason::IdleTimeout;
                 }
                 _ = drain.cancelled(), if !self.draining => self.draining = true,
@@ -208,12 +200,7 @@ impl Connection {
             }
             // A reset or another I/O error: the client is gone.
             Some(Err(FrameError::Io(e))) => {
-                tracing::debug!(
-                    listener = %self.ctx.listener,
-                    peer = ?self.peer,
-                    error = %e,
-                    "connection ended",
-                );
+                self.debug(Some(&e), "connection ended");
                 return Some(CloseReason::IoError);
             }
             Some(Err(e)) => {
@@ -254,12 +241,7 @@ impl Connection {
             FrameError::Empty | FrameError::Negative(_) => CloseReason::BadFrame,
         };
         if reason == CloseReason::ClientClose {
-            tracing::debug!(
-                listener = %self.ctx.listener,
-                peer = ?self.peer,
-                error = %e,
-                "connection ended",
-            );
+            self.debug(Some(&e), "connection ended");
         } else if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
             tracing::warn!(
                 listener = %self.ctx.listener,
@@ -288,18 +270,23 @@ impl Connection {
                 Ok(n) => self.pipeline.written(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    tracing::debug!(
-                        listener = %self.ctx.listener,
-                        peer = ?self.peer,
-                        error = %e,
-                        "write failed",
-                    );
+                    self.debug(Some(&e), "write failed");
                     return Err(CloseReason::IoError);
                 }
             }
             self.touch();
         }
         Ok(())
+    }
+
+    /// Logs `what` at debug level with the connection's listener and peer.
+    fn debug(&self, error: Option<&dyn std::fmt::Display>, what: &str) {
+        tracing::debug!(
+            listener = %self.ctx.listener,
+            peer = ?self.peer,
+            error = error.map(tracing::field::display),
+            "{what}",
+        );
     }
 
     /// The client took bytes: it is neither idle nor failing to read.
