@@ -1,5 +1,5 @@
-//! The frame decoder (`server/src/frame.rs`) on any byte stream, cut into
-//! any chunks, directly and through `FramedRead` as `connection.rs` runs
+//! The frame decoder (`server/src/thrift/framed.rs`) on any byte stream, cut into
+//! any chunks, directly and through `FramedRead` as `data/connection/mod.rs` runs
 //! it: it yields exactly the reference framing (frames that concatenate
 //! back to the input prefix they came from, then the error for the first
 //! bad length, or `Truncated` at end of stream), never panics, and keeps

@@ -1,4 +1,4 @@
-//! The message header code (`server/src/message.rs`) on arbitrary bytes:
+//! The message header code (`server/src/thrift/`) on arbitrary bytes:
 //! `detect`, `parse` (every protocol), `rename`, `reply_kind`,
 //! `check_reply` and `application_exception` never panic; a parsed
 //! header's ranges lie within the message; the `thrift` crate reads the

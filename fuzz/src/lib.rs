@@ -86,7 +86,7 @@ pub fn frame_model(input: &[u8], max: usize) -> Vec<Out> {
     }
 }
 
-/// `FramedRead::with_capacity(.., 2048)` in `connection.rs`.
+/// `FramedRead::with_capacity(.., 2048)` in `server/src/data/connection/mod.rs`.
 pub const INITIAL_READ_CAPACITY: usize = 2048;
 
 /// The read buffer capacity a stream can make the decoder reach: the frame

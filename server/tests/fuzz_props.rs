@@ -1,6 +1,6 @@
 //! Property tests of the two parsers of the data plane that see untrusted
-//! bytes: the frame decoder (`frame.rs`, fed by any TCP client) and the
-//! message header code (`message.rs`, fed by clients and by workers).
+//! bytes: the frame decoder (`thrift/framed.rs`, fed by any TCP client) and the
+//! message header code (`thrift/`, fed by clients and by workers).
 //!
 //! Apache Thrift's own Rust encoders and decoders (the `thrift` crate) are
 //! the oracle for what a valid message is. Each property runs a small number
@@ -114,7 +114,7 @@ fn growth_bound(max: usize) -> usize {
     INITIAL_READ_CAPACITY.max(max + 4 + 64)
 }
 
-/// `FramedRead::with_capacity(.., 2048)` in `connection.rs`.
+/// `FramedRead::with_capacity(.., 2048)` in `data/connection/mod.rs`.
 const INITIAL_READ_CAPACITY: usize = 2048;
 
 /// Feeds `input` to the decoder directly, `chunks` bytes at a time (cycled),
@@ -199,7 +199,7 @@ impl AsyncRead for Chunked<'_> {
 }
 
 /// The decoder as the connection task runs it: `FramedRead` with a 2 KiB
-/// initial buffer (`connection.rs`), polled to the end of the stream, the
+/// initial buffer (`data/connection/mod.rs`), polled to the end of the stream, the
 /// last `keep` frames held (calls in flight share the read buffer's
 /// allocation). Returns the outputs and the largest read buffer capacity
 /// seen.
@@ -333,7 +333,7 @@ proptest! {
         prop_assert_eq!(&again[..], &input[..again.len()]);
     }
 
-    /// The same through `FramedRead`, as `connection.rs` drives it; its
+    /// The same through `FramedRead`, as `data/connection/mod.rs` drives it; its
     /// read buffer stays within the bound.
     #[test]
     fn framed_read_matches_the_reference((max, input, chunks) in streams(), keep in 0usize..4) {
