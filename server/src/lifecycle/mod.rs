@@ -5,9 +5,9 @@
 //! draining, the dispatcher's beat), so the probes read exactly what the
 //! process does; [`Lifecycle`] is how it is changed and awaited:
 //! - a core task fails → [`Lifecycle::fail`] (see [`supervise`]);
-//! - SIGTERM or the Drain RPC → [`Lifecycle::request_drain`] (the RPC may
-//!   shorten or lengthen the drain), `main` notices and `app::Running`
-//!   drains: [`Lifecycle::start_drain`] stops the acceptors (every
+//! - the Drain RPC → [`Lifecycle::request_drain`] (it may shorten or
+//!   lengthen the drain); `main` waits for that or for SIGTERM/SIGINT, then
+//!   `app::Running::shutdown` drains: [`Lifecycle::start_drain`] stops the acceptors (every
 //!   listener's stop token is a child of [`Lifecycle::draining`]);
 //! - last, [`Lifecycle::stop_control_plane`] stops the admin API and the
 //!   metrics server.
@@ -25,7 +25,7 @@ pub mod supervise;
 
 pub use supervise::install_panic_hook;
 
-/// A drain asked for (SIGTERM or the Drain RPC).
+/// A drain asked for through the Drain RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainRequest {
     /// Overrides `[server].shutdown_timeout` when set (the Drain RPC's).

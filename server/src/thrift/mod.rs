@@ -30,8 +30,10 @@ pub mod reply;
 
 pub use reply::{check_reply, reply_kind, BadReply, ReplyKind};
 
-/// How messages are delimited on a connection. One variant per file of
-/// this module; the connection asks the transport for its codec.
+/// How messages are delimited on a connection: one variant per transport
+/// file of this module. Framed is the only one today, and the connection
+/// uses `framed` directly; a second transport adds a listener setting and
+/// lets the connection pick the codec from this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// A 4-byte big-endian length, then the message (`TFramedTransport`).

@@ -4,8 +4,9 @@
 //! Pure bookkeeping, no I/O: the dispatcher owns one `WorkerPool` and does the
 //! sending. Keeping credit here is what makes the data plane's queue the only
 //! queue: a worker is never picked when it has no free credit, so the
-//! `zeromq` crate's per-peer queue (100,000 messages, no high-water mark;
-//! a send to a full one would stall the dispatcher) never fills.
+//! per-peer send queue of the transport (`PEER_SEND_QUEUE`: at most 65,536
+//! calls of credit plus room for heartbeats and DISCONNECT) never fills for
+//! a worker that reads; one that does not is dropped.
 
 use std::sync::Arc;
 
