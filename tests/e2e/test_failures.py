@@ -67,6 +67,9 @@ def test_heartbeat_death_of_a_stopped_worker(dataplane, worker, processes):
         assert r.value.message.startswith("thriftworker: service 'Echo' worker died"), r.value.message
         # 3 x 200ms of silence (plus up to one interval of slack each side)
         assert 0.3 <= elapsed < 2.0, f"declared dead after {elapsed:.2f}s"
+    # Logged before the call is answered, but read from the process's stderr
+    # pipe by another thread: wait for it (flaky in a CI run when counted at once).
+    dp.wait_log("worker dead", 1, 5)
     assert dp.count("worker dead") == 1, dp.tail()
     w.signal(signal.SIGCONT)
 
