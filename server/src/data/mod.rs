@@ -7,9 +7,9 @@
 //! [`call`] holds the types that travel between connection and dispatcher.
 
 pub mod call;
-pub mod connection;
+pub(crate) mod connection;
 pub mod dispatch;
 pub mod listener;
-pub mod routes;
+pub(crate) mod routes;
 pub mod service;
 pub mod transport;

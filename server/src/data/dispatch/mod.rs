@@ -31,7 +31,7 @@ use crate::telemetry::{LogLimiter, Stats};
 
 mod calls;
 mod fast_hash;
-pub mod pool;
+mod pool;
 mod workers;
 
 use calls::{CallTable, ServiceSlot};

@@ -165,10 +165,6 @@ impl WorkerPool {
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
     }
 
-    pub fn live_workers(&self, service: usize) -> usize {
-        self.by_service[service].len()
-    }
-
     /// Makes room for one more service index.
     pub fn add_service(&mut self) {
         self.by_service.push(Vec::new());
@@ -183,10 +179,6 @@ impl WorkerPool {
 
     pub fn len(&self) -> usize {
         self.by_peer.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
     }
 }
 
@@ -236,7 +228,7 @@ mod tests {
         assert_eq!(pool.pick(1), None, "a leaving worker gets no new calls");
         let state = pool.remove(b).unwrap();
         assert_eq!(state.in_flight.len(), 2);
-        assert_eq!(pool.live_workers(1), 0);
+        assert_eq!(pool.workers_of(1).count(), 0);
         assert_eq!(pool.lookup(&Bytes::from_static(b"b")), None);
         let c = pool.add(Bytes::from_static(b"c"), vec![1], 1, now, ws);
         assert_eq!(c, b, "slots are reused");
