@@ -125,7 +125,8 @@ Examples:
 
 CALLS counts two-way and oneway calls. ERRORS counts calls that ended in a
 failure: timeout, overloaded, no worker, worker died, application exception,
-empty reply or shutdown (a declared exception is an answer, not an error).
+empty reply, bad reply or shutdown (a declared exception is an answer, and an
+abandoned call was given up by its client: neither is an error).
 ERR% is errors per finished call. CALLS/S and ERR% cover the last interval
 with --watch, the whole uptime otherwise (the header says which); the other
 columns are totals since start or current values. P50/P99: latency of

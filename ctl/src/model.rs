@@ -91,27 +91,59 @@ pub struct LatencySummary {
     pub max_ms: f64,
 }
 
-/// One method of one service. Every call ends in one outcome: success,
-/// declared_exception, app_exception, timeouts, overloaded, no_worker,
-/// worker_died, shutdown, empty_reply, abandoned or bad_reply; `errors` sums all but success, abandoned and
-/// declared_exception.
+/// Declares [`Outcomes`] from one list of the admin API's outcome fields,
+/// which `MethodStats` and `ServiceStats` name alike: the struct (fields in
+/// the order of the list, which is the order of the JSON keys) and its
+/// conversions from both messages.
+macro_rules! outcomes {
+    ($($field:ident,)*) => {
+        /// How the calls of a method or service ended: one counter per
+        /// outcome (`server/src/telemetry/outcome.rs`), each named as its
+        /// admin API field. In JSON, fields of the enclosing object.
+        #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+        pub struct Outcomes {
+            $(pub $field: u64,)*
+        }
+
+        impl From<&pb::MethodStats> for Outcomes {
+            fn from(m: &pb::MethodStats) -> Self {
+                Outcomes { $($field: m.$field,)* }
+            }
+        }
+
+        impl From<&pb::ServiceStats> for Outcomes {
+            fn from(s: &pb::ServiceStats) -> Self {
+                Outcomes { $($field: s.$field,)* }
+            }
+        }
+    };
+}
+
+// Every outcome of a call, one line each, in the order of the views.
+outcomes! {
+    success,
+    declared_exception,
+    app_exception,
+    timeouts,
+    overloaded,
+    no_worker,
+    worker_died,
+    shutdown,
+    empty_reply,
+    abandoned,
+    bad_reply,
+}
+
+/// One method of one service. Every call ends in one of the [`Outcomes`];
+/// `errors` sums all but success, declared_exception and abandoned.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MethodStats {
     pub service: String,
     pub method: String,
     pub calls: u64,
     pub oneway: u64,
-    pub success: u64,
-    pub declared_exception: u64,
-    pub app_exception: u64,
-    pub timeouts: u64,
-    pub overloaded: u64,
-    pub no_worker: u64,
-    pub worker_died: u64,
-    pub shutdown: u64,
-    pub empty_reply: u64,
-    pub abandoned: u64,
-    pub bad_reply: u64,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
     pub errors: u64,
     pub late_replies: u64,
     /// Request read to answer handed back (two-way calls).
@@ -126,17 +158,8 @@ pub struct ServiceStats {
     pub calls: u64,
     pub oneway: u64,
     pub replies: u64,
-    pub success: u64,
-    pub declared_exception: u64,
-    pub app_exception: u64,
-    pub timeouts: u64,
-    pub overloaded: u64,
-    pub no_worker: u64,
-    pub worker_died: u64,
-    pub shutdown: u64,
-    pub empty_reply: u64,
-    pub abandoned: u64,
-    pub bad_reply: u64,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
     pub errors: u64,
     pub late_replies: u64,
     pub queue_depth: u64,
@@ -308,17 +331,7 @@ impl From<&pb::MethodStats> for MethodStats {
             method: m.method.clone(),
             calls: m.calls,
             oneway: m.oneway,
-            success: m.success,
-            declared_exception: m.declared_exception,
-            app_exception: m.app_exception,
-            timeouts: m.timeouts,
-            overloaded: m.overloaded,
-            no_worker: m.no_worker,
-            worker_died: m.worker_died,
-            shutdown: m.shutdown,
-            empty_reply: m.empty_reply,
-            abandoned: m.abandoned,
-            bad_reply: m.bad_reply,
+            outcomes: m.into(),
             errors: m.errors,
             late_replies: m.late_replies,
             total: latency_summary(&m.total),
@@ -335,17 +348,7 @@ impl From<&pb::ServiceStats> for ServiceStats {
             calls: s.calls,
             oneway: s.oneway,
             replies: s.replies,
-            success: s.success,
-            declared_exception: s.declared_exception,
-            app_exception: s.app_exception,
-            timeouts: s.timeouts,
-            overloaded: s.overloaded,
-            no_worker: s.no_worker,
-            worker_died: s.worker_died,
-            shutdown: s.shutdown,
-            empty_reply: s.empty_reply,
-            abandoned: s.abandoned,
-            bad_reply: s.bad_reply,
+            outcomes: s.into(),
             errors: s.errors,
             late_replies: s.late_replies,
             queue_depth: s.queue_depth,
@@ -580,20 +583,22 @@ struct Counts {
 }
 
 impl Counts {
-    fn service(s: &ServiceStats) -> Counts {
+    /// Finished: the answers of the service (success, declared exception)
+    /// and the errors; abandoned calls are neither.
+    fn of(calls: u64, oneway: u64, o: &Outcomes, errors: u64) -> Counts {
         Counts {
-            calls: s.calls + s.oneway,
-            finished: s.success + s.declared_exception + s.errors,
-            errors: s.errors,
+            calls: calls + oneway,
+            finished: o.success + o.declared_exception + errors,
+            errors,
         }
     }
 
+    fn service(s: &ServiceStats) -> Counts {
+        Counts::of(s.calls, s.oneway, &s.outcomes, s.errors)
+    }
+
     fn method(m: &MethodStats) -> Counts {
-        Counts {
-            calls: m.calls + m.oneway,
-            finished: m.success + m.declared_exception + m.errors,
-            errors: m.errors,
-        }
+        Counts::of(m.calls, m.oneway, &m.outcomes, m.errors)
     }
 
     /// Whether `before` can be an earlier sample of the same counters.
@@ -811,17 +816,11 @@ mod tests {
             calls,
             oneway: 0,
             replies: calls - errors,
-            success: calls - errors,
-            declared_exception: 0,
-            app_exception: 0,
-            timeouts: errors,
-            overloaded: 0,
-            no_worker: 0,
-            worker_died: 0,
-            shutdown: 0,
-            empty_reply: 0,
-            abandoned: 0,
-            bad_reply: 0,
+            outcomes: Outcomes {
+                success: calls - errors,
+                timeouts: errors,
+                ..Outcomes::default()
+            },
             errors,
             late_replies: 0,
             queue_depth: 4,
@@ -845,17 +844,12 @@ mod tests {
             method: name.into(),
             calls,
             oneway,
-            success: calls + oneway - declared - errors,
-            declared_exception: declared,
-            app_exception: 0,
-            timeouts: errors,
-            overloaded: 0,
-            no_worker: 0,
-            worker_died: 0,
-            shutdown: 0,
-            empty_reply: 0,
-            abandoned: 0,
-            bad_reply: 0,
+            outcomes: Outcomes {
+                success: calls + oneway - declared - errors,
+                declared_exception: declared,
+                timeouts: errors,
+                ..Outcomes::default()
+            },
             errors,
             late_replies: 0,
             total,
@@ -1034,9 +1028,65 @@ mod tests {
         assert!(!view.contains("SERVICE:METHOD"), "{view}");
     }
 
-    #[test]
-    fn stats_json_keys() {
-        let m = pb::MethodStats {
+    /// The keys of a JSON object in the order they are written, which a
+    /// `serde_json::Value` (a sorted map) does not keep.
+    struct Keys(Vec<String>);
+
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            d.deserialize_map(Keys(Vec::new()))
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Keys;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Keys, A::Error> {
+            while let Some((key, serde::de::IgnoredAny)) = map.next_entry()? {
+                self.0.push(key);
+            }
+            Ok(self)
+        }
+    }
+
+    fn keys_in_order(value: &impl Serialize) -> Vec<String> {
+        let text = serde_json::to_string(value).unwrap();
+        serde_json::from_str::<Keys>(&text).unwrap().0
+    }
+
+    /// `before`, then every outcome in the order of the table, then `after`.
+    fn around_outcomes(before: &[&str], after: &[&str]) -> Vec<String> {
+        let outcomes = keys_in_order(&Outcomes::default());
+        let words = |w: &[&str]| w.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        [words(before), outcomes, words(after)].concat()
+    }
+
+    /// The field names of a generated message, from its derived `Debug`
+    /// (`Name { field: value, ... }`): prost has no reflection.
+    fn proto_fields(message: &impl std::fmt::Debug) -> Vec<String> {
+        let text = format!("{message:?}");
+        let (_, body) = text.split_once(" { ").unwrap();
+        let mut fields: Vec<String> = body
+            .trim_end_matches(" }")
+            .split(", ")
+            .map(|f| f.split_once(": ").unwrap().0.to_string())
+            .collect();
+        fields.sort_unstable();
+        fields
+    }
+
+    fn sorted_keys(value: &impl Serialize) -> Vec<String> {
+        let mut keys = keys_in_order(value);
+        keys.sort_unstable();
+        keys
+    }
+
+    fn method_pb() -> pb::MethodStats {
+        pb::MethodStats {
             service: "Echo".into(),
             method: "echo".into(),
             calls: 3,
@@ -1051,54 +1101,78 @@ mod tests {
                 max_ms: 2.0,
             }),
             ..Default::default()
-        };
-        let v = serde_json::to_value(MethodStats::from(&m)).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        let mut want = vec![
-            "service",
-            "method",
-            "calls",
-            "oneway",
-            "success",
-            "declared_exception",
-            "app_exception",
-            "timeouts",
-            "overloaded",
-            "no_worker",
-            "worker_died",
-            "shutdown",
-            "empty_reply",
-            "abandoned",
-            "bad_reply",
-            "errors",
-            "late_replies",
-            "total",
-            "queue_wait",
-            "worker",
-        ];
-        let mut got = keys.clone();
-        got.sort_unstable();
-        want.sort_unstable();
-        assert_eq!(got, want);
+        }
+    }
+
+    fn service_pb() -> pb::ServiceStats {
+        pb::ServiceStats {
+            name: "Echo".into(),
+            errors: 4,
+            total_credit: 8,
+            free_credit: 6,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn method_stats_json() {
+        let m = MethodStats::from(&method_pb());
+        assert_eq!(
+            keys_in_order(&m),
+            around_outcomes(
+                &["service", "method", "calls", "oneway"],
+                &["errors", "late_replies", "total", "queue_wait", "worker"]
+            )
+        );
+        let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["total"]["p99_ms"], 1.5);
         assert_eq!(v["success"], 2);
+        assert_eq!(v["timeouts"], 1);
         // A summary the server left out reads as zeros, not null.
         assert_eq!(
             v["queue_wait"],
             serde_json::json!({"count": 0, "p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0})
         );
+    }
 
-        let s = Stats::from(&pb::Stats {
+    #[test]
+    fn service_stats_json() {
+        let s = ServiceStats::from(&service_pb());
+        assert_eq!(
+            keys_in_order(&s),
+            around_outcomes(
+                &["name", "calls", "oneway", "replies"],
+                &[
+                    "errors",
+                    "late_replies",
+                    "queue_depth",
+                    "in_flight",
+                    "live_workers",
+                    "total_credit",
+                    "free_credit",
+                ]
+            )
+        );
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v.get("unknown_service").is_none(), "moved to listeners");
+    }
+
+    /// A field added to the admin API (a new outcome above all) shows in
+    /// `-o json` too, under its own name.
+    #[test]
+    fn the_json_has_every_field_of_the_messages() {
+        let m = pb::MethodStats::default();
+        assert_eq!(sorted_keys(&MethodStats::from(&m)), proto_fields(&m));
+        let s = pb::ServiceStats::default();
+        assert_eq!(sorted_keys(&ServiceStats::from(&s)), proto_fields(&s));
+    }
+
+    fn stats_pb() -> pb::Stats {
+        pb::Stats {
             uptime_ms: 5,
             version: "0.1.0".into(),
             git_sha: "abc".into(),
-            services: vec![pb::ServiceStats {
-                name: "Echo".into(),
-                errors: 4,
-                total_credit: 8,
-                free_credit: 6,
-                ..Default::default()
-            }],
+            services: vec![service_pb()],
             listeners: vec![pb::ListenerStats {
                 name: "echo".into(),
                 refused: 1,
@@ -1110,7 +1184,7 @@ mod tests {
                 closed_write_timeout: 0,
                 ..Default::default()
             }],
-            methods: vec![m],
+            methods: vec![method_pb()],
             worker_stats: vec![pb::WorkerStats {
                 id: "7".into(),
                 services: vec!["Echo".into()],
@@ -1121,21 +1195,27 @@ mod tests {
             }],
             workers: 1,
             draining: false,
-        });
-        let v = serde_json::to_value(&s).unwrap();
-        for key in [
-            "uptime_ms",
-            "draining",
-            "version",
-            "git_sha",
-            "services",
-            "listeners",
-            "methods",
-            "workers",
-            "worker_stats",
-        ] {
-            assert!(v.get(key).is_some(), "no {key} in {v}");
         }
+    }
+
+    #[test]
+    fn stats_json() {
+        let s = Stats::from(&stats_pb());
+        assert_eq!(
+            keys_in_order(&s),
+            [
+                "uptime_ms",
+                "draining",
+                "version",
+                "git_sha",
+                "services",
+                "listeners",
+                "methods",
+                "workers",
+                "worker_stats",
+            ]
+        );
+        let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["version"], "0.1.0");
         assert_eq!(v["git_sha"], "abc");
         let svc = &v["services"][0];
@@ -1143,29 +1223,6 @@ mod tests {
             (&svc["errors"], &svc["total_credit"], &svc["free_credit"]),
             (&4.into(), &8.into(), &6.into())
         );
-        for key in [
-            "calls",
-            "oneway",
-            "replies",
-            "success",
-            "declared_exception",
-            "app_exception",
-            "timeouts",
-            "overloaded",
-            "no_worker",
-            "worker_died",
-            "shutdown",
-            "empty_reply",
-            "abandoned",
-            "bad_reply",
-            "late_replies",
-            "queue_depth",
-            "in_flight",
-            "live_workers",
-        ] {
-            assert!(svc.get(key).is_some(), "no {key} in {svc}");
-        }
-        assert!(svc.get("unknown_service").is_none(), "moved to listeners");
         let l = &v["listeners"][0];
         assert_eq!(l["refused"], 1);
         assert_eq!(l["closed_bad_frame"], 2);
