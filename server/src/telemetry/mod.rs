@@ -9,6 +9,35 @@
 //!
 //! Below the data and control planes: it imports only [`crate::thrift`].
 
+/// Declares an enum whose variants each have a label, its `ALL` array and
+/// `label()` from one list, so a variant can never be missing from `ALL`
+/// (whose positions index the counter arrays of the stats registry).
+macro_rules! labelled_enum {
+    (
+        $(#[$enum_doc:meta])* $name:ident,
+        $($(#[$doc:meta])* $variant:ident => $label:literal,)*
+    ) => {
+        $(#[$enum_doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in the order of the views (and of the counters).
+            pub const ALL: [$name; [$($name::$variant),*].len()] = [$($name::$variant),*];
+
+            /// The Prometheus label value.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)*
+                }
+            }
+        }
+    };
+}
+pub(crate) use labelled_enum;
+
 pub mod counters;
 pub mod exposition;
 pub mod health;

@@ -3,82 +3,52 @@
 //! Every call ends in exactly one outcome. The per-method counters are an
 //! array indexed by it, Prometheus labels and help text, the admin API's
 //! fields and the client-facing exception texts all come from here. Adding
-//! an outcome: a variant (and its row in each `match` below, which the
-//! compiler asks for), a field in `admin.proto`'s `MethodStats` and
-//! `ServiceStats` with its arm in `control/admin/convert.rs`, and a column
-//! in `thriftctl` (ctl/src/model.rs).
+//! an outcome: one line in the `outcomes!` list below (and, if the data
+//! plane answers with it, its text in `exception_text`; the compiler asks),
+//! a field in `admin.proto`'s `MethodStats` and `ServiceStats` with its arm
+//! in `control/admin/convert.rs` (the compiler asks again), and one line in
+//! `thriftctl`'s `outcomes!` list (ctl/src/model.rs).
 
 use crate::thrift::ReplyKind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+crate::telemetry::labelled_enum! {
+    /// How one call ended.
+    Outcome,
     /// A normal reply (oneway: the worker ran it).
-    Success,
+    Success => "success",
     /// A reply carrying an exception declared in the IDL.
-    DeclaredException,
+    DeclaredException => "declared_exception",
     /// A `TApplicationException` from the worker.
-    AppException,
+    AppException => "app_exception",
     /// No reply before the call's deadline.
-    Timeout,
+    Timeout => "timeout",
     /// Shed: queue full, no worker free within `queue_timeout`, or the
     /// request memory budget used up.
-    Overloaded,
+    Overloaded => "overloaded",
     /// Overloaded while the service had no live worker.
-    NoWorker,
+    NoWorker => "no_worker",
     /// Its worker died (or was evicted) while holding it.
-    WorkerDied,
+    WorkerDied => "worker_died",
     /// Still pending when the drain timed out.
-    Shutdown,
+    Shutdown => "shutdown",
     /// The worker answered a two-way call with nothing.
-    EmptyReply,
+    EmptyReply => "empty_reply",
     /// The client closed its connection while the call waited in the queue:
     /// dropped, never sent to a worker.
-    Abandoned,
+    Abandoned => "abandoned",
     /// The worker's reply did not answer the call (wrong protocol, type,
     /// name, seqid, or too large): the client got an exception instead.
-    BadReply,
+    BadReply => "bad_reply",
 }
 
 /// How many outcomes there are.
 pub const OUTCOMES: usize = Outcome::ALL.len();
 
 impl Outcome {
-    /// Every outcome, in the order of the views (and of the counters).
-    pub const ALL: [Outcome; 11] = [
-        Outcome::Success,
-        Outcome::DeclaredException,
-        Outcome::AppException,
-        Outcome::Timeout,
-        Outcome::Overloaded,
-        Outcome::NoWorker,
-        Outcome::WorkerDied,
-        Outcome::Shutdown,
-        Outcome::EmptyReply,
-        Outcome::Abandoned,
-        Outcome::BadReply,
-    ];
-
     /// Position in [`Outcome::ALL`] (and in a counter array).
     #[inline]
     pub const fn index(self) -> usize {
         self as usize
-    }
-
-    /// The Prometheus label value (`outcome="..."`) and admin field name.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::DeclaredException => "declared_exception",
-            Outcome::AppException => "app_exception",
-            Outcome::Timeout => "timeout",
-            Outcome::Overloaded => "overloaded",
-            Outcome::NoWorker => "no_worker",
-            Outcome::WorkerDied => "worker_died",
-            Outcome::Shutdown => "shutdown",
-            Outcome::EmptyReply => "empty_reply",
-            Outcome::Abandoned => "abandoned",
-            Outcome::BadReply => "bad_reply",
-        }
     }
 
     /// A failure of the data plane or the worker (counted in `errors`):

@@ -21,50 +21,22 @@ use super::health::CoreHealth;
 pub use super::histogram::Histogram;
 use super::outcome::{Outcome, OUTCOMES};
 
-/// Why a client connection was closed: the one table of close reasons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    ClientClose,
-    IdleTimeout,
-    FrameTooLarge,
-    BadFrame,
-    ProtocolError,
-    Shutdown,
-    IoError,
+super::labelled_enum! {
+    /// Why a client connection was closed: the one table of close reasons.
+    CloseReason,
+    ClientClose => "client_close",
+    IdleTimeout => "idle_timeout",
+    FrameTooLarge => "frame_too_large",
+    BadFrame => "bad_frame",
+    ProtocolError => "protocol_error",
+    Shutdown => "shutdown",
+    IoError => "io_error",
     /// The client accepted no answer bytes for `write_timeout`.
-    WriteTimeout,
+    WriteTimeout => "write_timeout",
 }
 
 /// How many close reasons there are.
 pub const CLOSE_REASONS: usize = CloseReason::ALL.len();
-
-impl CloseReason {
-    /// Every reason, in the order of the views (and of the counters).
-    pub const ALL: [CloseReason; 8] = [
-        CloseReason::ClientClose,
-        CloseReason::IdleTimeout,
-        CloseReason::FrameTooLarge,
-        CloseReason::BadFrame,
-        CloseReason::ProtocolError,
-        CloseReason::Shutdown,
-        CloseReason::IoError,
-        CloseReason::WriteTimeout,
-    ];
-
-    /// The Prometheus label value (`reason="..."`).
-    pub const fn label(self) -> &'static str {
-        match self {
-            CloseReason::ClientClose => "client_close",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::FrameTooLarge => "frame_too_large",
-            CloseReason::BadFrame => "bad_frame",
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::IoError => "io_error",
-            CloseReason::WriteTimeout => "write_timeout",
-        }
-    }
-}
 
 /// Per-listener counters, written by its connections.
 #[derive(Debug)]
