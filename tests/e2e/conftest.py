@@ -4,6 +4,7 @@ a test starts is killed at teardown, and a failing test's report carries the
 output tails of all of them."""
 
 import copy
+import os
 import json
 import shutil
 import sys
@@ -226,10 +227,11 @@ def worker(processes, dataplane):
 
         worker()                      # Rust examples/echo-worker
         worker("py", concurrency=3)   # tests/e2e/pyworker.py
+        worker("pkg", mode="threads", target="pyapp:thriftpy2")   # thriftworker-py
     """
 
     def start(kind="rust", *, concurrency=None, services=None, token=None, token_file=None,
-              endpoint=None, dp=None, wait=True, env=None):
+              endpoint=None, dp=None, wait=True, env=None, mode="inline", target="pyapp:apache"):
         dp = dp or (dataplane.started[-1] if dataplane.started else None)
         endpoint = endpoint or dp.endpoint
         extra_env = dict(env or {})
@@ -252,6 +254,16 @@ def worker(processes, dataplane):
             if token is not None:
                 argv += ["--token", token]
             assert token_file is None, "pyworker takes --token"
+        elif kind == "pkg":
+            # The `thriftworker` Python package (python/), installed in the venv.
+            argv = [sys.executable, "-m", "thriftworker", "--endpoint", endpoint, "--mode", mode, target]
+            if concurrency is not None:
+                argv += ["--concurrency", concurrency]
+            if token_file is not None:
+                argv += ["--token-file", token_file]
+            if token is not None:
+                extra_env["THRIFTWORKER_WORKER_TOKEN"] = token
+            extra_env["PYTHONPATH"] = os.path.dirname(os.path.abspath(__file__))
         else:
             raise ValueError(kind)
         before = dp.registered() if dp else 0
@@ -262,6 +274,8 @@ def worker(processes, dataplane):
             dp.wait_registered(before + 1, MAX_WAIT, context=processes.tails)
             if kind == "py":
                 wait_for(lambda: "ready worker_id=" in w.stdout, 5, "pyworker's ready line", processes.tails)
+            if kind == "pkg":
+                wait_for(lambda: "ready worker_id=" in w.stderr, 5, "the worker's ready line", processes.tails)
         return w
 
     return start

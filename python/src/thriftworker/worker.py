@@ -1,0 +1,362 @@
+"""A worker process's loop: one ZeroMQ DEALER socket speaking the worker
+protocol (docs/worker-protocol.md) to one data plane, calls run inline on
+the socket's thread or on a bounded thread pool.
+
+The socket is only ever used by the thread that calls `run()`. In `threads`
+mode each finished call is put on a queue and a byte is written to a pipe
+that the loop polls together with the socket, so a reply leaves as soon as
+it is ready and the loop never blocks on a handler.
+
+What the loop guarantees the data plane:
+- never more calls at once than the credit announced in READY;
+- a HEARTBEAT whenever it has sent nothing for one interval (inline mode:
+  between calls, so a handler that runs for longer than
+  `heartbeat_liveness` intervals gets the worker declared dead; run long
+  handlers in `threads` mode);
+- exactly one REPLY per REQUEST of the current registration; replies meant
+  for a connection that is gone are dropped;
+- on `stop()` (SIGTERM/SIGINT from the CLI): DISCONNECT, the calls in
+  flight finished and answered, then it waits for the data plane's goodbye
+  (at most `leave_timeout`) before it closes the socket;
+- after a DISCONNECT from the data plane (it restarted, or evicted us) or
+  `heartbeat_liveness` silent intervals: READY again, with backoff.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from . import codec, context, wire
+from .processors import CallProcessor, adapt
+
+log = logging.getLogger("thriftworker")
+
+MODES = ("inline", "threads")
+
+
+class Refused(Exception):
+    """The data plane refused our READY (wrong token, unknown service)."""
+
+
+@dataclass
+class _Registration:
+    """What holds for one connection to the data plane."""
+
+    session: int
+    registered: bool = False
+    ever: bool = False
+    ready_sent_at: float | None = None
+    next_ready_at: float = 0.0
+    backoff: float = 0.1
+
+
+class Worker:
+    """Serves `services` ({"Echo": processor, ...}) for the data plane at
+    `endpoint` until `stop()` is called.
+
+    `mode`: "inline" (one call at a time, on the socket's thread: the least
+    overhead per call) or "threads" (`concurrency` calls at once on a thread
+    pool: for handlers that block). The credit announced is what the mode
+    can serve: 1 inline, `concurrency` with threads.
+
+    The worker token comes from `token`, else the file `token_file`, else
+    the environment variable THRIFTWORKER_WORKER_TOKEN.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        services: Mapping[str, Any],
+        *,
+        mode: str = "inline",
+        concurrency: int = 1,
+        token: str | bytes | None = None,
+        token_file: str | None = None,
+        heartbeat_liveness: int = 3,
+        leave_timeout: float = 10.0,
+        zmq_context: zmq.Context[Any] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode == "inline" and concurrency != 1:
+            raise ValueError("inline mode runs one call at a time: use mode='threads' for concurrency > 1")
+        if not 1 <= concurrency <= wire.MAX_CREDIT:
+            raise ValueError(f"concurrency must be between 1 and {wire.MAX_CREDIT}")
+        if not services:
+            raise ValueError("give at least one service: services={'Name': processor}")
+        self.endpoint = endpoint
+        self.mode = mode
+        self.credit = concurrency
+        self.processors: dict[str, CallProcessor] = {n: adapt(p) for n, p in services.items()}
+        self.token = _load_token(token, token_file)
+        self.liveness = heartbeat_liveness
+        self.leave_timeout = leave_timeout
+        self.worker_id: str | None = None
+        self._ctx = zmq_context or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] | None = None
+        self._reg = _Registration(session=0)
+        self._heartbeat = 1.0
+        self._last_sent = self._last_recv = time.monotonic()
+        self._outstanding: set[int] = set()
+        self._running = 0
+        self._stop = threading.Event()
+        self._leaving_since: float | None = None
+        self._bye = False
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._results: queue.SimpleQueue[tuple[int, int, bytes]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- public ---------------------------------------------------------
+    def stop(self) -> None:
+        """Leave gracefully (thread-safe; also safe from a signal handler)."""
+        self._stop.set()
+        self._wake()
+
+    @property
+    def wakeup_fd(self) -> int:
+        """A file descriptor whose writes wake the loop (for `signal.set_wakeup_fd`)."""
+        return self._wake_w
+
+    def run(self) -> None:
+        """Serves until `stop()`; raises `Refused` if the first READY is refused."""
+        if self.mode == "threads":
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.credit, thread_name_prefix="thriftworker-call"
+            )
+        try:
+            self._open_socket()
+            while not self._done():
+                self._turn()
+        finally:
+            if self._sock is not None:
+                self._sock.close(linger=2000)  # the last REPLYs and DISCONNECT go out
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # -- the loop -------------------------------------------------------
+    def _done(self) -> bool:
+        if self._leaving_since is None:
+            return False
+        if self._running or not self._results.empty():
+            return False
+        return self._bye or time.monotonic() - self._leaving_since > self.leave_timeout
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        if self._stop.is_set() and self._leaving_since is None:
+            self._leave(now)
+        if self._leaving_since is None:
+            self._keep_registered(now)
+        if self._reg.registered and now - self._last_sent >= self._heartbeat:
+            self._send(wire.heartbeat())
+        assert self._sock is not None
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        wait = self._heartbeat / 2 if self._reg.registered else 0.05
+        events = dict(poller.poll(timeout=max(1, int(wait * 1000))))
+        if self._wake_r in events:
+            _drain_pipe(self._wake_r)
+        self._send_results()
+        while self._sock.poll(0, zmq.POLLIN):
+            self._on_message(self._sock.recv_multipart())
+
+    def _leave(self, now: float) -> None:
+        self._leaving_since = now
+        log.info("leaving: DISCONNECT sent, %d call(s) in flight", self._running)
+        if self._reg.registered:
+            self._send(wire.disconnect("worker shutting down"))
+        else:
+            self._bye = True  # nobody to say goodbye to
+
+    def _keep_registered(self, now: float) -> None:
+        reg = self._reg
+        if not reg.registered and reg.ready_sent_at is None:
+            # Re-register once the calls of the earlier registration are done.
+            if now >= reg.next_ready_at and self._running == 0:
+                self._send_ready()
+        elif reg.ready_sent_at is not None and now - reg.ready_sent_at > max(2.0, reg.backoff):
+            log.warning("no answer to READY from %s: reconnecting", self.endpoint)
+            reg.backoff = min(reg.backoff * 2, 5.0)
+            self._open_socket()
+        elif reg.registered and now - self._last_recv > self._heartbeat * self.liveness:
+            log.warning("data plane silent for %.1fs: reconnecting", now - self._last_recv)
+            self._open_socket()
+
+    # -- socket ---------------------------------------------------------
+    def _open_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        backoff = self._reg.backoff
+        ever = self._reg.ever
+        self._reg = _Registration(session=self._reg.session + 1, ever=ever, backoff=backoff)
+        self._outstanding = set()
+        self._send_ready()
+
+    def _send(self, frames: list[bytes]) -> None:
+        assert self._sock is not None
+        self._sock.send_multipart(frames)
+        self._last_sent = time.monotonic()
+
+    def _send_ready(self) -> None:
+        self._send(wire.ready(self.credit, self.token, list(self.processors)))
+        self._reg.ready_sent_at = self._last_recv = time.monotonic()
+
+    # -- messages -------------------------------------------------------
+    def _on_message(self, frames: list[bytes]) -> None:
+        self._last_recv = time.monotonic()
+        try:
+            msg = wire.decode(frames)
+        except wire.WireError as e:
+            log.warning("dropping a malformed message from the data plane: %s", e)
+            return
+        if isinstance(msg, wire.Request):
+            self._on_request(msg)
+        elif isinstance(msg, wire.ReadyAck):
+            self._on_ready(msg)
+        elif isinstance(msg, wire.Disconnect):
+            self._on_disconnect(msg.reason)
+
+    def _on_ready(self, ack: wire.ReadyAck) -> None:
+        reg = self._reg
+        self._heartbeat = max(ack.heartbeat_interval_ms, 10) / 1000.0
+        reg.registered = reg.ever = True
+        reg.ready_sent_at = None
+        reg.backoff = 0.1
+        self._outstanding = set()
+        self.worker_id = ack.worker_id
+        log.info(
+            "ready worker_id=%s services=%s credit=%d mode=%s",
+            ack.worker_id,
+            ",".join(self.processors),
+            self.credit,
+            self.mode,
+        )
+
+    def _on_disconnect(self, reason: str) -> None:
+        reg = self._reg
+        if self._leaving_since is not None:
+            self._bye = True
+            return
+        if not reg.ever:
+            raise Refused(reason)
+        log.warning("data plane sent DISCONNECT (%s): registering again", reason)
+        reg.registered = False
+        reg.ready_sent_at = None
+        reg.next_ready_at = time.monotonic() + reg.backoff
+        reg.backoff = min(reg.backoff * 2, 5.0)
+
+    def _on_request(self, req: wire.Request) -> None:
+        if len(self._outstanding) >= self.credit:
+            log.error(
+                "CREDIT VIOLATION: request %d arrived with %d unanswered (credit %d)",
+                req.request_id,
+                len(self._outstanding),
+                self.credit,
+            )
+        self._outstanding.add(req.request_id)
+        deadline = time.monotonic() + req.timeout_ms / 1000.0
+        call = context.CallContext(req.request_id, req.service, req.timeout_ms, deadline)
+        session = self._reg.session
+        self._running += 1
+        if self._pool is None:
+            self._finish(session, req.request_id, self._serve(call, req))
+        else:
+            self._pool.submit(self._serve_on_pool, session, call, req)
+
+    def _serve(self, call: context.CallContext, req: wire.Request) -> bytes:
+        """Runs one call; always returns the bytes of its REPLY."""
+        processor = self.processors.get(req.service)
+        if processor is None:
+            text = f"thriftworker: this worker does not serve {req.service!r}"
+            return _failure(req, codec.UNKNOWN_METHOD, text)
+        if call.expired():
+            # Its time is up: the data plane has answered the client already.
+            return _failure(
+                req, codec.INTERNAL_ERROR, "thriftworker: deadline passed before the call started"
+            )
+        token = context._set(call)
+        try:
+            return processor.serve(req.protocol, req.message)
+        except Exception as e:  # a CallProcessor of the user's that raises
+            log.exception("call failed")
+            return _failure(req, codec.INTERNAL_ERROR, f"thriftworker: {type(e).__name__}: {e}")
+        finally:
+            context._reset(token)
+
+    def _serve_on_pool(self, session: int, call: context.CallContext, req: wire.Request) -> None:
+        try:
+            reply = self._serve(call, req)
+        except BaseException:  # never lose a call's answer
+            reply = _failure(req, codec.INTERNAL_ERROR, "thriftworker: the call failed")
+        self._results.put((session, req.request_id, reply))
+        self._wake()
+
+    def _send_results(self) -> None:
+        while True:
+            try:
+                session, request_id, reply = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._finish(session, request_id, reply)
+
+    def _finish(self, session: int, request_id: int, reply: bytes) -> None:
+        self._running -= 1
+        if session != self._reg.session:
+            return  # for an earlier connection: that registration is gone
+        self._outstanding.discard(request_id)
+        self._send(wire.reply(request_id, reply))
+
+    def _wake(self) -> None:
+        # The pipe may be full (the loop wakes anyway) or closed (it ended).
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+
+def _failure(req: wire.Request, kind: int, text: str) -> bytes:
+    try:
+        h = codec.read_header(req.protocol, req.message)
+    except codec.CodecError:
+        return b""
+    if h.message_type == codec.ONEWAY:
+        return b""
+    return codec.application_exception(req.protocol, h.name, h.seqid, kind, text)
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _load_token(token: str | bytes | None, token_file: str | None) -> bytes:
+    if token is not None:
+        return token.encode() if isinstance(token, str) else token
+    if token_file is not None:
+        with open(token_file, "rb") as f:
+            value = f.read().strip()
+        if not value:
+            raise ValueError(f"the worker token file {token_file} is empty")
+        return value
+    return os.environ.get("THRIFTWORKER_WORKER_TOKEN", "").strip().encode()

@@ -1,0 +1,226 @@
+"""The worker loop against a ROUTER socket the test drives by hand (real
+ZeroMQ, in process): what the data plane sees of a worker."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from thrift.Thrift import TMessageType
+
+from conftest import Echo, Handler, decode_reply, encode_call
+from thriftworker import Refused, Worker, current_call, wire
+
+
+class Plane:
+    """The data plane's side of one worker connection."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.peer = b""
+
+    def recv(self, timeout: float = 5.0) -> list[bytes]:
+        assert self.sock.poll(int(timeout * 1000)), "nothing from the worker"
+        peer, *frames = self.sock.recv_multipart()
+        self.peer = peer
+        return frames
+
+    def recv_cmd(self, cmd: int, timeout: float = 5.0) -> list[bytes]:
+        """The next message with command `cmd`, skipping heartbeats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frames = self.recv(max(0.01, deadline - time.monotonic()))
+            if frames[0][1] == cmd:
+                return frames
+            assert frames[0][1] == wire.HEARTBEAT, frames
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.send_multipart([self.peer, *frames])
+
+    def ack(self, heartbeat_ms: int = 1000) -> None:
+        self.send(b"\x01\x01", struct.pack(">I", heartbeat_ms), b"w1")
+
+    def request(self, request_id: int, message: bytes, timeout_ms: int = 5000, protocol: int = 0) -> None:
+        self.send(b"\x01\x02", struct.pack(">QIB", request_id, timeout_ms, protocol), b"Echo", message)
+
+
+@pytest.fixture
+def plane() -> Iterator[Plane]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    p = Plane(ctx)
+    yield p
+    p.sock.close()
+    ctx.term()
+
+
+def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errors
+
+
+def test_ready_then_calls_are_answered_in_order(plane: Plane, handler: Handler) -> None:
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(handler)}, token="tok")
+    t, _ = start(w)
+    ready = plane.recv_cmd(wire.READY)
+    assert ready[1:] == [struct.pack(">I", 1), b"tok", b"Echo"]
+    plane.ack()
+    for i in range(3):
+        plane.request(i, encode_call(0, "echo", i, message=f"m{i}"))
+        r = plane.recv_cmd(wire.REPLY)
+        assert struct.unpack(">Q", r[1])[0] == i
+        assert decode_reply(0, "echo", r[2])[2].success == f"m{i}"
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_threads_mode_announces_its_concurrency_and_runs_calls_at_once(plane: Plane) -> None:
+    gate = threading.Barrier(3, timeout=5)
+
+    class Blocking(Handler):
+        def slow(self, message: str, sleep_ms: int) -> str:
+            gate.wait()  # all three calls must be running together
+            return message
+
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Blocking())}, mode="threads", concurrency=3)
+    t, _ = start(w)
+    assert plane.recv_cmd(wire.READY)[1] == struct.pack(">I", 3)
+    plane.ack()
+    for i in range(3):
+        plane.request(i, encode_call(0, "slow", i, message=str(i), sleep_ms=0))
+    ids = {struct.unpack(">Q", plane.recv_cmd(wire.REPLY)[1])[0] for _ in range(3)}
+    assert ids == {0, 1, 2}
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+
+
+def test_stop_answers_the_calls_in_flight_before_leaving(plane: Plane) -> None:
+    release = threading.Event()
+
+    class Slow(Handler):
+        def slow(self, message: str, sleep_ms: int) -> str:
+            release.wait(5)
+            return message
+
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Slow())}, mode="threads", concurrency=2)
+    t, _ = start(w)
+    plane.recv_cmd(wire.READY)
+    plane.ack()
+    plane.request(9, encode_call(0, "slow", 9, message="late", sleep_ms=0))
+    time.sleep(0)  # (the request is queued in ZeroMQ either way)
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    assert t.is_alive(), "left with a call in flight"
+    release.set()
+    r = plane.recv_cmd(wire.REPLY)
+    assert decode_reply(0, "slow", r[2])[2].success == "late"
+    assert t.is_alive(), "left before the data plane's goodbye"
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_a_refused_ready_ends_run_with_the_reason(plane: Plane, handler: Handler) -> None:
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(handler)})
+    t, errors = start(w)
+    plane.recv_cmd(wire.READY)
+    plane.send(b"\x01\x05", b"refused: wrong or missing worker token")
+    t.join(5)
+    assert len(errors) == 1 and isinstance(errors[0], Refused)
+    assert "wrong or missing worker token" in str(errors[0])
+
+
+def test_a_disconnect_after_registration_registers_again(plane: Plane, handler: Handler) -> None:
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(handler)})
+    t, _ = start(w)
+    plane.recv_cmd(wire.READY)
+    plane.ack()
+    plane.send(b"\x01\x05", b"unknown worker, send READY")  # e.g. the data plane restarted
+    plane.recv_cmd(wire.READY)
+    plane.ack()
+    plane.request(1, encode_call(0, "echo", 1, message="again"))
+    assert decode_reply(0, "echo", plane.recv_cmd(wire.REPLY)[2])[2].success == "again"
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+
+
+def test_heartbeats_follow_the_data_planes_interval(plane: Plane, handler: Handler) -> None:
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(handler)})
+    t, _ = start(w)
+    plane.recv_cmd(wire.READY)
+    plane.ack(heartbeat_ms=50)
+    started = time.monotonic()
+    beats = 0
+    while beats < 5:
+        frames = plane.recv(timeout=1.0)
+        assert frames[0][1] == wire.HEARTBEAT, "the worker re-registered: it found us silent"
+        plane.send(b"\x01\x04")  # ours, so it does not find us silent
+        beats += 1
+    # 5 intervals of 50 ms; a worker still at the default 1 s would need 5 s.
+    assert time.monotonic() - started < 2.0, "heartbeats slower than the 50 ms interval"
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+
+
+def test_the_handler_sees_its_deadline_and_an_expired_call_is_not_run(plane: Plane) -> None:
+    seen: list[float] = []
+
+    class Timed(Handler):
+        def echo(self, message: str) -> str:
+            call = current_call()
+            assert call is not None
+            seen.append(call.remaining())
+            return message
+
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Timed())})
+    t, _ = start(w)
+    plane.recv_cmd(wire.READY)
+    plane.ack()
+    plane.request(1, encode_call(0, "echo", 1, message="a"), timeout_ms=2000)
+    assert decode_reply(0, "echo", plane.recv_cmd(wire.REPLY)[2])[0] == TMessageType.REPLY
+    assert len(seen) == 1 and 0 < seen[0] <= 2.0
+    plane.request(2, encode_call(0, "echo", 2, message="b"), timeout_ms=0)
+    mtype, seqid, e = decode_reply(0, "echo", plane.recv_cmd(wire.REPLY)[2])
+    assert (mtype, seqid) == (TMessageType.EXCEPTION, 2)
+    assert "deadline passed" in e.message
+    assert len(seen) == 1, "an expired call was run"
+    assert current_call() is None
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+
+
+def test_settings_that_cannot_work_are_refused_at_once(handler: Handler) -> None:
+    p = {"Echo": Echo.Processor(handler)}
+    with pytest.raises(ValueError, match="inline mode"):
+        Worker("tcp://127.0.0.1:1", p, concurrency=2)
+    with pytest.raises(ValueError, match="mode must be"):
+        Worker("tcp://127.0.0.1:1", p, mode="fibers")
+    with pytest.raises(ValueError, match="at least one service"):
+        Worker("tcp://127.0.0.1:1", {})

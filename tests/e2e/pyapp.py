@@ -1,0 +1,71 @@
+"""The example services (examples/idl/echo.thrift) for the `thriftworker`
+Python package's e2e tests, as targets of `thriftworker-py`:
+
+    thriftworker-py --endpoint E pyapp:apache      # Apache-generated processors
+    thriftworker-py --endpoint E pyapp:thriftpy2   # thriftpy2 processors
+
+Same handler semantics as pyworker.py's, plus `fail(code=0)` raising an
+exception the IDL does not declare.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "gen"))
+
+
+class Handler:
+    def __init__(self, error: Any) -> None:
+        self._error = error
+        self._lock = threading.Lock()
+        self._notified = 0
+
+    def echo(self, message: str) -> str:
+        return message
+
+    def notify(self, message: str) -> None:
+        with self._lock:
+            self._notified += 1
+
+    def notified(self) -> int:
+        with self._lock:
+            return self._notified
+
+    def fail(self, message: str, code: int) -> str:
+        if code == 0:
+            raise RuntimeError(f"undeclared: {message}")
+        raise self._error(message=message, code=code)
+
+    def slow(self, message: str, sleep_ms: int) -> str:
+        time.sleep(max(sleep_ms, 0) / 1000.0)
+        return message
+
+    def whoami(self) -> str:
+        return f"pkg:{os.getpid()}"
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+def apache() -> dict[str, Any]:
+    from echo import Calc, Echo
+    from echo.ttypes import EchoError
+
+    handler = Handler(EchoError)
+    return {"Echo": Echo.Processor(handler), "Calc": Calc.Processor(handler)}
+
+
+def thriftpy2() -> dict[str, Any]:
+    import thriftpy2 as tp2
+    from thriftpy2.thrift import TProcessor
+
+    idl = os.path.join(HERE, "..", "..", "examples", "idl", "echo.thrift")
+    module = tp2.load(idl, module_name="echo_thrift")
+    handler = Handler(module.EchoError)
+    return {"Echo": TProcessor(module.Echo, handler), "Calc": TProcessor(module.Calc, handler)}
