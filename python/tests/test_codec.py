@@ -24,8 +24,9 @@ def written(code: int, name: str, mtype: int, seqid: int) -> bytes:
 @pytest.mark.parametrize("seqid", [0, 1, 127, 128, 300_000, 2**31 - 1, -1, -(2**31)])
 def test_reads_the_headers_thrift_writes(code: int, seqid: int) -> None:
     for mtype in (TMessageType.CALL, TMessageType.ONEWAY):
-        h = codec.read_header(code, written(code, "Echo:echo", mtype, seqid))
-        assert h == codec.Header("Echo:echo", mtype, seqid)
+        message = written(code, "Echo:echo", mtype, seqid)
+        assert codec.read_header(code, message) == codec.Header("Echo:echo", mtype, seqid)
+        assert codec.message_type(code, message) == mtype
 
 
 @pytest.mark.parametrize("code", PROTOCOLS)
@@ -56,3 +57,4 @@ def test_application_exception_reads_back_with_thrift(code: int) -> None:
 def test_garbage_is_a_codec_error(code: int, data: bytes) -> None:
     with pytest.raises(codec.CodecError):
         codec.read_header(code, data)
+    codec.message_type(code, data)  # some value, never an exception

@@ -25,9 +25,7 @@ def test_reply_heartbeat_disconnect_frames() -> None:
 def test_decode_every_server_message() -> None:
     assert wire.decode([b"\x01\x01", struct.pack(">I", 250), b"w3"]) == wire.ReadyAck(250, "w3")
     meta = struct.pack(">QIB", 2**40, 1500, wire.COMPACT)
-    assert wire.decode([b"\x01\x02", meta, b"Echo", b"msg"]) == wire.Request(
-        2**40, 1500, wire.COMPACT, "Echo", b"msg"
-    )
+    assert wire.decode([b"\x01\x02", meta, b"Echo", b"msg"]) == wire.Request(2**40, 1500, wire.COMPACT, "Echo", b"msg")
     assert wire.decode([b"\x01\x04"]) == wire.Heartbeat()
     assert wire.decode([b"\x01\x05", b"bye"]) == wire.Disconnect("bye")
     assert wire.decode([b"\x01\x05"]) == wire.Disconnect("")

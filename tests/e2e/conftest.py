@@ -231,7 +231,8 @@ def worker(processes, dataplane):
     """
 
     def start(kind="rust", *, concurrency=None, services=None, token=None, token_file=None,
-              endpoint=None, dp=None, wait=True, env=None, mode="inline", target="pyapp:apache"):
+              endpoint=None, dp=None, wait=True, env=None, mode="inline", target="pyapp:apache",
+              workers=None, args=()):
         dp = dp or (dataplane.started[-1] if dataplane.started else None)
         endpoint = endpoint or dp.endpoint
         extra_env = dict(env or {})
@@ -256,7 +257,10 @@ def worker(processes, dataplane):
             assert token_file is None, "pyworker takes --token"
         elif kind == "pkg":
             # The `thriftworker` Python package (python/), installed in the venv.
-            argv = [sys.executable, "-m", "thriftworker", "--endpoint", endpoint, "--mode", mode, target]
+            # `workers=None`: one worker in the process (`--single`); else the
+            # supervisor with that many worker processes.
+            argv = [sys.executable, "-m", "thriftworker", "--endpoint", endpoint, "--mode", mode, *args, target]
+            argv += ["--single"] if workers is None else ["--workers", workers]
             if concurrency is not None:
                 argv += ["--concurrency", concurrency]
             if token_file is not None:
@@ -267,15 +271,17 @@ def worker(processes, dataplane):
         else:
             raise ValueError(kind)
         before = dp.registered() if dp else 0
+        expected = workers if kind == "pkg" and workers is not None else 1
         n = sum(1 for p in processes.all if p.name.startswith(f"{kind}-worker"))
         process = processes.start(f"{kind}-worker#{n}", argv, clean_env(**extra_env))
         w = Worker(kind, process)
         if wait:
-            dp.wait_registered(before + 1, MAX_WAIT, context=processes.tails)
+            dp.wait_registered(before + expected, MAX_WAIT, context=processes.tails)
             if kind == "py":
                 wait_for(lambda: "ready worker_id=" in w.stdout, 5, "pyworker's ready line", processes.tails)
             if kind == "pkg":
-                wait_for(lambda: "ready worker_id=" in w.stderr, 5, "the worker's ready line", processes.tails)
+                ready = lambda: (w.stdout + w.stderr).count("ready worker_id=") >= expected  # noqa: E731
+                wait_for(ready, 5, "the worker's ready line", processes.tails)
         return w
 
     return start

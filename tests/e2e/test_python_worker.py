@@ -132,3 +132,142 @@ def test_check_loads_the_target_and_exits(processes):
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 1 and "nothing" in bad.stderr, bad
+
+
+# -- the supervisor (thriftworker-py --workers N) ----------------------------------
+
+
+class SteadyLoad:
+    """`threads` clients calling echo in a loop until stopped; every failure
+    (exception or wrong answer) is kept."""
+
+    def __init__(self, addr, threads=4):
+        import threading
+
+        self.addr = addr
+        self.stop_flag = threading.Event()
+        self.calls = 0
+        self.failures = []
+        self.pids = set()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, i):
+        n = 0
+        while not self.stop_flag.is_set() and len(self.failures) < 100:
+            try:
+                with thrift_client(self.addr) as client:
+                    for _ in range(20):
+                        n += 1
+                        msg = f"{i}-{n}"
+                        got = client.echo(msg)
+                        who = client.whoami()
+                        with self.lock:
+                            self.calls += 2
+                            self.pids.add(who)
+                            if got != msg:
+                                self.failures.append(f"wrong answer {got!r} for {msg!r}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with self.lock:
+                    self.failures.append(repr(e))
+
+    def wait_calls(self, n, what):
+        start = self.calls
+        wait_for(lambda: self.calls >= start + n, 20, what)
+
+    def finish(self):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(30)
+        return self.failures
+
+
+def children(w):
+    """The worker processes the supervisor says it spawned (pids)."""
+    import re
+
+    return [int(p) for p in re.findall(r"worker process (\d+) spawned", w.stderr)]
+
+
+def test_supervisor_restarts_a_killed_process_and_its_call_is_answered(dataplane, worker, processes):
+    import os
+
+    dp = dataplane()
+    w = worker("pkg", workers=2)
+    pids = children(w)
+    assert len(pids) == 2, w.stderr
+    with RawConnection(dp.addr("echo")) as conn:
+        conn.send_call("slow", slow_args("never", 20000), 5)
+        wait_for(lambda: dp_in_flight(dp) == 1, 10, "the call at a worker", processes.tails)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        r = conn.recv_message(result_cls=Echo.slow_result, timeout=10)
+        assert (r.mtype, r.seqid) == (TMessageType.EXCEPTION, 5), r
+        assert "worker died" in r.value.message, r.value.message
+    wait_for(lambda: len(children(w)) == 4, 20, "two new worker processes", processes.tails)
+    assert w.stderr.count("killed by SIGKILL: restarting") == 2, w.stderr
+    dp.wait_registered(4, 20, context=processes.tails)
+    with thrift_client(dp.addr("echo")) as client:
+        assert client.echo("back") == "back"
+        assert int(client.whoami().split(":")[1]) in children(w)[2:]
+
+
+def test_sighup_reloads_under_load_without_a_failed_call(dataplane, worker, processes):
+    dp = dataplane()
+    w = worker("pkg", workers=2, mode="threads", concurrency=2)
+    old = set(children(w))
+    load = SteadyLoad(dp.addr("echo"))
+    try:
+        load.wait_calls(200, "calls before the reload")
+        w.signal(signal.SIGHUP)
+        wait_for(lambda: "stopping 2 old one(s) gracefully" in w.stderr, 20, "the reload", processes.tails)
+        new = set(children(w)) - old
+        assert len(new) == 2, w.stderr
+        wait_for(lambda: w.stderr.count("exited with status 0") >= 2, 20, "the old processes to leave", processes.tails)
+        load.pids.clear()
+        load.wait_calls(200, "calls after the reload")
+    finally:
+        failures = load.finish()
+    assert failures == [], failures[:5]
+    assert {int(p.split(":")[1]) for p in load.pids} <= new, (load.pids, new)
+    assert "worker dead" not in dp.stderr, dp.tail()
+
+
+def test_sigterm_stops_every_process_gracefully_under_load(dataplane, worker, processes):
+    dp = dataplane()
+    w = worker("pkg", workers=2)
+    load = SteadyLoad(dp.addr("echo"), threads=2)
+    try:
+        load.wait_calls(100, "calls before SIGTERM")
+        # The data plane stays up: once the workers are gone, calls wait in
+        # its queue and are answered "no live worker" after queue_timeout.
+        # What must not happen is a call lost at a worker.
+        w.signal(signal.SIGTERM)
+        assert w.process.wait_exit(20) == 0, w.stderr
+    finally:
+        failures = load.finish()
+    lost = [f for f in failures if "worker died" in f or "shutting down" in f]
+    assert lost == [], lost[:5]
+    assert w.stderr.count("exited with status 0") == 2, w.stderr
+    assert "worker dead" not in dp.stderr, dp.tail()
+
+
+def test_max_requests_recycles_a_process(dataplane, worker, processes):
+    dp = dataplane()
+    w = worker("pkg", workers=1, args=("--max-requests", "50"))
+    with thrift_client(dp.addr("echo")) as client:
+        for i in range(120):
+            assert client.echo(str(i)) == str(i)
+    wait_for(lambda: w.stderr.count("recycled") >= 2, 20, "two recycles", processes.tails)
+    assert len(children(w)) >= 3
+
+
+def test_supervisor_exits_2_when_refused(dataplane, worker, short_tmp):
+    path = short_tmp / "token"
+    path.write_text("right-token\n")
+    dataplane(workers={"token_file": str(path)})
+    w = worker("pkg", workers=2, token="wrong", wait=False)
+    assert w.process.wait_exit(20) == 2, w.stderr
+    assert "refused by the data plane" in w.stderr

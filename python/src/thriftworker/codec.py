@@ -46,6 +46,20 @@ def read_header(protocol: int, message: bytes) -> Header:
     raise CodecError(f"unknown protocol {protocol}")
 
 
+def message_type(protocol: int, message: bytes) -> int:
+    """Just the message type (CALL, ONEWAY, ...), without reading the name:
+    what the worker needs for every call; -1 if unreadable."""
+    try:
+        if protocol == COMPACT:
+            return message[1] >> 5
+        first: int = _U32.unpack_from(message, 0)[0]
+        if first & 0x80000000:
+            return first & 0xFF
+        return message[4 + first] if first <= _MAX_NAME else -1
+    except (IndexError, struct.error):
+        return -1
+
+
 def _binary_header(m: bytes) -> Header:
     first = _U32.unpack_from(m, 0)[0]
     if first & 0x80000000:  # strict: version word, then the name

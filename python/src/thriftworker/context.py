@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class CallContext:
-    """What the data plane said about one call."""
+class CallContext(NamedTuple):
+    """What the data plane said about one call (a tuple: one is made per call)."""
 
     request_id: int
     service: str
@@ -31,9 +30,7 @@ class CallContext:
         return time.monotonic() >= self.deadline
 
 
-_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
-    "thriftworker_call", default=None
-)
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("thriftworker_call", default=None)
 
 
 def current_call() -> CallContext | None:

@@ -42,10 +42,7 @@ def _answer_failure(protocol: int, message: bytes, kind: int, text: str) -> byte
 
 
 def _is_oneway(protocol: int, message: bytes) -> bool:
-    try:
-        return codec.read_header(protocol, message).message_type == codec.ONEWAY
-    except codec.CodecError:
-        return False
+    return codec.message_type(protocol, message) == codec.ONEWAY
 
 
 class _Served:

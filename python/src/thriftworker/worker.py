@@ -31,7 +31,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,8 @@ from .processors import CallProcessor, adapt
 log = logging.getLogger("thriftworker")
 
 MODES = ("inline", "threads")
+#: Messages handled in a row before the loop looks at its timers again.
+_BURST = 256
 
 
 class Refused(Exception):
@@ -72,6 +74,10 @@ class Worker:
 
     The worker token comes from `token`, else the file `token_file`, else
     the environment variable THRIFTWORKER_WORKER_TOKEN.
+
+    `max_requests` (if not 0): leave gracefully after that many calls (the
+    supervisor replaces the process). `on_ready(worker_id)` is called each
+    time the data plane accepts the worker.
     """
 
     def __init__(
@@ -85,6 +91,8 @@ class Worker:
         token_file: str | None = None,
         heartbeat_liveness: int = 3,
         leave_timeout: float = 10.0,
+        max_requests: int = 0,
+        on_ready: Callable[[str], None] | None = None,
         zmq_context: zmq.Context[Any] | None = None,
     ) -> None:
         if mode not in MODES:
@@ -102,9 +110,13 @@ class Worker:
         self.token = _load_token(token, token_file)
         self.liveness = heartbeat_liveness
         self.leave_timeout = leave_timeout
+        self.max_requests = max_requests
+        self._served = 0
+        self._on_ready_cb = on_ready
         self.worker_id: str | None = None
         self._ctx = zmq_context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
+        self._poller = zmq.Poller()
         self._reg = _Registration(session=0)
         self._heartbeat = 1.0
         self._last_sent = self._last_recv = time.monotonic()
@@ -164,17 +176,25 @@ class Worker:
             self._keep_registered(now)
         if self._reg.registered and now - self._last_sent >= self._heartbeat:
             self._send(wire.heartbeat())
-        assert self._sock is not None
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         wait = self._heartbeat / 2 if self._reg.registered else 0.05
-        events = dict(poller.poll(timeout=max(1, int(wait * 1000))))
+        events = dict(self._poller.poll(timeout=max(1, int(wait * 1000))))
         if self._wake_r in events:
             _drain_pipe(self._wake_r)
-        self._send_results()
-        while self._sock.poll(0, zmq.POLLIN):
-            self._on_message(self._sock.recv_multipart())
+        if self._pool is not None:
+            self._send_results()
+        self._read_burst()
+
+    def _read_burst(self) -> None:
+        """Handles the messages already here, up to a bound (then the loop's
+        timers get their turn): in inline mode, calls back to back."""
+        sock = self._sock
+        assert sock is not None
+        for _ in range(_BURST):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_message(frames)
 
     def _leave(self, now: float) -> None:
         self._leaving_since = now
@@ -206,6 +226,9 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 2000)
         sock.connect(self.endpoint)
         self._sock = sock
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
         backoff = self._reg.backoff
         ever = self._reg.ever
         self._reg = _Registration(session=self._reg.session + 1, ever=ever, backoff=backoff)
@@ -251,6 +274,8 @@ class Worker:
             self.credit,
             self.mode,
         )
+        if self._on_ready_cb is not None:
+            self._on_ready_cb(ack.worker_id)
 
     def _on_disconnect(self, reason: str) -> None:
         reg = self._reg
@@ -291,9 +316,7 @@ class Worker:
             return _failure(req, codec.UNKNOWN_METHOD, text)
         if call.expired():
             # Its time is up: the data plane has answered the client already.
-            return _failure(
-                req, codec.INTERNAL_ERROR, "thriftworker: deadline passed before the call started"
-            )
+            return _failure(req, codec.INTERNAL_ERROR, "thriftworker: deadline passed before the call started")
         token = context._set(call)
         try:
             return processor.serve(req.protocol, req.message)
@@ -321,6 +344,10 @@ class Worker:
 
     def _finish(self, session: int, request_id: int, reply: bytes) -> None:
         self._running -= 1
+        self._served += 1
+        if self.max_requests and self._served == self.max_requests:
+            log.info("served %d calls (max_requests): leaving to be replaced", self._served)
+            self._stop.set()
         if session != self._reg.session:
             return  # for an earlier connection: that registration is gone
         self._outstanding.discard(request_id)
@@ -333,6 +360,7 @@ class Worker:
 
 
 def _failure(req: wire.Request, kind: int, text: str) -> bytes:
+    """The REPLY of a call answered without its processor (b"" for oneway)."""
     try:
         h = codec.read_header(req.protocol, req.message)
     except codec.CodecError:
