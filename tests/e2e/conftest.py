@@ -318,21 +318,27 @@ def admin_pb(tmp_path_factory):
     from grpc_tools import protoc
 
     out = tmp_path_factory.mktemp("admin_pb")
-    proto_root = harness.REPO / "proto"
+    # Compiled as the Python package `twadmin_v1`, not `thriftworker.admin.v1`
+    # (its path under proto/): `thriftworker` is the Python worker package
+    # installed in this venv, which would shadow the generated one. The proto
+    # package, and so every gRPC name on the wire, is unchanged.
+    src = out / "src"
+    (src / "twadmin_v1").mkdir(parents=True)
+    shutil.copy(harness.REPO / "proto" / "thriftworker" / "admin" / "v1" / "admin.proto", src / "twadmin_v1")
     include = Path(protoc.__file__).resolve().parent / "_proto"
     rc = protoc.main([
         "grpc_tools.protoc",
-        f"-I{proto_root}",
+        f"-I{src}",
         f"-I{include}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
-        str(proto_root / "thriftworker" / "admin" / "v1" / "admin.proto"),
+        str(src / "twadmin_v1" / "admin.proto"),
     ])
     assert rc == 0, "grpc_tools.protoc failed on admin.proto"
     sys.path.insert(0, str(out))
     try:
-        pb = importlib.import_module("thriftworker.admin.v1.admin_pb2")
-        grpc_mod = importlib.import_module("thriftworker.admin.v1.admin_pb2_grpc")
+        pb = importlib.import_module("twadmin_v1.admin_pb2")
+        grpc_mod = importlib.import_module("twadmin_v1.admin_pb2_grpc")
     finally:
         sys.path.remove(str(out))
     return types.SimpleNamespace(pb=pb, grpc=grpc_mod)
