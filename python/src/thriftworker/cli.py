@@ -85,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
         default=int(env("THRIFTWORKER_CONCURRENCY", "0")) or None,
         help="calls at once (threads mode; default 8); inline mode serves one",
     )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="calls held ready beyond those running, to hide the round trip to the data plane "
+        "(default: " + str(DEFAULT_PREFETCH) + "; THRIFTWORKER_PREFETCH)",
+    )
     p.add_argument("--token-file", default=env("THRIFTWORKER_WORKER_TOKEN_FILE"))
     p.add_argument("--log-level", default=env("THRIFTWORKER_LOG_LEVEL", "INFO"))
     p.add_argument("--log-format", choices=("text", "json"), default=env("THRIFTWORKER_LOG_FORMAT", "text"))
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             services,
             mode=args.mode,
             concurrency=concurrency,
+            prefetch=_prefetch(args),
             token_file=args.token_file,
             max_requests=args.max_requests,
             on_ready=_print_ready,
@@ -158,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     return run(worker)
+
+
+#: Calls held ready by default (see `Worker`): measured in docs/benchmarks.md.
+DEFAULT_PREFETCH = 1
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    if args.prefetch is not None:
+        value: int = args.prefetch
+        return value
+    return int(os.environ.get("THRIFTWORKER_PREFETCH", DEFAULT_PREFETCH))
 
 
 def _print_ready(worker_id: str) -> None:
@@ -177,6 +196,7 @@ def supervise(args: argparse.Namespace) -> int:
     child += ["--mode", args.mode, "--log-level", args.log_level, "--log-format", args.log_format]
     if args.concurrency:
         child += ["--concurrency", str(args.concurrency)]
+    child += ["--prefetch", str(_prefetch(args))]
     if args.token_file:
         child += ["--token-file", args.token_file]
     if args.max_requests:

@@ -69,8 +69,10 @@ class Worker:
 
     `mode`: "inline" (one call at a time, on the socket's thread: the least
     overhead per call) or "threads" (`concurrency` calls at once on a thread
-    pool: for handlers that block). The credit announced is what the mode
-    can serve: 1 inline, `concurrency` with threads.
+    pool: for handlers that block). The credit announced is the calls run at
+    once (1 inline, `concurrency` with threads) plus `prefetch`: calls held
+    ready at the worker, so it does not sit idle for the round trip between
+    a reply and the next call (a held call whose deadline passes is not run).
 
     The worker token comes from `token`, else the file `token_file`, else
     the environment variable THRIFTWORKER_WORKER_TOKEN.
@@ -87,6 +89,7 @@ class Worker:
         *,
         mode: str = "inline",
         concurrency: int = 1,
+        prefetch: int = 0,
         token: str | bytes | None = None,
         token_file: str | None = None,
         heartbeat_liveness: int = 3,
@@ -101,11 +104,16 @@ class Worker:
             raise ValueError("inline mode runs one call at a time: use mode='threads' for concurrency > 1")
         if not 1 <= concurrency <= wire.MAX_CREDIT:
             raise ValueError(f"concurrency must be between 1 and {wire.MAX_CREDIT}")
+        if not 0 <= prefetch <= wire.MAX_CREDIT - concurrency:
+            raise ValueError(f"prefetch must be between 0 and {wire.MAX_CREDIT - concurrency}")
         if not services:
             raise ValueError("give at least one service: services={'Name': processor}")
         self.endpoint = endpoint
         self.mode = mode
-        self.credit = concurrency
+        self.concurrency = concurrency
+        # What the data plane may send: the calls that run, plus the ones
+        # held ready so the worker never waits a round trip for the next.
+        self.credit = concurrency + prefetch
         self.processors: dict[str, CallProcessor] = {n: adapt(p) for n, p in services.items()}
         self.token = _load_token(token, token_file)
         self.liveness = heartbeat_liveness
@@ -146,7 +154,7 @@ class Worker:
         """Serves until `stop()`; raises `Refused` if the first READY is refused."""
         if self.mode == "threads":
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.credit, thread_name_prefix="thriftworker-call"
+                max_workers=self.concurrency, thread_name_prefix="thriftworker-call"
             )
         try:
             self._open_socket()
@@ -276,6 +284,11 @@ class Worker:
         )
         if self._on_ready_cb is not None:
             self._on_ready_cb(ack.worker_id)
+        if self._leaving_since is not None:
+            # Told to stop while our READY was on its way: leave properly,
+            # or calls sent to us meanwhile would be lost when we close.
+            self._bye = False
+            self._send(wire.disconnect("worker shutting down"))
 
     def _on_disconnect(self, reason: str) -> None:
         reg = self._reg
