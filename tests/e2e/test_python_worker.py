@@ -47,10 +47,11 @@ def test_serves_every_protocol_and_every_kind_of_answer(dataplane, worker, mode,
     assert "CREDIT VIOLATION" not in w.stderr
 
 
-@pytest.mark.parametrize("mode,concurrency", [("inline", 1), ("threads", 3)])
-def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurrency):
+@pytest.mark.parametrize("mode,concurrency,prefetch", [("inline", 1, 0), ("inline", 1, 2), ("threads", 3, 1)])
+def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurrency, prefetch):
     dp = dataplane()
-    w = worker("pkg", mode=mode, concurrency=concurrency if mode == "threads" else None)
+    args = ("--prefetch", str(prefetch))
+    w = worker("pkg", mode=mode, concurrency=concurrency if mode == "threads" else None, args=args)
 
     def call(i):
         with thrift_client(dp.addr("echo")) as client:
@@ -59,7 +60,7 @@ def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurren
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         assert sorted(pool.map(call, range(36)), key=int) == [str(i) for i in range(36)]
     assert "CREDIT VIOLATION" not in w.stderr, w.stderr
-    assert f"credit={concurrency}" in w.stderr
+    assert f"credit={concurrency + prefetch}" in w.stderr
 
 
 @pytest.mark.parametrize("mode", MODES)
