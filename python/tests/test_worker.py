@@ -76,7 +76,7 @@ def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
 
 
 def test_ready_then_calls_are_answered_in_order(plane: Plane, handler: Handler) -> None:
-    w = Worker(plane.endpoint, {"Echo": Echo.Processor(handler)}, token="tok")
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(handler)}, token="tok", prefetch=0)
     t, _ = start(w)
     ready = plane.recv_cmd(wire.READY)
     assert ready[1:] == [struct.pack(">I", 1), b"tok", b"Echo"]
@@ -103,7 +103,8 @@ def test_threads_mode_announces_its_concurrency_and_runs_calls_at_once(plane: Pl
 
     w = Worker(plane.endpoint, {"Echo": Echo.Processor(Blocking())}, mode="threads", concurrency=3)
     t, _ = start(w)
-    assert plane.recv_cmd(wire.READY)[1] == struct.pack(">I", 3)
+    # 3 running, and by default one more held ready per thread.
+    assert plane.recv_cmd(wire.READY)[1] == struct.pack(">I", 6)
     plane.ack()
     for i in range(3):
         plane.request(i, encode_call(0, "slow", i, message=str(i), sleep_ms=0))
@@ -214,6 +215,15 @@ def test_the_handler_sees_its_deadline_and_an_expired_call_is_not_run(plane: Pla
     plane.recv_cmd(wire.DISCONNECT)
     plane.send(b"\x01\x05", b"bye")
     t.join(5)
+
+
+def test_credit_is_concurrency_plus_prefetch(handler: Handler) -> None:
+    p = {"Echo": Echo.Processor(handler)}
+    assert Worker("tcp://127.0.0.1:1", p).credit == 17
+    assert Worker("tcp://127.0.0.1:1", p, prefetch=0).credit == 1
+    assert Worker("tcp://127.0.0.1:1", p, mode="threads", concurrency=4).credit == 8
+    with pytest.raises(ValueError, match="prefetch"):
+        Worker("tcp://127.0.0.1:1", p, prefetch=-1)
 
 
 def test_settings_that_cannot_work_are_refused_at_once(handler: Handler) -> None:

@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="calls held ready beyond those running, to hide the round trip to the data plane "
-        "(default: " + str(DEFAULT_PREFETCH) + "; THRIFTWORKER_PREFETCH)",
+        "(default: 16 inline, the concurrency with threads; THRIFTWORKER_PREFETCH)",
     )
     p.add_argument("--token-file", default=env("THRIFTWORKER_WORKER_TOKEN_FILE"))
     p.add_argument("--log-level", default=env("THRIFTWORKER_LOG_LEVEL", "INFO"))
@@ -168,15 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     return run(worker)
 
 
-#: Calls held ready by default (see `Worker`): measured in docs/benchmarks.md.
-DEFAULT_PREFETCH = 1
-
-
-def _prefetch(args: argparse.Namespace) -> int:
+def _prefetch(args: argparse.Namespace) -> int | None:
+    """--prefetch, else THRIFTWORKER_PREFETCH, else None (the mode's default)."""
     if args.prefetch is not None:
         value: int = args.prefetch
         return value
-    return int(os.environ.get("THRIFTWORKER_PREFETCH", DEFAULT_PREFETCH))
+    env = os.environ.get("THRIFTWORKER_PREFETCH")
+    return int(env) if env else None
 
 
 def _print_ready(worker_id: str) -> None:
@@ -196,7 +194,9 @@ def supervise(args: argparse.Namespace) -> int:
     child += ["--mode", args.mode, "--log-level", args.log_level, "--log-format", args.log_format]
     if args.concurrency:
         child += ["--concurrency", str(args.concurrency)]
-    child += ["--prefetch", str(_prefetch(args))]
+    prefetch = _prefetch(args)
+    if prefetch is not None:
+        child += ["--prefetch", str(prefetch)]
     if args.token_file:
         child += ["--token-file", args.token_file]
     if args.max_requests:
