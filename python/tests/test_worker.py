@@ -217,11 +217,46 @@ def test_the_handler_sees_its_deadline_and_an_expired_call_is_not_run(plane: Pla
     t.join(5)
 
 
+def test_asyncio_mode_runs_coroutine_handlers_at_once(plane: Plane) -> None:
+    import asyncio
+
+    class Async(Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.arrived = 0
+
+        async def slow(self, message: str, sleep_ms: int) -> str:  # type: ignore[override]
+            call = current_call()
+            assert call is not None and call.service == "Echo"
+            self.arrived += 1
+            while self.arrived < 3:  # all three must be in flight together
+                await asyncio.sleep(0.001)
+            return message
+
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Async())}, mode="asyncio", concurrency=3)
+    t, _ = start(w)
+    assert plane.recv_cmd(wire.READY)[1] == struct.pack(">I", 3)
+    plane.ack()
+    for i in range(3):
+        plane.request(i, encode_call(0, "slow", i, message=str(i), sleep_ms=0))
+    replies = {}
+    for _ in range(3):
+        r = plane.recv_cmd(wire.REPLY)
+        replies[struct.unpack(">Q", r[1])[0]] = decode_reply(0, "slow", r[2])[2].success
+    assert replies == {0: "0", 1: "1", 2: "2"}
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+    assert not t.is_alive()
+
+
 def test_credit_is_concurrency_plus_prefetch(handler: Handler) -> None:
     p = {"Echo": Echo.Processor(handler)}
     assert Worker("tcp://127.0.0.1:1", p).credit == 17
     assert Worker("tcp://127.0.0.1:1", p, prefetch=0).credit == 1
     assert Worker("tcp://127.0.0.1:1", p, mode="threads", concurrency=4).credit == 8
+    assert Worker("tcp://127.0.0.1:1", p, mode="asyncio", concurrency=50).credit == 50
     with pytest.raises(ValueError, match="prefetch"):
         Worker("tcp://127.0.0.1:1", p, prefetch=-1)
 

@@ -3,6 +3,7 @@ Python package's e2e tests, as targets of `thriftworker-py`:
 
     thriftworker-py --endpoint E pyapp:apache      # Apache-generated processors
     thriftworker-py --endpoint E pyapp:thriftpy2   # thriftpy2 processors
+    thriftworker-py --mode asyncio --endpoint E pyapp:apache_async   # coroutine handlers
 
 Same handler semantics as pyworker.py's, plus `fail(code=0)` raising an
 exception the IDL does not declare.
@@ -10,6 +11,7 @@ exception the IDL does not declare.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -53,19 +55,48 @@ class Handler:
         return a + b
 
 
-def apache() -> dict[str, Any]:
+class AsyncHandler(Handler):
+    """The same semantics with coroutine methods (for --mode asyncio)."""
+
+    async def echo(self, message: str) -> str:  # type: ignore[override]
+        await asyncio.sleep(0)
+        return message
+
+    async def notify(self, message: str) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        with self._lock:
+            self._notified += 1
+
+    async def fail(self, message: str, code: int) -> str:  # type: ignore[override]
+        await asyncio.sleep(0)
+        return Handler.fail(self, message, code)
+
+    async def slow(self, message: str, sleep_ms: int) -> str:  # type: ignore[override]
+        await asyncio.sleep(max(sleep_ms, 0) / 1000.0)
+        return message
+
+
+def apache(handler_cls: type[Handler] = Handler) -> dict[str, Any]:
     from echo import Calc, Echo
     from echo.ttypes import EchoError
 
-    handler = Handler(EchoError)
+    handler = handler_cls(EchoError)
     return {"Echo": Echo.Processor(handler), "Calc": Calc.Processor(handler)}
 
 
-def thriftpy2() -> dict[str, Any]:
+def thriftpy2(handler_cls: type[Handler] = Handler) -> dict[str, Any]:
     import thriftpy2 as tp2
     from thriftpy2.thrift import TProcessor
 
     idl = os.path.join(HERE, "..", "..", "examples", "idl", "echo.thrift")
     module = tp2.load(idl, module_name="echo_thrift")
-    handler = Handler(module.EchoError)
+    handler = handler_cls(module.EchoError)
     return {"Echo": TProcessor(module.Echo, handler), "Calc": TProcessor(module.Calc, handler)}
+
+
+def apache_async() -> dict[str, Any]:
+    return apache(AsyncHandler)
+
+
+def thriftpy2_async() -> dict[str, Any]:
+    return thriftpy2(AsyncHandler)

@@ -20,15 +20,20 @@ from harness import (
     wait_for,
 )
 
-MODES = ["inline", "threads"]
+MODES = ["inline", "threads", "asyncio"]
 TARGETS = {"apache": "pyapp:apache", "thriftpy2": "pyapp:thriftpy2"}
+
+
+def target(lib, mode):
+    """asyncio mode serves the handlers whose methods are coroutines."""
+    return TARGETS[lib] + ("_async" if mode == "asyncio" else "")
 
 
 @pytest.mark.parametrize("lib", TARGETS)
 @pytest.mark.parametrize("mode", MODES)
 def test_serves_every_protocol_and_every_kind_of_answer(dataplane, worker, mode, lib):
     dp = dataplane()
-    w = worker("pkg", mode=mode, target=TARGETS[lib])
+    w = worker("pkg", mode=mode, target=target(lib, mode))
     for protocol in PROTOCOLS:
         with thrift_client(dp.addr("echo"), protocol=protocol) as client:
             assert client.echo(f"héllo {protocol}") == f"héllo {protocol}"
@@ -47,11 +52,14 @@ def test_serves_every_protocol_and_every_kind_of_answer(dataplane, worker, mode,
     assert "CREDIT VIOLATION" not in w.stderr
 
 
-@pytest.mark.parametrize("mode,concurrency,prefetch", [("inline", 1, 0), ("inline", 1, 2), ("threads", 3, 1)])
+@pytest.mark.parametrize(
+    "mode,concurrency,prefetch", [("inline", 1, 0), ("inline", 1, 2), ("threads", 3, 1), ("asyncio", 4, 0)]
+)
 def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurrency, prefetch):
     dp = dataplane()
     args = ("--prefetch", str(prefetch))
-    w = worker("pkg", mode=mode, concurrency=concurrency if mode == "threads" else None, args=args)
+    w = worker("pkg", mode=mode, concurrency=concurrency if mode != "inline" else None, args=args,
+               target=target("apache", mode))
 
     def call(i):
         with thrift_client(dp.addr("echo")) as client:
@@ -66,7 +74,7 @@ def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurren
 @pytest.mark.parametrize("mode", MODES)
 def test_sigterm_finishes_the_call_in_flight_and_exits_zero(dataplane, worker, processes, mode):
     dp = dataplane()
-    w = worker("pkg", mode=mode, concurrency=2 if mode == "threads" else None)
+    w = worker("pkg", mode=mode, concurrency=2 if mode != "inline" else None, target=target("apache", mode))
     with RawConnection(dp.addr("echo")) as conn:
         conn.send_call("slow", slow_args("finished", 600), 1)
         wait_for(lambda: dp_in_flight(dp) == 1, 10, "the call at the worker", processes.tails)

@@ -83,14 +83,14 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=int(env("THRIFTWORKER_CONCURRENCY", "0")) or None,
-        help="calls at once (threads mode; default 8); inline mode serves one",
+        help="calls at once: threads (default 8), asyncio (default 64); inline mode serves one",
     )
     p.add_argument(
         "--prefetch",
         type=int,
         default=None,
         help="calls held ready beyond those running, to hide the round trip to the data plane "
-        "(default: 16 inline, the concurrency with threads; THRIFTWORKER_PREFETCH)",
+        "(default: 16 inline, the concurrency with threads, 0 with asyncio; THRIFTWORKER_PREFETCH)",
     )
     p.add_argument("--token-file", default=env("THRIFTWORKER_WORKER_TOKEN_FILE"))
     p.add_argument("--log-level", default=env("THRIFTWORKER_LOG_LEVEL", "INFO"))
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.endpoint:
             raise ValueError("--endpoint (or THRIFTWORKER_WORKER_ENDPOINT) is required")
-        concurrency = args.concurrency or (1 if args.mode == "inline" else 8)
+        concurrency = args.concurrency or {"inline": 1, "threads": 8, "asyncio": 64}[args.mode]
         worker = Worker(
             args.endpoint,
             services,

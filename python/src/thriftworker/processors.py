@@ -12,8 +12,10 @@ oneway call is answered with nothing (the REPLY only returns credit).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,6 +29,12 @@ class CallProcessor(Protocol):
     """Serves one encoded call; returns the encoded reply (b"" for oneway)."""
 
     def serve(self, protocol: int, message: bytes) -> bytes: ...
+
+
+class AsyncCallProcessor(Protocol):
+    """The same for handlers whose methods may be coroutines (asyncio mode)."""
+
+    async def serve_async(self, protocol: int, message: bytes) -> bytes: ...
 
 
 def _answer_failure(protocol: int, message: bytes, kind: int, text: str) -> bytes:
@@ -132,6 +140,67 @@ class ApacheProcessor(_Served):
         value: bytes = oprot.trans.getvalue()
         return value
 
+    async def serve_async(self, protocol: int, message: bytes) -> bytes:
+        """Like `serve`, awaiting handler methods that are coroutines.
+
+        The generated `process_<method>` functions call the handler and write
+        its result in one go, so this does their work itself from what the
+        compiler generated next to them: `<method>_args` (read, and the
+        handler's parameters in field order) and `<method>_result` (field 0
+        the return value, the others the declared exceptions)."""
+        from thrift.Thrift import TApplicationException, TMessageType
+
+        try:
+            iprot, oprot = self.protocols(protocol, message)
+            name, mtype, seqid = iprot.readMessageBegin()
+            if name not in self.processor._processMap:
+                return self.serve(protocol, message)  # the processor's own UNKNOWN_METHOD answer
+            module = sys.modules[type(self.processor).__module__]
+            args = getattr(module, f"{name}_args")()
+            args.read(iprot)
+            iprot.readMessageEnd()
+        except Exception as e:
+            return _answer_failure(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
+        params = [getattr(args, spec[2]) for spec in args.thrift_spec if spec is not None]
+        result_cls = getattr(module, f"{name}_result", None)  # none for oneway methods
+        result: Any = result_cls() if result_cls is not None else None
+        try:
+            value = getattr(self.processor._handler, name)(*params)
+            if inspect.isawaitable(value):
+                value = await value
+            if result is not None:
+                result.success = value
+            msg_type = TMessageType.REPLY
+        except TApplicationException as e:
+            result, msg_type = e, TMessageType.EXCEPTION
+        except Exception as e:
+            field = _declared_field(result, e)
+            if field is None:
+                log.warning("call failed: %s: %s", type(e).__name__, e)
+                text = f"thriftworker: {type(e).__name__}: {e}"
+                result, msg_type = TApplicationException(codec.INTERNAL_ERROR, text), TMessageType.EXCEPTION
+            else:
+                setattr(result, field, e)
+                msg_type = TMessageType.REPLY
+        if mtype == TMessageType.ONEWAY or result is None:
+            return b""
+        oprot.writeMessageBegin(name, msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        return self.written(oprot)
+
+
+def _declared_field(result: Any, e: Exception) -> str | None:
+    """The field of an Apache `<method>_result` that declares `e`, if any."""
+    for spec in getattr(result, "thrift_spec", None) or ():
+        if spec is None or spec[0] == 0:
+            continue
+        cls = spec[3][0] if isinstance(spec[3], (list, tuple)) and spec[3] else None
+        if isinstance(cls, type) and isinstance(e, cls):
+            name: str = spec[2]
+            return name
+    return None
+
 
 class Thriftpy2Processor(_Served):
     """A thriftpy2 processor (`thriftpy2.thrift.TProcessor(service, handler)`).
@@ -168,6 +237,38 @@ class Thriftpy2Processor(_Served):
     def written(self, oprot: Any) -> bytes:
         value: bytes = oprot.trans.getvalue()
         return value
+
+    async def serve_async(self, protocol: int, message: bytes) -> bytes:
+        """Like `serve`, awaiting handler methods that are coroutines
+        (`TProcessor.process` with an `await`)."""
+        from thriftpy2.thrift import TApplicationException
+
+        p = self.processor
+        try:
+            iprot, oprot = self.protocols(protocol, message)
+            api, seqid, result, call = p.process_in(iprot)
+        except Exception as e:
+            return _answer_failure(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
+        if isinstance(result, TApplicationException):
+            p.send_exception(oprot, api, result, seqid)
+            return self.written(oprot)
+        try:
+            value = call()
+            if inspect.isawaitable(value):
+                value = await value
+            result.success = value
+        except TApplicationException as e:
+            p.send_exception(oprot, api, e, seqid)
+            return self.written(oprot)
+        except Exception as e:
+            if not p.handle_exception(e, result):
+                log.warning("call failed: %s: %s", type(e).__name__, e)
+                text = f"thriftworker: {type(e).__name__}: {e}"
+                return _answer_failure(protocol, message, codec.INTERNAL_ERROR, text)
+        if result.oneway:
+            return b""
+        p.send_result(oprot, api, result, seqid)
+        return self.written(oprot)
 
 
 def adapt(obj: Any) -> CallProcessor:
