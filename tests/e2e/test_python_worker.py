@@ -20,7 +20,7 @@ from harness import (
     wait_for,
 )
 
-MODES = ["inline", "threads", "asyncio"]
+MODES = ["inline", "threads", "asyncio", "gevent"]
 TARGETS = {"apache": "pyapp:apache", "thriftpy2": "pyapp:thriftpy2"}
 
 
@@ -53,7 +53,8 @@ def test_serves_every_protocol_and_every_kind_of_answer(dataplane, worker, mode,
 
 
 @pytest.mark.parametrize(
-    "mode,concurrency,prefetch", [("inline", 1, 0), ("inline", 1, 2), ("threads", 3, 1), ("asyncio", 4, 0)]
+    "mode,concurrency,prefetch",
+    [("inline", 1, 0), ("inline", 1, 2), ("threads", 3, 1), ("asyncio", 4, 0), ("gevent", 4, 0)],
 )
 def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurrency, prefetch):
     dp = dataplane()

@@ -139,6 +139,12 @@ def _setup_logging(level: str, fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.mode == "gevent" and args.single:
+        # Before anything else is imported or started: the handlers' blocking
+        # calls (sockets, sleeps) must yield to the other greenlets.
+        from gevent import monkey
+
+        monkey.patch_all()
     _setup_logging(args.log_level, args.log_format)
     if not args.single and not args.check:
         return supervise(args)
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.endpoint:
             raise ValueError("--endpoint (or THRIFTWORKER_WORKER_ENDPOINT) is required")
-        concurrency = args.concurrency or {"inline": 1, "threads": 8, "asyncio": 64}[args.mode]
+        concurrency = args.concurrency or {"inline": 1, "threads": 8, "asyncio": 64, "gevent": 64}[args.mode]
         worker = Worker(
             args.endpoint,
             services,

@@ -44,7 +44,7 @@ from .processors import CallProcessor, adapt
 
 log = logging.getLogger("thriftworker")
 
-MODES = ("inline", "threads", "asyncio")
+MODES = ("inline", "threads", "asyncio", "gevent")
 #: Messages handled in a row before the loop looks at its timers again.
 _BURST = 256
 
@@ -65,8 +65,8 @@ def default_prefetch(mode: str, concurrency: int) -> int:
     threads, none with asyncio."""
     if mode == "inline":
         return 16
-    # Threads: one waiting per thread. Asyncio: every call becomes a task at
-    # once, so holding more than `concurrency` would only run more at once.
+    # Threads: one waiting per thread. Asyncio and gevent: every call becomes
+    # a task or greenlet at once, so holding more would only run more at once.
     return concurrency if mode == "threads" else 0
 
 
@@ -155,6 +155,8 @@ class Worker:
         self._ctx = zmq_context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
         self._poller = zmq.Poller()
+        self._poller_cls: Any = zmq.Poller
+        self._green_pool: Any = None
         self._apoller: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,6 +191,16 @@ class Worker:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="thriftworker-call"
             )
+        elif self.mode == "gevent":
+            import gevent.pool
+            import zmq.green
+
+            # Green sockets and poller: waiting yields to the handlers'
+            # greenlets (the process is expected to be monkey-patched:
+            # thriftworker-py --mode gevent does it first thing).
+            self._ctx = zmq.green.Context()
+            self._green_pool = gevent.pool.Pool(self.concurrency)
+            self._poller_cls = zmq.green.Poller
         try:
             if self.mode == "asyncio":
                 asyncio.run(self._run_async())
@@ -300,7 +312,7 @@ class Worker:
         sock.connect(self.endpoint)
         self._sock = sock
         if self._loop is None:
-            self._poller = zmq.Poller()
+            self._poller = self._poller_cls()
             self._poller.register(sock, zmq.POLLIN)
             self._poller.register(self._wake_r, zmq.POLLIN)
         else:
@@ -391,6 +403,8 @@ class Worker:
         self._running += 1
         if self._pool is not None:
             self._pool.submit(self._serve_on_pool, session, call, req)
+        elif self._green_pool is not None:
+            self._green_pool.spawn(self._serve_green, session, call, req)
         elif self._loop is not None:
             task = self._loop.create_task(self._serve_task(session, call, req))
             self._tasks.add(task)
@@ -435,6 +449,12 @@ class Worker:
                 log.exception("call failed")
                 reply = _failure(req, codec.INTERNAL_ERROR, f"thriftworker: {type(e).__name__}: {e}")
         self._finish(session, req.request_id, reply)
+
+    def _serve_green(self, session: int, call: context.CallContext, req: wire.Request) -> None:
+        """One call in gevent mode, in its own greenlet. The reply is sent
+        from here: sends go through `_send`, which never yields, so the
+        frames of two replies cannot interleave on the socket."""
+        self._finish(session, req.request_id, self._serve(call, req))
 
     def _serve_on_pool(self, session: int, call: context.CallContext, req: wire.Request) -> None:
         try:
