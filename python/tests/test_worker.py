@@ -61,6 +61,15 @@ def plane() -> Iterator[Plane]:
     ctx.term()
 
 
+def leave(plane: Plane, w: Worker, t: threading.Thread) -> None:
+    """Stops the worker as the data plane sees it: its DISCONNECT, our goodbye."""
+    w.stop()
+    plane.recv_cmd(wire.DISCONNECT)
+    plane.send(b"\x01\x05", b"bye")
+    t.join(5)
+    assert not t.is_alive(), "the worker did not stop after the goodbye"
+
+
 def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
     errors: list[BaseException] = []
 
@@ -86,10 +95,7 @@ def test_ready_then_calls_are_answered_in_order(plane: Plane, handler: Handler) 
         r = plane.recv_cmd(wire.REPLY)
         assert struct.unpack(">Q", r[1])[0] == i
         assert decode_reply(0, "echo", r[2])[2].success == f"m{i}"
-    w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
-    t.join(5)
+    leave(plane, w, t)
     assert not t.is_alive()
 
 
@@ -110,10 +116,7 @@ def test_threads_mode_announces_its_concurrency_and_runs_calls_at_once(plane: Pl
         plane.request(i, encode_call(0, "slow", i, message=str(i), sleep_ms=0))
     ids = {struct.unpack(">Q", plane.recv_cmd(wire.REPLY)[1])[0] for _ in range(3)}
     assert ids == {0, 1, 2}
-    w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
-    t.join(5)
+    leave(plane, w, t)
 
 
 def test_stop_answers_the_calls_in_flight_before_leaving(plane: Plane) -> None:
@@ -162,10 +165,7 @@ def test_a_disconnect_after_registration_registers_again(plane: Plane, handler: 
     plane.ack()
     plane.request(1, encode_call(0, "echo", 1, message="again"))
     assert decode_reply(0, "echo", plane.recv_cmd(wire.REPLY)[2])[2].success == "again"
-    w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
-    t.join(5)
+    leave(plane, w, t)
 
 
 def test_heartbeats_follow_the_data_planes_interval(plane: Plane, handler: Handler) -> None:
@@ -182,10 +182,7 @@ def test_heartbeats_follow_the_data_planes_interval(plane: Plane, handler: Handl
         beats += 1
     # 5 intervals of 50 ms; a worker still at the default 1 s would need 5 s.
     assert time.monotonic() - started < 2.0, "heartbeats slower than the 50 ms interval"
-    w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
-    t.join(5)
+    leave(plane, w, t)
 
 
 def test_the_handler_sees_its_deadline_and_an_expired_call_is_not_run(plane: Plane) -> None:
@@ -211,10 +208,7 @@ def test_the_handler_sees_its_deadline_and_an_expired_call_is_not_run(plane: Pla
     assert "deadline passed" in e.message
     assert len(seen) == 1, "an expired call was run"
     assert current_call() is None
-    w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
-    t.join(5)
+    leave(plane, w, t)
 
 
 def test_asyncio_mode_runs_coroutine_handlers_at_once(plane: Plane) -> None:
@@ -244,10 +238,7 @@ def test_asyncio_mode_runs_coroutine_handlers_at_once(plane: Plane) -> None:
         r = plane.recv_cmd(wire.REPLY)
         replies[struct.unpack(">Q", r[1])[0]] = decode_reply(0, "slow", r[2])[2].success
     assert replies == {0: "0", 1: "1", 2: "2"}
-    w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
-    t.join(5)
+    leave(plane, w, t)
     assert not t.is_alive()
 
 

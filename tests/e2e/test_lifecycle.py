@@ -163,7 +163,7 @@ def test_worker_leaves_gracefully_on_sigterm(dataplane, worker, processes):
     assert "worker dead" not in dp.stderr, dp.tail()
 
 
-@pytest.mark.parametrize("kind", ["rust", "py"])
+@pytest.mark.parametrize("kind", ["rust", "py", "pkg"])  # pkg: the thriftworker Python package
 def test_worker_reconnects_to_restarted_dataplane(dataplane, worker, processes, kind):
     first = dataplane(endpoint_flag=True)
     w = worker(kind)

@@ -111,20 +111,6 @@ def test_a_wrong_token_is_refused_with_exit_status_2(dataplane, worker, short_tm
         assert client.whoami() == f"pkg:{good.pid}"
 
 
-def test_serves_again_after_the_data_plane_restarts(dataplane, worker, processes):
-    first = dataplane(endpoint_flag=True)
-    w = worker("pkg", mode="threads", concurrency=2)
-    with thrift_client(first.addr("echo")) as client:
-        assert client.echo("first") == "first"
-    first.terminate(signal.SIGTERM)
-    assert first.wait_exit(15) == 0, first.tail()
-    second = dataplane(endpoint=first.endpoint, endpoint_flag=True)
-    second.wait_registered(1, 20, context=processes.tails)
-    assert w.alive(), "the worker must survive its data plane's restart"
-    with thrift_client(second.addr("echo")) as client:
-        assert client.echo("second") == "second"
-
-
 def test_check_loads_the_target_and_exits(processes):
     import subprocess
     import sys
@@ -272,6 +258,31 @@ def test_max_requests_recycles_a_process(dataplane, worker, processes):
             assert client.echo(str(i)) == str(i)
     wait_for(lambda: w.stderr.count("recycled") >= 2, 20, "two recycles", processes.tails)
     assert len(children(w)) >= 3
+
+
+def test_a_killed_supervisor_leaves_no_orphan(dataplane, worker, processes):
+
+    dp = dataplane()
+    w = worker("pkg", workers=2)
+    pids = children(w)
+    w.signal(signal.SIGKILL)
+    # Each process notices its parent is gone, leaves gracefully (DISCONNECT,
+    # the data plane's goodbye) and exits.
+    wait_for(lambda: not any(alive(p) for p in pids), 20, "the orphans to exit", processes.tails)
+    dp.wait_log("worker left", 2, 10)
+    assert "worker dead" not in dp.stderr, dp.tail()
+
+
+def alive(pid):
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
 
 
 def test_supervisor_exits_2_when_refused(dataplane, worker, short_tmp):

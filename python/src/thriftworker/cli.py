@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             prefetch=_prefetch(args),
             token_file=args.token_file,
             max_requests=args.max_requests,
+            parent_pid=_supervisor_pid(),
             on_ready=_print_ready,
         )
     except (ValueError, TypeError, ImportError, AttributeError, OSError) as e:
@@ -181,6 +182,13 @@ def _prefetch(args: argparse.Namespace) -> int | None:
         return value
     env = os.environ.get("THRIFTWORKER_PREFETCH")
     return int(env) if env else None
+
+
+def _supervisor_pid() -> int | None:
+    """The supervisor that started this process, if one did (it sets
+    THRIFTWORKER_SUPERVISOR_PID): the worker leaves if it dies."""
+    value = os.environ.get("THRIFTWORKER_SUPERVISOR_PID")
+    return int(value) if value and int(value) == os.getppid() else None
 
 
 def _print_ready(worker_id: str) -> None:

@@ -59,12 +59,21 @@ class _Served:
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
+        # Set by the subclasses: the memory transport, and a protocol
+        # factory per wire protocol code.
+        self._buffer: Any = None
+        self._factories: dict[int, Callable[[Any], Any]] = {}
 
     def protocols(self, protocol: int, message: bytes) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """Input and output protocols over memory buffers for one call."""
+        factory = self._factories.get(protocol)
+        if factory is None:
+            raise ValueError(f"unknown protocol code {protocol}")
+        return factory(self._buffer(message)), factory(self._buffer())
 
     def written(self, oprot: Any) -> bytes:
-        raise NotImplementedError
+        value: bytes = oprot.trans.getvalue()
+        return value
 
     def serve(self, protocol: int, message: bytes) -> bytes:
         try:
@@ -124,21 +133,11 @@ class ApacheProcessor(_Served):
                     name = name.decode("utf-8", "replace")
                 return name, mtype, seqid
 
-        self._factories: dict[int, Callable[[Any], Any]] = {
+        self._factories = {
             BINARY: lambda t: binary(t, strictRead=True, strictWrite=True),
             BINARY_LAX: lambda t: LaxBinary(t, strictRead=False, strictWrite=False),
             COMPACT: compact,
         }
-
-    def protocols(self, protocol: int, message: bytes) -> tuple[Any, Any]:
-        factory = self._factories.get(protocol)
-        if factory is None:
-            raise ValueError(f"unknown protocol code {protocol}")
-        return factory(self._buffer(message)), factory(self._buffer())
-
-    def written(self, oprot: Any) -> bytes:
-        value: bytes = oprot.trans.getvalue()
-        return value
 
     async def serve_async(self, protocol: int, message: bytes) -> bytes:
         """Like `serve`, awaiting handler methods that are coroutines.
@@ -221,22 +220,12 @@ class Thriftpy2Processor(_Served):
         # Untyped library classes, as values of type Any.
         TBinaryProtocol: Any = binary.TBinaryProtocol
         TCompactProtocol: Any = compact.TCompactProtocol
-        self._buffer: Any = TMemoryBuffer
-        self._factories: dict[int, Callable[[Any], Any]] = {
+        self._buffer = TMemoryBuffer
+        self._factories = {
             BINARY: lambda t: TBinaryProtocol(t, strict_read=True, strict_write=True),
             BINARY_LAX: lambda t: TBinaryProtocol(t, strict_read=False, strict_write=False),
             COMPACT: TCompactProtocol,
         }
-
-    def protocols(self, protocol: int, message: bytes) -> tuple[Any, Any]:
-        factory = self._factories.get(protocol)
-        if factory is None:
-            raise ValueError(f"unknown protocol code {protocol}")
-        return factory(self._buffer(message)), factory(self._buffer())
-
-    def written(self, oprot: Any) -> bytes:
-        value: bytes = oprot.trans.getvalue()
-        return value
 
     async def serve_async(self, protocol: int, message: bytes) -> bytes:
         """Like `serve`, awaiting handler methods that are coroutines

@@ -34,6 +34,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ._fd import drain
+
 log = logging.getLogger("thriftworker")
 
 BACKOFF_MIN = 0.5
@@ -104,7 +106,7 @@ class Supervisor:
     def _turn(self) -> None:
         for key, _ in self._sel.select(timeout=0.2):
             if key.fd == self._wake_r:
-                _drain(self._wake_r)
+                drain(self._wake_r)
             else:
                 self._read_child(key.data)
         while self._signals:
@@ -146,7 +148,10 @@ class Supervisor:
 
     # -- children --------------------------------------------------------
     def _spawn(self, slot: int, generation: int) -> None:
-        proc = subprocess.Popen(list(self.argv), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        # The child leaves if we die (it watches its parent pid), so a
+        # SIGKILLed supervisor leaves no orphan serving on unwatched.
+        env = dict(os.environ, THRIFTWORKER_SUPERVISOR_PID=str(os.getpid()))
+        proc = subprocess.Popen(list(self.argv), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
         child = Child(slot, generation, proc, time.monotonic())
@@ -266,11 +271,3 @@ def _describe(status: int) -> str:
             name = f"signal {-status}"
         return f"killed by {name}"
     return f"exited with status {status}"
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

@@ -40,6 +40,7 @@ import zmq
 import zmq.asyncio as zmq_asyncio
 
 from . import codec, context, wire
+from ._fd import drain
 from .processors import CallProcessor, adapt
 
 log = logging.getLogger("thriftworker")
@@ -102,7 +103,8 @@ class Worker:
     the environment variable THRIFTWORKER_WORKER_TOKEN.
 
     `max_requests` (if not 0): leave gracefully after that many calls (the
-    supervisor replaces the process). `on_ready(worker_id)` is called each
+    supervisor replaces the process). `parent_pid`: leave gracefully once
+    that process (the supervisor) is no longer our parent. `on_ready(worker_id)` is called each
     time the data plane accepts the worker.
     """
 
@@ -119,6 +121,7 @@ class Worker:
         heartbeat_liveness: int = 3,
         leave_timeout: float = 10.0,
         max_requests: int = 0,
+        parent_pid: int | None = None,
         on_ready: Callable[[str], None] | None = None,
         zmq_context: zmq.Context[Any] | None = None,
     ) -> None:
@@ -149,6 +152,7 @@ class Worker:
         self.liveness = heartbeat_liveness
         self.leave_timeout = leave_timeout
         self.max_requests = max_requests
+        self.parent_pid = parent_pid
         self._served = 0
         self._on_ready_cb = on_ready
         self.worker_id: str | None = None
@@ -230,7 +234,7 @@ class Worker:
                 self._before_poll()
                 events = dict(await self._apoller.poll(timeout=self._poll_ms()))
                 if self._wake_r in events:
-                    _drain_pipe(self._wake_r)
+                    drain(self._wake_r)
                 self._read_burst()
         finally:
             for t in tasks:
@@ -248,7 +252,7 @@ class Worker:
         self._before_poll()
         events = dict(self._poller.poll(timeout=self._poll_ms()))
         if self._wake_r in events:
-            _drain_pipe(self._wake_r)
+            drain(self._wake_r)
         if self._pool is not None:
             self._send_results()
         self._read_burst()
@@ -256,6 +260,10 @@ class Worker:
     def _before_poll(self) -> None:
         """Leaving, registration and heartbeats: what is due before waiting."""
         now = time.monotonic()
+        if self.parent_pid is not None and not self._stop.is_set() and os.getppid() != self.parent_pid:
+            # Our supervisor is gone (killed): leave rather than serve on unwatched.
+            log.warning("supervisor %d is gone: leaving", self.parent_pid)
+            self._stop.set()
         if self._stop.is_set() and self._leaving_since is None:
             self._leave(now)
         if self._leaving_since is None:
@@ -498,14 +506,6 @@ def _failure(req: wire.Request, kind: int, text: str) -> bytes:
     if h.message_type == codec.ONEWAY:
         return b""
     return codec.application_exception(req.protocol, h.name, h.seqid, kind, text)
-
-
-def _drain_pipe(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _load_token(token: str | bytes | None, token_file: str | None) -> bytes:
