@@ -1,0 +1,71 @@
+"""thriftworker-py's settings: flag, then THRIFTWORKER_* variable, then the
+--config TOML file, then the default; every mistake named."""
+
+from pathlib import Path
+
+import pytest
+
+from thriftworker import cli
+
+
+def resolved(argv: list[str]) -> object:
+    return cli.resolve(cli.parser().parse_args(argv))
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for st in cli.SETTINGS:
+        monkeypatch.delenv(st.env, raising=False)
+    a = resolved(["app:services"])
+    assert (a.mode, a.prefetch, a.max_requests, a.log_format) == ("inline", None, 0, "text")  # type: ignore[attr-defined]
+    assert a.workers >= 1  # type: ignore[attr-defined]
+
+
+def test_flag_beats_variable_beats_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for st in cli.SETTINGS:
+        monkeypatch.delenv(st.env, raising=False)
+    config = tmp_path / "w.toml"
+    config.write_text(
+        'endpoint = "ipc:///file"\nmode = "threads"\nconcurrency = 3\nworkers = 2\ntargets = ["app:services"]\n'
+    )
+    a = resolved(["--config", str(config)])
+    assert (a.endpoint, a.mode, a.concurrency, a.workers, a.targets) == (  # type: ignore[attr-defined]
+        "ipc:///file",
+        "threads",
+        3,
+        2,
+        ["app:services"],
+    )
+    monkeypatch.setenv("THRIFTWORKER_CONCURRENCY", "5")
+    monkeypatch.setenv("THRIFTWORKER_MODE", "asyncio")
+    a = resolved(["--config", str(config), "--mode", "gevent", "other:app"])
+    assert (a.mode, a.concurrency, a.targets) == ("gevent", 5, ["other:app"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("bogus = 1\ntargets = ['a:b']", "unknown setting(s) bogus"),
+        ("concurrency = 'many'\ntargets = ['a:b']", "concurrency must be an integer"),
+        ("mode = 'fibers'\ntargets = ['a:b']", "mode must be one of"),
+        ("targets = 'a:b'", "targets must be a list"),
+        ("mode = 'inline'", "name at least one TARGET"),
+    ],
+)
+def test_mistakes_in_the_file_are_named(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "w.toml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolved(["--config", str(config)])
+
+
+def test_a_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THRIFTWORKER_WORKERS", "two")
+    with pytest.raises(ValueError, match="THRIFTWORKER_WORKERS must be an integer"):
+        resolved(["app:services"])
+
+
+def test_main_exits_1_with_the_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "w.toml"
+    config.write_text("nope = [")
+    assert cli.main(["--config", str(config), "--check"]) == 1
+    assert cli.main(["--check", "no.such.module:services"]) == 1
