@@ -277,16 +277,13 @@ def supervise(args: argparse.Namespace) -> int:
     if not args.endpoint:
         log.error("--endpoint (or THRIFTWORKER_WORKER_ENDPOINT) is required")
         return 1
-    child = [sys.executable, "-m", "thriftworker", "--single", "--endpoint", args.endpoint]
-    child += ["--mode", args.mode, "--log-level", args.log_level, "--log-format", args.log_format]
-    if args.concurrency:
-        child += ["--concurrency", str(args.concurrency)]
-    if args.prefetch is not None:
-        child += ["--prefetch", str(args.prefetch)]
-    if args.token_file:
-        child += ["--token-file", args.token_file]
-    if args.max_requests:
-        child += ["--max-requests", str(args.max_requests)]
+    # Every resolved setting as a flag: a child needs neither the config
+    # file nor the variables, and a new setting reaches it without a change here.
+    child = [sys.executable, "-m", "thriftworker", "--single"]
+    for st in SETTINGS:
+        value = getattr(args, st.name)
+        if st.name != "workers" and value is not None:
+            child += [st.flag, str(value)]
     child += args.targets
     # Fail fast on a target that does not load (the children would only
     # crash-loop on it).

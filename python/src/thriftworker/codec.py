@@ -137,3 +137,16 @@ def application_exception(protocol: int, name: str, seqid: int, kind: int, text:
     out += b"\x0b\x00\x01" + _U32.pack(len(t)) + t
     out += b"\x08\x00\x02" + _I32.pack(kind) + b"\x00"
     return bytes(out)
+
+
+def failure_reply(protocol: int, message: bytes, kind: int, text: str) -> bytes:
+    """The REPLY answering `message` with `TApplicationException(kind,
+    text)`, or b"" if the call is oneway or its header is unreadable (the
+    data plane then answers the client itself)."""
+    try:
+        h = read_header(protocol, message)
+    except CodecError:
+        return b""
+    if h.message_type == ONEWAY:
+        return b""
+    return application_exception(protocol, h.name, h.seqid, kind, text)

@@ -37,18 +37,6 @@ class AsyncCallProcessor(Protocol):
     async def serve_async(self, protocol: int, message: bytes) -> bytes: ...
 
 
-def _answer_failure(protocol: int, message: bytes, kind: int, text: str) -> bytes:
-    """A TApplicationException answering `message`, or b"" if it is oneway
-    or its header is unreadable (the data plane then answers the client)."""
-    try:
-        h = codec.read_header(protocol, message)
-    except codec.CodecError:
-        return b""
-    if h.message_type == codec.ONEWAY:
-        return b""
-    return codec.application_exception(protocol, h.name, h.seqid, kind, text)
-
-
 def _is_oneway(protocol: int, message: bytes) -> bool:
     return codec.message_type(protocol, message) == codec.ONEWAY
 
@@ -79,7 +67,7 @@ class _Served:
         try:
             iprot, oprot = self.protocols(protocol, message)
         except ValueError as e:
-            return _answer_failure(protocol, message, codec.PROTOCOL_ERROR, f"thriftworker: {e}")
+            return codec.failure_reply(protocol, message, codec.PROTOCOL_ERROR, f"thriftworker: {e}")
         try:
             self.processor.process(iprot, oprot)
         except Exception as e:
@@ -88,7 +76,7 @@ class _Served:
             # through (thriftpy2 does for undeclared ones).
             kind = _failure_kind(e)
             log.warning("call failed: %s: %s", type(e).__name__, e)
-            return _answer_failure(protocol, message, kind, f"thriftworker: {type(e).__name__}: {e}")
+            return codec.failure_reply(protocol, message, kind, f"thriftworker: {type(e).__name__}: {e}")
         if _is_oneway(protocol, message):
             return b""
         return self.written(oprot)
@@ -159,7 +147,7 @@ class ApacheProcessor(_Served):
             args.read(iprot)
             iprot.readMessageEnd()
         except Exception as e:
-            return _answer_failure(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
+            return codec.failure_reply(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
         params = [getattr(args, spec[2]) for spec in args.thrift_spec if spec is not None]
         result_cls = getattr(module, f"{name}_result", None)  # none for oneway methods
         result: Any = result_cls() if result_cls is not None else None
@@ -237,7 +225,7 @@ class Thriftpy2Processor(_Served):
             iprot, oprot = self.protocols(protocol, message)
             api, seqid, result, call = p.process_in(iprot)
         except Exception as e:
-            return _answer_failure(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
+            return codec.failure_reply(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
         if isinstance(result, TApplicationException):
             p.send_exception(oprot, api, result, seqid)
             return self.written(oprot)
@@ -253,7 +241,7 @@ class Thriftpy2Processor(_Served):
             if not p.handle_exception(e, result):
                 log.warning("call failed: %s: %s", type(e).__name__, e)
                 text = f"thriftworker: {type(e).__name__}: {e}"
-                return _answer_failure(protocol, message, codec.INTERNAL_ERROR, text)
+                return codec.failure_reply(protocol, message, codec.INTERNAL_ERROR, text)
         if result.oneway:
             return b""
         p.send_result(oprot, api, result, seqid)

@@ -227,8 +227,6 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq_asyncio.Context()
         self._open_socket()
-        tasks: set[asyncio.Task[None]] = set()
-        self._tasks = tasks
         try:
             while not self._done():
                 self._before_poll()
@@ -237,7 +235,7 @@ class Worker:
                     drain(self._wake_r)
                 self._read_burst()
         finally:
-            for t in tasks:
+            for t in self._tasks:
                 t.cancel()
 
     # -- the loop -------------------------------------------------------
@@ -498,14 +496,8 @@ class Worker:
 
 
 def _failure(req: wire.Request, kind: int, text: str) -> bytes:
-    """The REPLY of a call answered without its processor (b"" for oneway)."""
-    try:
-        h = codec.read_header(req.protocol, req.message)
-    except codec.CodecError:
-        return b""
-    if h.message_type == codec.ONEWAY:
-        return b""
-    return codec.application_exception(req.protocol, h.name, h.seqid, kind, text)
+    """The REPLY of a call answered without its processor."""
+    return codec.failure_reply(req.protocol, req.message, kind, text)
 
 
 def _load_token(token: str | bytes | None, token_file: str | None) -> bytes:
