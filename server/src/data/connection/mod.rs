@@ -216,15 +216,7 @@ impl Connection {
             Ok(Handled::Slot(answer)) => self.pipeline.push(answer),
             Ok(Handled::NoSlot) => {}
             Err(e) => {
-                if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
-                    tracing::warn!(
-                        listener = %self.ctx.listener,
-                        peer = ?self.peer,
-                        error = %e,
-                        suppressed,
-                        "closing connection: unparseable message header",
-                    );
-                }
+                self.warn(&e, "closing connection: unparseable message header");
                 self.read_done = Some(CloseReason::ProtocolError);
             }
         }
@@ -242,14 +234,8 @@ impl Connection {
         };
         if reason == CloseReason::ClientClose {
             self.debug(Some(&e), "connection ended");
-        } else if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
-            tracing::warn!(
-                listener = %self.ctx.listener,
-                peer = ?self.peer,
-                error = %e,
-                suppressed,
-                "closing connection: bad frame",
-            );
+        } else {
+            self.warn(e, "closing connection: bad frame");
         }
         reason
     }
@@ -287,6 +273,20 @@ impl Connection {
             error = error.map(tracing::field::display),
             "{what}",
         );
+    }
+
+    /// Logs a bad client's `error` with listener and peer, at most ten
+    /// times a second per listener (the counters still count every one).
+    fn warn(&self, error: &dyn std::fmt::Display, what: &str) {
+        if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
+            tracing::warn!(
+                listener = %self.ctx.listener,
+                peer = ?self.peer,
+                error = %error,
+                suppressed,
+                "{what}",
+            );
+        }
     }
 
     /// The client took bytes: it is neither idle nor failing to read.
