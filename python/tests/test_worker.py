@@ -3,7 +3,12 @@ ZeroMQ, in process): what the data plane sees of a worker."""
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -260,3 +265,89 @@ def test_settings_that_cannot_work_are_refused_at_once(handler: Handler) -> None
         Worker("tcp://127.0.0.1:1", p, mode="fibers")
     with pytest.raises(ValueError, match="at least one service"):
         Worker("tcp://127.0.0.1:1", {})
+
+
+def spawn_child(plane: Plane, mode: str) -> subprocess.Popen[str]:
+    """child_worker.py serving Echo in `mode` for `plane`, in its own process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.Popen(
+        [sys.executable, os.path.join(here, "child_worker.py"), plane.endpoint, mode],
+        cwd=here,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_line(child: subprocess.Popen[str], line: str, timeout: float = 10.0) -> None:
+    """Reads the child's output until `line`, for at most `timeout` seconds."""
+    assert child.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([child.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        got = child.stdout.readline()
+        if not got:
+            break  # the child ended
+        if got.strip() == line:
+            return
+        seen.append(got)
+    raise AssertionError(f"no {line!r} from the worker; it printed: {''.join(seen)[-2000:]}")
+
+
+@pytest.mark.parametrize("mode", ["gevent", "eventlet", "twisted"])
+def test_a_call_that_arrives_while_another_is_answered_is_not_left_waiting(plane: Plane, mode: str) -> None:
+    """ZMQ_FD is edge-triggered: a reply's send consumes the signal of a call
+    that arrived meanwhile. The loop must still see that call at once, not
+    at its next timer (pyzmq's green poller: up to 1.33 s; here the timer is
+    10 s, half the heartbeat interval the plane gives)."""
+    child = spawn_child(plane, mode)
+    try:
+        plane.recv_cmd(wire.READY, timeout=30)
+        plane.ack(heartbeat_ms=20_000)
+        plane.request(1, encode_call(0, "slow", 1, message="busy", sleep_ms=300))
+        wait_for_line(child, "slow busy started")
+        plane.request(2, encode_call(0, "echo", 2, message="next"))  # arrives while call 1 runs
+        first = plane.recv_cmd(wire.REPLY, timeout=5)
+        answered = time.monotonic()
+        second = plane.recv_cmd(wire.REPLY, timeout=15)
+        waited = time.monotonic() - answered
+        assert [struct.unpack(">Q", r[1])[0] for r in (first, second)] == [1, 2]
+        assert decode_reply(0, "echo", second[2])[2].success == "next"
+        assert waited < 0.8, f"call 2 waited {waited:.2f}s after call 1 was answered"
+        child.send_signal(signal.SIGTERM)  # no handler installed: the process just ends
+    finally:
+        child.kill()
+        child.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "twisted"])
+def test_modes_in_their_own_process_serve_and_leave_gracefully(plane: Plane, mode: str) -> None:
+    child = spawn_child(plane, mode)
+    try:
+        plane.recv_cmd(wire.READY, timeout=30)
+        plane.ack()
+        for i in range(3):
+            plane.request(i, encode_call(i % 3, "echo", i, message=f"m{i}"), protocol=i % 3)
+        replies = {struct.unpack(">Q", r[1])[0]: r[2] for r in (plane.recv_cmd(wire.REPLY) for _ in range(3))}
+        assert {i: decode_reply(i % 3, "echo", m)[2].success for i, m in replies.items()} == {
+            i: f"m{i}" for i in range(3)
+        }
+        # Refused later (an eviction) registers again; refused at first ends the process.
+        plane.send(b"\x01\x05", b"evicted")
+        plane.recv_cmd(wire.READY)
+    finally:
+        child.kill()
+        child.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "twisted"])
+def test_a_refused_ready_ends_the_process_with_the_reason(plane: Plane, mode: str) -> None:
+    child = spawn_child(plane, mode)
+    plane.recv_cmd(wire.READY, timeout=30)
+    plane.send(b"\x01\x05", b"refused: wrong or missing worker token")
+    out, _ = child.communicate(timeout=15)
+    assert child.returncode == 2, out
+    assert "refused: refused: wrong or missing worker token" in out

@@ -4,6 +4,7 @@ Python package's e2e tests, as targets of `thriftworker-py`:
     thriftworker-py --endpoint E pyapp:apache      # Apache-generated processors
     thriftworker-py --endpoint E pyapp:thriftpy2   # thriftpy2 processors
     thriftworker-py --mode asyncio --endpoint E pyapp:apache_async   # coroutine handlers
+    thriftworker-py --mode twisted --endpoint E pyapp:apache_twisted # `thrift --gen py:twisted`
 
 Same handler semantics as pyworker.py's, plus `fail(code=0)` raising an
 exception the IDL does not declare.
@@ -100,3 +101,34 @@ def apache_async() -> dict[str, Any]:
 
 def thriftpy2_async() -> dict[str, Any]:
     return thriftpy2(AsyncHandler)
+
+
+class TwistedHandler(Handler):
+    """The same semantics returning Deferreds (for --mode twisted): `slow`
+    waits on the reactor's clock instead of blocking it."""
+
+    def echo(self, message: str) -> Any:
+        from twisted.internet import defer
+
+        return defer.succeed(message)
+
+    def slow(self, message: str, sleep_ms: int) -> Any:
+        from twisted.internet import reactor, task
+
+        return task.deferLater(reactor, max(sleep_ms, 0) / 1000.0, lambda: message)
+
+
+def apache_twisted() -> dict[str, Any]:
+    """Processors generated with `thrift --gen py:twisted` (gen/echo_twisted)."""
+    from echo_twisted import Calc, Echo
+    from echo_twisted.ttypes import EchoError
+    from zope.interface import implementer
+
+    handler_cls = implementer(Echo.Iface, Calc.Iface)(type("Handler", (TwistedHandler,), {}))
+    handler = handler_cls(EchoError)
+    return {"Echo": Echo.Processor(handler), "Calc": Calc.Processor(handler)}
+
+
+def thriftpy2_twisted() -> dict[str, Any]:
+    """thriftpy2 processors whose handler methods return Deferreds."""
+    return thriftpy2(TwistedHandler)

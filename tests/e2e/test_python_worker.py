@@ -20,13 +20,14 @@ from harness import (
     wait_for,
 )
 
-MODES = ["inline", "threads", "asyncio", "gevent"]
+MODES = ["inline", "threads", "asyncio", "gevent", "eventlet", "twisted"]
 TARGETS = {"apache": "pyapp:apache", "thriftpy2": "pyapp:thriftpy2"}
 
 
 def target(lib, mode):
-    """asyncio mode serves the handlers whose methods are coroutines."""
-    return TARGETS[lib] + ("_async" if mode == "asyncio" else "")
+    """asyncio mode serves the handlers whose methods are coroutines, twisted
+    mode those returning Deferreds (Apache: generated with py:twisted)."""
+    return TARGETS[lib] + {"asyncio": "_async", "twisted": "_twisted"}.get(mode, "")
 
 
 @pytest.mark.parametrize("lib", TARGETS)
@@ -54,7 +55,15 @@ def test_serves_every_protocol_and_every_kind_of_answer(dataplane, worker, mode,
 
 @pytest.mark.parametrize(
     "mode,concurrency,prefetch",
-    [("inline", 1, 0), ("inline", 1, 2), ("threads", 3, 1), ("asyncio", 4, 0), ("gevent", 4, 0)],
+    [
+        ("inline", 1, 0),
+        ("inline", 1, 2),
+        ("threads", 3, 1),
+        ("asyncio", 4, 0),
+        ("gevent", 4, 0),
+        ("eventlet", 4, 0),
+        ("twisted", 4, 0),
+    ],
 )
 def test_never_more_in_flight_than_the_credit(dataplane, worker, mode, concurrency, prefetch):
     dp = dataplane()

@@ -1,7 +1,7 @@
 """`thriftworker-py`: run Python Thrift handlers as thriftworker workers.
 
     thriftworker-py --endpoint ipc:///run/thriftworker/workers.sock \\
-        [--workers N] [--mode inline|threads] [--concurrency N] myapp.worker:services
+        [--workers N] [--mode inline|threads|asyncio|gevent|eventlet|twisted] [--concurrency N] myapp.worker:services
     thriftworker-py --endpoint tcp://127.0.0.1:9950 \\
         Echo=myapp.echo:processor Calc=myapp.calc:processor
 
@@ -47,10 +47,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
+from ._green import KINDS, monkey_patch
 from .supervisor import Supervisor
 from .worker import MODES, Refused, Worker
 
 log = logging.getLogger("thriftworker")
+
+#: Calls at once per process when --concurrency is not given.
+DEFAULT_CONCURRENCY = {"inline": 1, "threads": 8, "asyncio": 64, "gevent": 64, "eventlet": 64, "twisted": 64}
 
 
 def load_target(spec: str) -> dict[str, Any]:
@@ -98,7 +102,7 @@ SETTINGS = (
         "THRIFTWORKER_CONCURRENCY",
         int,
         None,
-        "calls at once: threads (default 8), asyncio and gevent (default 64); inline mode serves one",
+        "calls at once: threads (default 8), asyncio, gevent, eventlet, twisted (default 64); inline serves one",
     ),
     Setting(
         "prefetch",
@@ -221,12 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging("INFO", "text")
         log.error("%s", e)
         return 1
-    if args.mode == "gevent" and args.single:
+    if args.mode in KINDS and args.single:
         # Before anything else is imported or started: the handlers' blocking
-        # calls (sockets, sleeps) must yield to the other greenlets.
-        from gevent import monkey
-
-        monkey.patch_all()
+        # calls (sockets, sleeps) must yield to the other green threads.
+        monkey_patch(args.mode)
     _setup_logging(args.log_level, args.log_format)
     if not args.single and not args.check:
         return supervise(args)
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.endpoint:
             raise ValueError("--endpoint (or THRIFTWORKER_WORKER_ENDPOINT) is required")
-        concurrency = args.concurrency or {"inline": 1, "threads": 8, "asyncio": 64, "gevent": 64}[args.mode]
+        concurrency = args.concurrency or DEFAULT_CONCURRENCY[args.mode]
         worker = Worker(
             args.endpoint,
             services,

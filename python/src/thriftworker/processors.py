@@ -81,6 +81,43 @@ class _Served:
             return b""
         return self.written(oprot)
 
+    def serve_deferred(self, protocol: int, message: bytes) -> Any:
+        """The twisted mode: a Deferred firing with the reply.
+
+        A processor generated with `thrift --gen py:twisted` returns a
+        Deferred from `process` and writes the reply when its handler's
+        Deferred fires. Any other processor is served as in asyncio mode,
+        its handler methods returning values, Deferreds or coroutines."""
+        from twisted.internet import defer
+
+        if not _generated_for_twisted(self.processor):
+            serve_async: Any = getattr(self, "serve_async")  # noqa: B009 - defined by both subclasses
+            return defer.ensureDeferred(serve_async(protocol, message))
+        try:
+            iprot, oprot = self.protocols(protocol, message)
+        except ValueError as e:
+            return defer.succeed(codec.failure_reply(protocol, message, codec.PROTOCOL_ERROR, f"thriftworker: {e}"))
+
+        def written(_: object) -> bytes:
+            return b"" if _is_oneway(protocol, message) else self.written(oprot)
+
+        def failed(failure: Any) -> bytes:
+            e = failure.value
+            log.warning("call failed: %s: %s", type(e).__name__, e)
+            text = f"thriftworker: {type(e).__name__}: {e}"
+            return codec.failure_reply(protocol, message, _failure_kind(e), text)
+
+        d = defer.maybeDeferred(self.processor.process, iprot, oprot)
+        d.addCallbacks(written, failed)
+        return d
+
+
+def _generated_for_twisted(processor: Any) -> bool:
+    """Whether `processor` comes from `thrift --gen py:twisted` (its module
+    imports twisted's `defer` and thrift's `TTwisted`)."""
+    module = sys.modules.get(type(processor).__module__)
+    return module is not None and hasattr(module, "TTwisted") and hasattr(module, "defer")
+
 
 def _failure_kind(e: Exception) -> int:
     """PROTOCOL_ERROR for what decoding raises (the libraries' protocol and

@@ -1,6 +1,8 @@
 """A worker process's loop: one ZeroMQ DEALER socket speaking the worker
-protocol (docs/worker-protocol.md) to one data plane, calls run inline on
-the socket's thread or on a bounded thread pool.
+protocol (docs/worker-protocol.md) to one data plane. Where calls run is
+the mode: inline on the socket's thread, on a bounded thread pool, as
+asyncio tasks, in gevent or eventlet green threads (`_green`), or as
+Deferreds in the Twisted reactor (`_twisted`).
 
 The socket is only ever used by the thread that calls `run()`. In `threads`
 mode each finished call is put on a queue and a byte is written to a pipe
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import queue
@@ -40,12 +41,13 @@ import zmq
 import zmq.asyncio as zmq_asyncio
 
 from . import codec, context, wire
-from ._fd import drain
+from ._fd import drain, poke
+from ._green import GreenRuntime
 from .processors import CallProcessor, adapt
 
 log = logging.getLogger("thriftworker")
 
-MODES = ("inline", "threads", "asyncio", "gevent")
+MODES = ("inline", "threads", "asyncio", "gevent", "eventlet", "twisted")
 #: Messages handled in a row before the loop looks at its timers again.
 _BURST = 256
 
@@ -58,6 +60,8 @@ _get = zmq.backend.Socket.get
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def default_prefetch(mode: str, concurrency: int) -> int:
@@ -66,8 +70,9 @@ def default_prefetch(mode: str, concurrency: int) -> int:
     threads, none with asyncio."""
     if mode == "inline":
         return 16
-    # Threads: one waiting per thread. Asyncio and gevent: every call becomes
-    # a task or greenlet at once, so holding more would only run more at once.
+    # Threads: one waiting per thread. Asyncio, gevent, eventlet, twisted:
+    # every call starts at once (a task, a green thread, a Deferred), so
+    # holding more would only run more at once.
     return concurrency if mode == "threads" else 0
 
 
@@ -92,12 +97,15 @@ class Worker:
     `endpoint` until `stop()` is called.
 
     `mode`: "inline" (one call at a time, on the socket's thread: the least
-    overhead per call) or "threads" (`concurrency` calls at once on a thread
-    pool: for handlers that block). The credit announced is the calls run at
-    once (1 inline, `concurrency` with threads) plus `prefetch`: calls held
-    ready at the worker, so it does not sit idle for the round trip between
-    a reply and the next call (a held call whose deadline passes is not run);
-    by default 16 inline, `concurrency` with threads (`default_prefetch`).
+    overhead per call), "threads" (`concurrency` calls at once on a thread
+    pool: for handlers that block), "asyncio" (coroutine handlers),
+    "gevent"/"eventlet" (green threads; the process should be
+    monkey-patched), "twisted" (Deferreds in the reactor; once per process).
+    The credit announced is the calls run at once (1 inline, `concurrency`
+    otherwise) plus `prefetch`: calls held ready at the worker, so it does
+    not sit idle for the round trip between a reply and the next call (a
+    held call whose deadline passes is not run); by default 16 inline,
+    `concurrency` with threads, 0 otherwise (`default_prefetch`).
 
     The worker token comes from `token`, else the file `token_file`, else
     the environment variable THRIFTWORKER_WORKER_TOKEN.
@@ -144,10 +152,12 @@ class Worker:
         # held ready so the worker never waits a round trip for the next.
         self.credit = concurrency + prefetch
         self.processors: dict[str, CallProcessor] = {n: adapt(p) for n, p in services.items()}
-        if mode == "asyncio":
-            for name, p in self.processors.items():
-                if not hasattr(p, "serve_async"):
-                    raise TypeError(f"service {name!r}: asyncio mode needs a processor with serve_async")
+        needs = {"asyncio": "serve_async", "twisted": "serve_deferred"}.get(mode)
+        for name, p in self.processors.items():
+            if needs is not None and not hasattr(p, needs):
+                raise TypeError(f"service {name!r}: {mode} mode needs a processor with {needs}")
+        if mode in ("asyncio", "twisted") and zmq_context is not None:
+            raise ValueError(f"{mode} mode opens its own ZeroMQ context: do not pass zmq_context")
         self.token = _load_token(token, token_file)
         self.liveness = heartbeat_liveness
         self.leave_timeout = leave_timeout
@@ -158,9 +168,11 @@ class Worker:
         self.worker_id: str | None = None
         self._ctx = zmq_context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
+        self._sock_fd = -1
         self._poller = zmq.Poller()
-        self._poller_cls: Any = zmq.Poller
-        self._green_pool: Any = None
+        self._green: GreenRuntime | None = None
+        self._green_waiting = False
+        self._reactor_loop: Any = None
         self._apoller: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -195,19 +207,18 @@ class Worker:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="thriftworker-call"
             )
-        elif self.mode == "gevent":
-            import gevent.pool
-            import zmq.green
-
-            # Green sockets and poller: waiting yields to the handlers'
-            # greenlets (the process is expected to be monkey-patched:
-            # thriftworker-py --mode gevent does it first thing).
-            self._ctx = zmq.green.Context()
-            self._green_pool = gevent.pool.Pool(self.concurrency)
-            self._poller_cls = zmq.green.Poller
+        elif self.mode in ("gevent", "eventlet"):
+            # Waiting yields to the handlers' green threads (the process is
+            # expected to be monkey-patched: thriftworker-py does it first).
+            self._green = GreenRuntime(self.mode, self.concurrency)
         try:
             if self.mode == "asyncio":
                 asyncio.run(self._run_async())
+            elif self.mode == "twisted":
+                from ._twisted import ReactorLoop
+
+                self._reactor_loop = ReactorLoop(self)
+                self._reactor_loop.run()
             else:
                 self._open_socket()
                 while not self._done():
@@ -248,8 +259,11 @@ class Worker:
 
     def _turn(self) -> None:
         self._before_poll()
-        events = dict(self._poller.poll(timeout=self._poll_ms()))
-        if self._wake_r in events:
+        if self._green is not None:
+            woke = self._green_wait()
+        else:
+            woke = self._wake_r in dict(self._poller.poll(timeout=self._poll_ms()))
+        if woke:
             drain(self._wake_r)
         if self._pool is not None:
             self._send_results()
@@ -269,23 +283,41 @@ class Worker:
         if self._reg.registered and now - self._last_sent >= self._heartbeat:
             self._send(wire.heartbeat())
 
+    def _green_wait(self) -> bool:
+        """Green modes: waits for the socket or the wake-up pipe, yielding
+        to the handlers meanwhile; True if the pipe woke us."""
+        sock = self._sock
+        assert sock is not None and self._green is not None
+        if int(_get(sock, _EVENTS)) & _POLLIN:
+            return False  # a message is waiting: no wait
+        self._green_waiting = True
+        try:
+            readable = self._green.wait([self._sock_fd, self._wake_r], self._poll_ms() / 1000.0)
+        finally:
+            self._green_waiting = False
+        return self._wake_r in readable
+
     def _poll_ms(self) -> int:
         wait = self._heartbeat / 2 if self._reg.registered else 0.05
         return max(1, int(wait * 1000))
 
-    def _read_burst(self) -> None:
+    def _read_burst(self) -> bool:
         """Handles the messages already here, up to a bound (then the loop's
-        timers get their turn): in inline mode, calls back to back."""
+        timers get their turn): in inline mode, calls back to back. True if
+        it stopped at the bound (more may be waiting)."""
         sock = self._sock
         assert sock is not None
         for _ in range(_BURST):
             try:
                 frames = [_recv(sock, _NOBLOCK)]
             except zmq.Again:
-                return
+                return False
             while _get(sock, _RCVMORE):
                 frames.append(_recv(sock, 0))
             self._on_message(frames)
+            if self._sock is not sock:
+                return False  # reconnected meanwhile: the new socket is read next
+        return True
 
     def _leave(self, now: float) -> None:
         self._leaving_since = now
@@ -317,14 +349,17 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 2000)
         sock.connect(self.endpoint)
         self._sock = sock
-        if self._loop is None:
-            self._poller = self._poller_cls()
-            self._poller.register(sock, zmq.POLLIN)
-            self._poller.register(self._wake_r, zmq.POLLIN)
-        else:
+        self._sock_fd = int(_get(sock, zmq.FD))
+        if self._loop is not None:
             self._apoller = zmq_asyncio.Poller()
             self._apoller.register(sock, zmq.POLLIN)
             self._apoller.register(self._wake_r, zmq.POLLIN)
+        elif self._reactor_loop is not None:
+            self._reactor_loop.on_socket(self._sock_fd)
+        elif self._green is None:
+            self._poller = zmq.Poller()
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(self._wake_r, zmq.POLLIN)
         backoff = self._reg.backoff
         ever = self._reg.ever
         self._reg = _Registration(session=self._reg.session + 1, ever=ever, backoff=backoff)
@@ -409,8 +444,10 @@ class Worker:
         self._running += 1
         if self._pool is not None:
             self._pool.submit(self._serve_on_pool, session, call, req)
-        elif self._green_pool is not None:
-            self._green_pool.spawn(self._serve_green, session, call, req)
+        elif self._green is not None:
+            self._green.spawn(self._serve_green, session, call, req)
+        elif self._reactor_loop is not None:
+            self._reactor_loop.start_call(session, call, req)
         elif self._loop is not None:
             task = self._loop.create_task(self._serve_task(session, call, req))
             self._tasks.add(task)
@@ -457,10 +494,15 @@ class Worker:
         self._finish(session, req.request_id, reply)
 
     def _serve_green(self, session: int, call: context.CallContext, req: wire.Request) -> None:
-        """One call in gevent mode, in its own greenlet. The reply is sent
-        from here: sends go through `_send`, which never yields, so the
+        """One call in a green mode, in its own green thread. The reply is
+        sent from here: sends go through `_send`, which never yields, so the
         frames of two replies cannot interleave on the socket."""
         self._finish(session, req.request_id, self._serve(call, req))
+        sock = self._sock
+        if self._green_waiting and sock is not None and int(_get(sock, _EVENTS)) & _POLLIN:
+            # The send consumed the FD's signal of a message that arrived
+            # meanwhile: the loop, waiting on the FD, would not see it.
+            self._wake()
 
     def _serve_on_pool(self, session: int, call: context.CallContext, req: wire.Request) -> None:
         try:
@@ -490,9 +532,7 @@ class Worker:
         self._send(wire.reply(request_id, reply))
 
     def _wake(self) -> None:
-        # The pipe may be full (the loop wakes anyway) or closed (it ended).
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        poke(self._wake_w)
 
 
 def _failure(req: wire.Request, kind: int, text: str) -> bytes:
