@@ -9,10 +9,14 @@ from thriftworker.processors import ApacheProcessor, Thriftpy2Processor, adapt
 from thriftworker.wire import COMPACT
 
 
-@pytest.fixture(params=["apache", "thriftpy2"])
+@pytest.fixture(params=["apache", "thriftpy2", "apache-exclusive", "thriftpy2-exclusive"])
 def served(request: pytest.FixtureRequest) -> Any:
-    processor = request.getfixturevalue("apache" if request.param == "apache" else "thriftpy2_processor")
-    return adapt(processor)
+    """Each library's processor, also as an inline worker runs it (exclusive:
+    one pair of protocol objects reused from call to call)."""
+    lib, _, exclusive = request.param.partition("-")
+    processor = adapt(request.getfixturevalue("apache" if lib == "apache" else "thriftpy2_processor"))
+    processor.exclusive = bool(exclusive)  # type: ignore[attr-defined]
+    return processor
 
 
 def test_adapt_picks_the_library(apache: Any, thriftpy2_processor: Any) -> None:
@@ -83,3 +87,16 @@ def test_an_unknown_method_is_answered_by_the_processor(served: Any, code: int) 
     mtype, seqid, e = decode_reply(code, "whoamj", reply)
     assert (mtype, seqid) == (TMessageType.EXCEPTION, 9)
     assert e.type == TApplicationException.UNKNOWN_METHOD
+
+
+def test_reused_protocols_serve_call_after_call_whatever_came_before(served: Any) -> None:
+    """A call that fails half-way through decoding must not leave state
+    behind for the next one (the compact protocol keeps some)."""
+    for round_ in range(3):
+        for code in PROTOCOLS:
+            text = f"m{round_}" + "x" * 60
+            good = encode_call(code, "echo", round_, message=text)
+            assert decode_reply(code, "echo", served.serve(code, good))[2].success == text
+            bad = served.serve(code, good[: len(good) // 2])  # cut in the middle of the arguments
+            assert codec.message_type(code, bad) == TMessageType.EXCEPTION
+            assert served.serve(code, encode_call(code, "notify", 1, message="n")) == b""

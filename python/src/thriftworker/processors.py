@@ -51,6 +51,11 @@ class _Served:
         # factory per wire protocol code.
         self._buffer: Any = None
         self._factories: dict[int, Callable[[Any], Any]] = {}
+        #: Set by a worker that runs one call at a time (inline mode): `serve`
+        #: then reuses one pair of protocol objects per wire protocol instead
+        #: of building two per call (5 of the 16 µs `serve` took for an echo).
+        self.exclusive = False
+        self._reused: dict[int, tuple[Any, Any]] = {}
 
     def protocols(self, protocol: int, message: bytes) -> tuple[Any, Any]:
         """Input and output protocols over memory buffers for one call."""
@@ -63,23 +68,39 @@ class _Served:
         value: bytes = oprot.trans.getvalue()
         return value
 
+    def _reused_protocols(self, protocol: int, message: bytes) -> tuple[Any, Any]:
+        pair = self._reused.get(protocol)
+        if pair is None:
+            pair = self._reused[protocol] = self.protocols(protocol, b"")
+        iprot, oprot = pair
+        iprot.trans = self._buffer(message)
+        oprot.trans = self._buffer()
+        return iprot, oprot
+
     def serve(self, protocol: int, message: bytes) -> bytes:
         try:
-            iprot, oprot = self.protocols(protocol, message)
+            if self.exclusive:
+                iprot, oprot = self._reused_protocols(protocol, message)
+            else:
+                iprot, oprot = self.protocols(protocol, message)
         except ValueError as e:
             return codec.failure_reply(protocol, message, codec.PROTOCOL_ERROR, f"thriftworker: {e}")
         try:
             self.processor.process(iprot, oprot)
         except Exception as e:
+            # A protocol object left mid-message (the compact protocol keeps
+            # state) is not used again.
+            self._reused.pop(protocol, None)
             # Arguments that do not decode (the processors raise before
             # calling the handler), or a handler exception the processor lets
             # through (thriftpy2 does for undeclared ones).
             kind = _failure_kind(e)
             log.warning("call failed: %s: %s", type(e).__name__, e)
             return codec.failure_reply(protocol, message, kind, f"thriftworker: {type(e).__name__}: {e}")
-        if _is_oneway(protocol, message):
-            return b""
-        return self.written(oprot)
+        out = self.written(oprot)
+        if out and _is_oneway(protocol, message):
+            return b""  # a oneway call is answered with nothing, whatever was written
+        return out
 
     def serve_deferred(self, protocol: int, message: bytes) -> Any:
         """The twisted mode: a Deferred firing with the reply.

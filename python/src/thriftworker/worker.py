@@ -50,6 +50,8 @@ log = logging.getLogger("thriftworker")
 MODES = ("inline", "threads", "asyncio", "gevent", "eventlet", "twisted")
 #: Messages handled in a row before the loop looks at its timers again.
 _BURST = 256
+#: Replies held back in a burst (inline mode) before they are sent anyway.
+_COALESCE = 16
 
 # pyzmq's Socket methods without their Python layer (flag enums, typing
 # casts): a third of a worker's CPU per call went there (cProfile under
@@ -152,6 +154,10 @@ class Worker:
         # held ready so the worker never waits a round trip for the next.
         self.credit = concurrency + prefetch
         self.processors: dict[str, CallProcessor] = {n: adapt(p) for n, p in services.items()}
+        if mode == "inline":
+            for p in self.processors.values():
+                if hasattr(p, "exclusive"):
+                    p.exclusive = True  # one call at a time: it may reuse its protocol objects
         needs = {"asyncio": "serve_async", "twisted": "serve_deferred"}.get(mode)
         for name, p in self.processors.items():
             if needs is not None and not hasattr(p, needs):
@@ -186,6 +192,8 @@ class Worker:
         self._bye = False
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._results: queue.SimpleQueue[tuple[int, int, bytes]] = queue.SimpleQueue()
+        self._outbox: list[list[bytes]] = []
+        self._coalesce = mode == "inline"
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -305,6 +313,12 @@ class Worker:
         """Handles the messages already here, up to a bound (then the loop's
         timers get their turn): in inline mode, calls back to back. True if
         it stopped at the bound (more may be waiting)."""
+        try:
+            return self._read_messages()
+        finally:
+            self._flush()
+
+    def _read_messages(self) -> bool:
         sock = self._sock
         assert sock is not None
         for _ in range(_BURST):
@@ -364,9 +378,22 @@ class Worker:
         ever = self._reg.ever
         self._reg = _Registration(session=self._reg.session + 1, ever=ever, backoff=backoff)
         self._outstanding = set()
+        self._outbox = []  # replies for the socket that is gone
         self._send_ready()
 
+    def _flush(self) -> None:
+        """Sends the replies held back during a burst (inline mode)."""
+        if self._outbox:
+            held, self._outbox = self._outbox, []
+            for frames in held:
+                self._send_now(frames)
+
     def _send(self, frames: list[bytes]) -> None:
+        if self._outbox:
+            self._flush()  # in order: held replies first
+        self._send_now(frames)
+
+    def _send_now(self, frames: list[bytes]) -> None:
         sock = self._sock
         assert sock is not None
         last = len(frames) - 1
@@ -529,7 +556,15 @@ class Worker:
         if session != self._reg.session:
             return  # for an earlier connection: that registration is gone
         self._outstanding.discard(request_id)
-        self._send(wire.reply(request_id, reply))
+        if self._coalesce:
+            # Inline mode: the replies of one burst leave together at its end
+            # (`_flush`), so ZeroMQ's I/O thread is woken once per burst,
+            # not once per call; at most `_COALESCE` are held.
+            self._outbox.append(wire.reply(request_id, reply))
+            if len(self._outbox) >= _COALESCE:
+                self._flush()
+        else:
+            self._send(wire.reply(request_id, reply))
 
     def _wake(self) -> None:
         poke(self._wake_w)
