@@ -2,7 +2,10 @@
 offline, without a cluster:
 
 - `kubectl kustomize` renders every overlay (and the optional ServiceMonitor
-  component on top of each);
+  component on top of each): the Rust example worker's `sidecar` and `pool`,
+  and `sidecar-python` and `pool-python`, the same topologies running the
+  Python example worker (examples/python/) through the
+  components/python-worker components;
 - every rendered object passes the Kubernetes JSON schemas of 1.30 (the
   oldest version the manifests need: the preStop `sleep` action) and of the
   newest version bundled with kubernetes-validate, unknown fields rejected;
@@ -11,27 +14,36 @@ offline, without a cluster:
 - the manifests agree with the binaries and with themselves: ports, probes,
   grace period vs. shutdown_timeout, network policies, image names and the
   paths the Dockerfiles install the binaries at;
+- the Python worker's image, read (no container engine here): its base is
+  the Python these tests run, its user the pods' uid, its ENTRYPOINT the
+  manifests' command, its build context holds what it copies, and the
+  target the manifests name loads from the image's layout;
 - a smoke test runs the rendered pod spec for real: the data-plane container's
   command, args, env and mounted ConfigMap/Secret, then the worker container
-  of the overlay, and checks every probe and containerPort as the manifest
-  expects, a real Thrift call on every listener, the README's thriftctl
-  command, and a drain that loses no call.
+  of the overlay (thriftworker-py for the Python ones, with the files and ENV
+  of its Dockerfile), and checks every probe and containerPort as the
+  manifest expects, real Thrift calls on every listener served by that
+  worker, the README's thriftctl command, and drains that lose no call.
 
 Needs kubectl >= 1.27 on PATH (or the kustomize ./scripts/test fetches
-when it is missing), and the binaries of
-`cargo build --workspace --bins` (THRIFTWORKER_TARGET_DIR, like the rest of
-tests/e2e).
+when it is missing), the binaries of `cargo build --workspace --bins`
+(THRIFTWORKER_TARGET_DIR, like the rest of tests/e2e), and the python/
+package installed in this venv (`pip install -e ./python`, as
+./scripts/test does).
 """
 
 import base64
+import contextlib
 import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import tomllib
@@ -41,10 +53,14 @@ import pytest
 import yaml
 
 import harness
-from harness import MAX_WAIT, Calc, Echo, binary, clean_env, thrift_client, wait_for
+from harness import MAX_WAIT, Calc, Echo, EchoError, binary, clean_env, thrift_client, wait_for
 
 DEPLOY = harness.REPO / "deploy"
-OVERLAYS = ("sidecar", "pool")
+# Each overlay's topology is the part of its name before "-".
+OVERLAYS = ("sidecar", "pool", "sidecar-python", "pool-python")
+SIDECARS = tuple(o for o in OVERLAYS if o.startswith("sidecar"))
+POOLS = tuple(o for o in OVERLAYS if o.startswith("pool"))
+PYTHON_OVERLAYS = tuple(o for o in OVERLAYS if o.endswith("-python"))
 SERVICEMONITOR = DEPLOY / "components" / "servicemonitor"
 # What `kubectl kustomize` is asked to render: each overlay, and each overlay
 # with the ServiceMonitor component, composed as deploy/README.md shows.
@@ -58,6 +74,18 @@ FLUSH_SECONDS = 5
 GRACE_MARGIN_SECONDS = 5
 ADMIN_DEFAULT = "127.0.0.1:9901"
 METRICS_DEFAULT = "0.0.0.0:9900"
+PYTHON_IMAGE = "thriftworker-python-worker"
+PYTHON_DOCKERFILE = DEPLOY / "python-worker.Dockerfile"
+# Image name (in the manifests, before the tag) -> the Dockerfile that builds it.
+DOCKERFILES = {
+    "thriftworker": harness.REPO / "Dockerfile",
+    "thriftworker-echo-worker": DEPLOY / "worker.Dockerfile",
+    PYTHON_IMAGE: PYTHON_DOCKERFILE,
+}
+
+
+def topology(overlay):
+    return overlay.split("-")[0]
 
 
 # -- rendering ------------------------------------------------------------------
@@ -307,7 +335,7 @@ def checkov_summary(reports):
 
 def test_checkov(rendered, tmp_path):
     """checkov's Kubernetes policies on every rendered variant and its
-    Dockerfile policies on both images, offline (--skip-download in the
+    Dockerfile policies on every image, offline (--skip-download in the
     config: no connection to any platform). Fails on any failed check; the
     skipped ones are those of deploy/.checkov.yaml and the per-resource
     annotations, each of which must carry a reason."""
@@ -319,7 +347,7 @@ def test_checkov(rendered, tmp_path):
         f = tmp_path / (name.replace("+", "-") + ".yaml")
         f.write_text(m.text)
         files.append(f)
-    files += [harness.REPO / "Dockerfile", DEPLOY / "worker.Dockerfile"]
+    files += list(DOCKERFILES.values())
     env = {k: v for k, v in clean_env().items() if not k.startswith(("BC_", "PRISMA_", "CKV_", "CHECKOV_"))}
     argv = [str(exe), "--config-file", str(DEPLOY / ".checkov.yaml"), "-o", "json"]
     for f in files:
@@ -340,7 +368,7 @@ def test_checkov(rendered, tmp_path):
     ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
     assert all(s["parsing_errors"] == 0 for s in summary.values()), summary
-    assert summary["dockerfile"]["resource_count"] == 2, summary
+    assert summary["dockerfile"]["resource_count"] == len(DOCKERFILES), summary
     assert r.returncode == 0, r.stderr[-3000:]
     # Per-resource skips (annotations) say why.
     for rep in reports:
@@ -432,7 +460,7 @@ def test_grace_period_covers_the_drain(rendered, overlay):
         [duration(s.get("timeout", "30s")) for s in config["services"]]
         + [duration(t) for s in config["services"] for t in s.get("method_timeouts", {}).values()]
     )
-    if overlay == "pool":
+    if topology(overlay) == "pool":
         worker_spec = m.deployment("echo-worker")["spec"]["template"]["spec"]
         assert worker_spec["terminationGracePeriodSeconds"] >= longest_call + GRACE_MARGIN_SECONDS
     else:
@@ -462,7 +490,7 @@ def test_network_policies(rendered, overlay):
     for name in ("thrift-echo", "thrift-mux"):
         assert admitted[name] == [None]
     assert admitted["metrics"] == [[{"namespaceSelector": {}}]]
-    if overlay == "pool":
+    if topology(overlay) == "pool":
         worker_labels = m.deployment("echo-worker")["spec"]["template"]["metadata"]["labels"]
         (sources,) = admitted["workers"]
         (src,) = sources
@@ -484,12 +512,13 @@ def test_network_policies(rendered, overlay):
     assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"thrift-echo", "thrift-mux"}
 
 
-def test_sidecar_socket(rendered):
+@pytest.mark.parametrize("overlay", SIDECARS)
+def test_sidecar_socket(rendered, overlay):
     """The sidecar worker connects where the data plane binds, on the shared
     emptyDir, in a subdirectory: the emptyDir's root is owned by root and the
     data plane refuses a socket directory that is not its own (it creates the
     subdirectory itself, mode 0700; the smoke test runs it as uid 65532)."""
-    m = rendered["sidecar"]
+    m = rendered[overlay]
     spec, c = m.dataplane()
     config = tomllib.loads(m.config_text())
     (endpoint,) = config["workers"]["endpoints"]
@@ -526,14 +555,23 @@ def test_images_match_manifests_and_workspace(rendered):
     ).stdout)
     workspace_bins = {p["name"]: {t["name"] for t in p["targets"] if "bin" in t["kind"]} for p in meta["packages"]}
     version = next(p["version"] for p in meta["packages"] if p["name"] == "thriftworker")
-    images = {}  # image name in the manifests -> binaries installed
-    for df, image in ((harness.REPO / "Dockerfile", "thriftworker"), (DEPLOY / "worker.Dockerfile", "thriftworker-echo-worker")):
+    images = {}  # image name in the manifests -> programs installed in /usr/local/bin
+    for image in ("thriftworker", "thriftworker-echo-worker"):
+        df = DOCKERFILES[image]
         pkgs, bins, installed = dockerfile_builds(df)
         assert pkgs and pkgs <= set(workspace_bins), (df, pkgs)
         assert bins <= set().union(*(workspace_bins[p] for p in pkgs)), (df, bins)
         assert installed == bins, (df, installed, bins)
         assert f"-t {image}:{version}" in df.read_text(), f"{df.name} should document `docker build ... -t {image}:{version}`"
         images[f"{image}:{version}"] = installed
+    # The Python image: pip installs python/ (the package of that name) and
+    # with it its console scripts, into the base image's /usr/local/bin.
+    project = tomllib.loads((harness.REPO / "python" / "pyproject.toml").read_text())["project"]
+    text = PYTHON_DOCKERFILE.read_text()
+    assert re.search(r'pip wheel [^\n]*"\./python\[', text), text
+    assert re.search(rf'pip install [^"]*"{project["name"]}\[', text), text
+    assert f"-t {PYTHON_IMAGE}:{project['version']}" in text
+    images[f"{PYTHON_IMAGE}:{project['version']}"] = set(project["scripts"])
     # .dockerignore keeps every workspace member (and the lock file) in the context.
     ignored = [l.strip().rstrip("/") for l in (harness.REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
     members = tomllib.loads((harness.REPO / "Cargo.toml").read_text())["workspace"]["members"]
@@ -544,6 +582,328 @@ def test_images_match_manifests_and_workspace(rendered):
                 assert c["image"] in images, f"{overlay}: {c['name']} runs {c['image']}, built by no Dockerfile"
                 exe = c["command"][0]
                 assert exe.startswith("/usr/local/bin/") and Path(exe).name in images[c["image"]], (c["name"], exe)
+
+
+# -- the Python worker: its image and its overlays ----------------------------------------
+
+
+class Dockerfile:
+    """A Dockerfile's instructions stage by stage, as these tests read them:
+    comments dropped, continuation lines joined (so no comment may sit inside
+    a continued instruction), the global ARG defaults substituted in FROM."""
+
+    def __init__(self, path):
+        self.path = path
+        lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+        self.args, self.stages = {}, []
+        for line in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+            m = re.match(r"\s*([A-Za-z]+)\s+(.*\S)", line)
+            if not m:
+                continue
+            kw, rest = m.group(1).upper(), m.group(2)
+            if kw == "FROM":
+                rest = re.sub(r"\$\{(\w+)\}", lambda v: self.args[v.group(1)], rest)
+                self.stages.append([])
+            if self.stages:
+                self.stages[-1].append((kw, rest))
+            elif kw == "ARG":
+                name, _, default = rest.partition("=")
+                self.args[name] = default
+
+    def base(self, stage):
+        return self.stages[stage][0][1].split()[0]
+
+    def final(self, kw):
+        """The arguments of every `kw` instruction of the final stage."""
+        return [rest for k, rest in self.stages[-1] if k == kw]
+
+    def exec_form(self, kw):
+        """The last `kw` (ENTRYPOINT, CMD) of the final stage, which is the one that counts."""
+        return json.loads(self.final(kw)[-1])
+
+    def env(self):
+        env = {}
+        for rest in self.final("ENV"):
+            for pair in shlex.split(rest):
+                k, _, v = pair.partition("=")
+                env[k] = v
+        return env
+
+    def context_copies(self, stage=-1):
+        """(sources, destination) of a stage's COPY instructions that read the build context."""
+        out = []
+        for k, rest in self.stages[stage]:
+            if k == "COPY" and "--from=" not in rest:
+                words = [w for w in rest.split() if not w.startswith("--")]
+                out.append((words[:-1], words[-1]))
+        return out
+
+
+def dockerignore_sends(ignore_file, path):
+    """Whether the build context file `path` (relative to it) reaches the
+    builder, by `ignore_file`'s rules in the subset of the syntax used here
+    (`*`, `**`, `!`, trailing `/`): as in Docker, the last pattern that
+    matches the path or one of its parent directories decides."""
+    patterns = [p.strip() for p in ignore_file.read_text().splitlines() if p.strip() and not p.lstrip().startswith("#")]
+    parts = path.split("/")
+    sent = True
+    for pattern in patterns:
+        glob = pattern.removeprefix("!").strip("/")
+        rx = "".join(
+            ".*" if t == "**" else "[^/]*" if t == "*" else "[^/]" if t == "?" else re.escape(t)
+            for t in re.split(r"(\*\*|\*|\?)", glob)
+        ).replace(".*/", "(?:.*/)?")  # "**/" also matches nothing
+        if any(re.fullmatch(rx, "/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+            sent = pattern.startswith("!")
+    return sent
+
+
+class LocalImage:
+    """What a container's image provides, here, read from its Dockerfile.
+
+    - The program: for the Rust images the binary cargo built (the Dockerfiles
+      build the same ones, in release); for the Python image the console
+      script of the same package in this venv (python/, installed editable:
+      the source the image's wheel is built from).
+      When the pod's user is not ours, the console script of a venv that
+      user can run (`pod_python`).
+    - For the Python image, the files its final stage copies from the build
+      context, at their image paths under a local directory, and its ENV with
+      those paths pointing there (PYTHONPATH=/app is where the target is
+      imported from). The rest of its filesystem (pip's packages) is this venv.
+    """
+
+    def __init__(self, image, root, python_bin=None):
+        self.name = image.split(":")[0]
+        self.python_bin = Path(python_bin or Path(sys.executable).parent)
+        assert self.name in DOCKERFILES, f"{image}: built by no Dockerfile"
+        self.dockerfile = Dockerfile(DOCKERFILES[self.name])
+        self.env = {}
+        if self.name == PYTHON_IMAGE:
+            top = Path(tempfile.mkdtemp(prefix="img", dir=root))
+            os.chmod(top, 0o755)
+            subs = []
+            for sources, dest in self.dockerfile.context_copies():
+                assert dest.endswith("/"), f"COPY ... {dest}: the test models copies into directories only"
+                local = top / dest.strip("/")
+                local.mkdir(parents=True, exist_ok=True)
+                for src in sources:
+                    shutil.copy(harness.REPO / src, local / Path(src).name)
+                subs.append((dest.rstrip("/"), str(local)))
+            self.env = {k: LocalPod.substitute(v, subs) for k, v in self.dockerfile.env().items()}
+
+    def program(self, exe):
+        name = Path(exe).name
+        if self.name == PYTHON_IMAGE:
+            local, hint = self.python_bin / name, "pip install -e ./python"
+        else:
+            local, hint = binary(name), "cargo build --workspace --bins"
+        if not local.exists():
+            pytest.fail(f"{local} not found: {hint}", pytrace=False)
+        return local
+
+
+def python_containers(m):
+    """(pod spec, container) of every container running the Python image."""
+    return [
+        (spec, c)
+        for dep in m.all("Deployment")
+        for spec in [dep["spec"]["template"]["spec"]]
+        for c in all_containers(spec)
+        if c["image"].split(":")[0] == PYTHON_IMAGE
+    ]
+
+
+@pytest.fixture(scope="session")
+def pod_python(rendered):
+    """The bin directory of a venv with this venv's packages (python/
+    editable included) that the Python pods' user can run, when the smoke
+    tests run processes as that user (LocalPod, as root); None otherwise.
+
+    This venv's own interpreter may be where only root can reach it (pyenv
+    under /root, mode 0700): a supervisor started as uid 65532 could not
+    start its worker processes (`sys.executable`). So: the first Python of
+    the same minor version (the image's, test_python_worker_image) that the
+    user can run and re-run (checked by doing it), a venv made from it, and
+    a .pth file that adds this venv's site-packages."""
+    if not (os.geteuid() == 0 and shutil.which("setpriv")):
+        yield None
+        return
+    (spec, _), *_ = python_containers(rendered[PYTHON_OVERLAYS[0]])
+    psc = spec["securityContext"]
+    as_user = ["setpriv", f"--reuid={psc['runAsUser']}", f"--regid={psc['runAsGroup']}", "--clear-groups", "--"]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    # Runs, and can start itself again (what the supervisor does).
+    probe = "import subprocess, sys; subprocess.run([sys.executable, '-c', '']); print(*sys.version_info[:2])"
+
+    def runs_as_user(python):
+        r = subprocess.run([*as_user, python, "-c", probe], capture_output=True, text=True, timeout=30)
+        return r.stdout.split() == version.split(".")
+
+    candidates = [shutil.which(f"python{version}"), f"/usr/local/bin/python{version}", f"/usr/bin/python{version}"]
+    python = next((c for c in candidates if c and Path(c).exists() and runs_as_user(c)), None)
+    if python is None:
+        pytest.fail(f"no python{version} that uid {psc['runAsUser']} can run (tried {candidates})", pytrace=False)
+    d = Path(tempfile.mkdtemp(prefix="pyrt", dir="/tmp"))
+    try:
+        os.chmod(d, 0o755)
+        subprocess.run([python, "-m", "venv", "--without-pip", str(d)], check=True, timeout=60)
+        (site,) = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+        (new_site,) = d.glob("lib/python*/site-packages")
+        (new_site / "_test_venv.pth").write_text(f"import site; site.addsitedir({site!r})\n")
+        for script in ("thriftworker-py",):
+            src = (Path(sys.executable).parent / script).read_text().split("\n", 1)[1]
+            (d / "bin" / script).write_text(f"#!{d / 'bin' / 'python'}\n{src}")
+            os.chmod(d / "bin" / script, 0o755)
+        r = subprocess.run([*as_user, d / "bin" / "thriftworker-py", "--help"], capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr.decode()
+        yield d / "bin"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_python_worker_image(rendered, tmp_path):
+    """deploy/python-worker.Dockerfile, read (no container engine here), and
+    held to what the manifests and the smoke test assume of it."""
+    df = Dockerfile(PYTHON_DOCKERFILE)
+    text = PYTHON_DOCKERFILE.read_text()
+    # Builder and runtime on one base, pinned by tag, and the Python (minor
+    # version) the smoke test runs the worker with here.
+    bases = {df.base(i) for i in range(len(df.stages))}
+    assert len(df.stages) == 2 and len(bases) == 1, bases
+    m = re.fullmatch(r"docker\.io/library/python:(\d+\.\d+)-slim-bookworm", bases.pop())
+    assert m and m.group(1) == f"{sys.version_info.major}.{sys.version_info.minor}", df.base(-1)
+    # The compiler stays in the builder: the final stage installs wheels
+    # from a mount and copies nothing out of the builder.
+    final = " ".join(rest for _, rest in df.stages[-1])
+    assert not re.search(r"\b(apt-get|apt|gcc|build-essential)\b", final), final
+    mount = "--mount=type=bind,from=builder"
+    assert mount in final and "--from=builder" not in final.replace(mount, "")
+    assert "--no-index" in final
+    # Versions: the tests' pins, as pip constraints (name==version lines only).
+    (req,) = [src for srcs, _ in df.context_copies(0) for src in srcs if src.endswith("requirements.txt")]
+    assert req == "tests/requirements.txt" and "-c constraints.txt" in text
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (harness.REPO / req).read_text(), re.M))
+    assert {"thriftpy2", "pyzmq", "thrift"} <= set(pins), pins
+    lines = [line for line in (harness.REPO / req).read_text().splitlines() if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==\S+", line) for line in lines), lines
+
+    # The image's user and program are the pods': uid/gid 65532 (the data
+    # plane's: the sidecar's socket directory is mode 0700), and the
+    # manifests' command is the ENTRYPOINT (`docker run IMAGE --check ...`
+    # runs what the pods run).
+    (user,) = df.final("USER")
+    entrypoint = df.exec_form("ENTRYPOINT")
+    for overlay in PYTHON_OVERLAYS:
+        found = python_containers(rendered[overlay])
+        assert len(found) == 1, (overlay, found)
+        for spec, c in found:
+            psc = spec["securityContext"]
+            assert user == f"{psc['runAsUser']}:{psc['runAsGroup']}" == "65532:65532", (overlay, user, psc)
+            assert "runAsUser" not in c["securityContext"], overlay
+            assert c["command"] == entrypoint, (overlay, c["command"], entrypoint)
+
+    # The build context: the root .dockerignore (the Rust workspace's) would
+    # drop what this image copies, so the Dockerfile-specific one next to it
+    # (BuildKit) sends exactly that, and not target/ or .git/.
+    ignore = PYTHON_DOCKERFILE.with_name(PYTHON_DOCKERFILE.name + ".dockerignore")
+    sources = [src for i in range(len(df.stages)) for srcs, _ in df.context_copies(i) for src in srcs]
+    files = []
+    for src in sources:
+        p = harness.REPO / src
+        if not p.is_dir():
+            files.append(src)
+            continue
+        for f in p.rglob("*"):
+            if f.is_file() and not {"__pycache__", "tests"} & set(f.relative_to(p).parts):
+                files.append(str(f.relative_to(harness.REPO)))
+    assert "python/pyproject.toml" in files and "python/src/thriftworker/cli.py" in files
+    for f in files:
+        assert dockerignore_sends(ignore, f), f"{ignore.name} keeps {f} out of the build context"
+    # Why it has its own: the repository's (the Rust images') keeps tests/ out.
+    assert not dockerignore_sends(harness.REPO / ".dockerignore", "tests/requirements.txt")
+    for f in ("target/debug/thriftworker", ".git/HEAD", ".venv/bin/python", "Cargo.toml", "python/tests/test_wire.py"):
+        assert not dockerignore_sends(ignore, f), f"{ignore.name} sends {f}"
+
+    # Documented where the manifests and the README say it is built.
+    version = tomllib.loads((harness.REPO / "python" / "pyproject.toml").read_text())["project"]["version"]
+    build = f"docker build -f deploy/python-worker.Dockerfile -t {PYTHON_IMAGE}:{version} ."
+    assert build in text and build in (DEPLOY / "README.md").read_text()
+
+    # The target each manifest names loads from the image's layout, as the
+    # image's build step and the supervisor check it, and serves exactly the
+    # data plane's services.
+    image = LocalImage(f"{PYTHON_IMAGE}:{version}", tmp_path)
+    assert "--check" in text
+    config = tomllib.loads(rendered["sidecar"].config_text())
+    for overlay in PYTHON_OVERLAYS:
+        for _, c in python_containers(rendered[overlay]):
+            target = c["args"][-1]
+            assert re.fullmatch(r"[\w.]+:[\w.]+", target), c["args"]
+            r = subprocess.run(
+                [str(image.program(c["command"][0])), "--check", target],
+                capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env(**image.env),
+            )
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.strip() == "ok: " + ", ".join(s["name"] for s in config["services"]), r.stdout
+
+
+@pytest.mark.parametrize("overlay", PYTHON_OVERLAYS)
+def test_python_overlay_changes_only_the_worker(rendered, overlay):
+    """A Python overlay is its topology's overlay with the worker container's
+    image, command, args and resources replaced; every other object and field
+    (names, labels, mounts, security contexts, grace periods, probes, the
+    data plane) is the same."""
+    py, rust = rendered[overlay], rendered[topology(overlay)]
+
+    def key(d):
+        return d["kind"], d["metadata"]["name"]
+
+    def without_containers(dep):
+        pod = {k: v for k, v in dep["spec"]["template"]["spec"].items() if k not in ("containers", "initContainers")}
+        return {**dep, "spec": {**dep["spec"], "template": {**dep["spec"]["template"], "spec": pod}}}
+
+    assert sorted(map(key, py.docs)) == sorted(map(key, rust.docs))
+    changed = []
+    for d in py.docs:
+        before = next(o for o in rust.docs if key(o) == key(d))
+        if d == before:
+            continue
+        assert d["kind"] == "Deployment", key(d)
+        spec, old_spec = d["spec"]["template"]["spec"], before["spec"]["template"]["spec"]
+        for field in ("containers", "initContainers"):
+            assert [c["name"] for c in spec.get(field, [])] == [c["name"] for c in old_spec.get(field, [])]
+            for c, old in zip(spec.get(field, []), old_spec.get(field, []), strict=True):
+                if c != old:
+                    fields = {k for k in set(c) | set(old) if c.get(k) != old.get(k)}
+                    assert fields == {"image", "command", "args", "resources"}, (c["name"], fields)
+                    changed.append((d["metadata"]["name"], c["name"]))
+        assert without_containers(d) == without_containers(before), key(d)
+    worker = "thriftworker" if topology(overlay) == "sidecar" else "echo-worker"
+    assert changed == [(worker, "echo-worker")]
+
+
+@pytest.mark.parametrize("overlay", ("sidecar", "pool"))
+def test_python_component_refuses_the_other_topology(rendered, overlay, kubectl, tmp_path):
+    """Each components/python-worker/<topology> names where the worker is in
+    its topology: on the other one kustomize fails, instead of adding a
+    half-defined container (the sidecar patch's `test`) or doing nothing
+    (the pool patch names a Deployment the sidecar overlay does not have)."""
+    other = "pool" if overlay == "sidecar" else "sidecar"
+    # kustomize refuses absolute paths here
+    resource = os.path.relpath(DEPLOY / "overlays" / overlay, tmp_path)
+    component = os.path.relpath(DEPLOY / "components" / "python-worker" / other, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {resource}\ncomponents:\n  - {component}\n"
+    )
+    r = subprocess.run([*kubectl, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0, f"{other} component on the {overlay} overlay rendered:\n{r.stdout}"
+    # (Both kustomize 5 and the 4.5.4 that ./scripts/test may fetch say so.)
+    expected = {"sidecar": "test operation does not apply", "pool": "no matches for Id Deployment.v1.apps/echo-worker"}
+    assert expected[other] in r.stderr, r.stderr
+    # ... while on its own topology it renders (the overlays are exactly that).
+    assert python_containers(rendered[f"{overlay}-python"])
 
 
 # -- the smoke test: the rendered pod, run here ---------------------------------------
@@ -566,7 +926,9 @@ class LocalPod:
       (`--ready-file`, the one added flag) reports them; each manifest port is
       then mapped to the port actually bound for it;
     - a Service's `NAME:PORT` in a worker's endpoint → `localhost:BOUND`
-      (the host name is kept a name, so the worker still resolves it).
+      (the host name is kept a name, so the worker still resolves it);
+    - the image: its program is the one built here, and the Python image's
+      files and ENV are its Dockerfile's, under a local directory (LocalImage).
 
     When the test runs as root (as CI does here), each process runs as the pod's
     runAsUser/runAsGroup with fsGroup as supplementary group, no new
@@ -577,10 +939,11 @@ class LocalPod:
     emptyDir, as in the pod. Otherwise everything runs as the current user.
     """
 
-    def __init__(self, manifests, root, processes):
+    def __init__(self, manifests, root, processes, python_bin=None):
         self.m = manifests
         self.root = root
         self.processes = processes
+        self.python_bin = python_bin
         self.volumes = {}  # volume name -> local dir (shared by a pod's containers)
         self.as_root = os.geteuid() == 0 and shutil.which("setpriv") is not None
         os.chmod(root, 0o755)
@@ -645,11 +1008,10 @@ class LocalPod:
             vm, vol = mount_for(spec, c, path)
             local = Path(self.substitute(path, subs))
             local.write_text(self.substitute(local.read_text(), subs, extra_subs))
-        exe = binary(Path(c["command"][0]).name)
-        if not exe.exists():
-            pytest.fail(f"{exe} not found: cargo build --workspace --bins", pytrace=False)
+        image = LocalImage(c["image"], self.root, self.python_bin)
+        exe = image.program(c["command"][0])
         argv = [str(exe)] + [self.substitute(a, subs, extra_subs) for a in c["command"][1:] + c.get("args", [])]
-        env = {}
+        env = dict(image.env)  # the container's env overrides the image's ENV, as in Kubernetes
         for e in c.get("env", []):
             assert "value" in e, f"{c['name']}: env {e['name']} is not a literal"
             env[e["name"]] = self.substitute(e["value"], subs, extra_subs)
@@ -773,11 +1135,80 @@ def worker_service_subs(m, dp, c):
     return subs
 
 
-def test_smoke_sidecar(rendered, processes):
-    m = rendered["sidecar"]
+def process_tree(pid):
+    """`pid` and its descendants, from /proc."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def rss_bytes(pids):
+    """Sum of the resident sets: at least what the container's cgroup charges
+    for them (pages shared between them are counted once per process here)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def quantity(q):
+    """Bytes of a Kubernetes memory quantity like "128Mi"."""
+    units = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|k|M|G)?", q)
+    assert m, f"unsupported quantity {q!r}"
+    return int(m.group(1)) * units[m.group(2)]
+
+
+def example_calls(dp, c, pods):
+    """The example services' behaviour through the data plane, as the Rust
+    and the Python worker both implement it (examples/src/lib.rs), served by
+    the worker container `c` run as `pods` (Processes): the declared exception
+    with its fields, i32 addition that wraps, and `whoami` naming a worker
+    process of those containers (one without children: not thriftworker-py's
+    supervisor), in the language of their image."""
+    lang = "python" if c["image"].split(":")[0] == PYTHON_IMAGE else "rust"
+    with thrift_client(harness.split_addr(dp.addr("thrift-echo"))) as client:
+        with pytest.raises(EchoError) as e:
+            client.fail("declared", 7)
+        assert (e.value.message, e.value.code) == ("declared", 7)
+        assert client.slow("no sleep", -5) == "no sleep"
+        who = client.whoami()
+        m = re.fullmatch(rf"{lang}:(\d+)", who)
+        assert m, who
+        workers = {p for pod in pods for p in process_tree(pod.pid) if process_tree(p) == [p]}
+        assert int(m.group(1)) in workers, (who, workers)
+    with thrift_client(harness.split_addr(dp.addr("thrift-mux")), service=Calc, multiplexed="Calc") as client:
+        assert client.add(2**31 - 1, 1) == -(2**31)
+        assert client.add(-5, 3) == -2
+
+
+def assert_within_memory_request(c, pod):
+    """The container's processes, idle after serving calls, fit in its memory
+    request (the request is what the scheduler reserves: sized honestly)."""
+    used = rss_bytes(process_tree(pod.pid))
+    request = quantity(c["resources"]["requests"]["memory"])
+    print(f"{c['name']} ({c['image']}): {used / 2**20:.1f} MiB resident, request {request / 2**20:.0f} MiB")
+    assert 0 < used <= request, f"{c['name']}: {used / 2**20:.1f} MiB resident, over the request"
+
+
+@pytest.mark.parametrize("overlay", SIDECARS)
+def test_smoke_sidecar(rendered, processes, overlay, pod_python):
+    m = rendered[overlay]
     root = Path(tempfile.mkdtemp(prefix="twk", dir="/tmp"))  # short: ipc paths <= 100 bytes
     try:
-        pod = LocalPod(m, root, processes)
+        pod = LocalPod(m, root, processes, pod_python)
         dp = RunningDataPlane(m, pod, root)
         context = processes.tails
 
@@ -796,10 +1227,12 @@ def test_smoke_sidecar(rendered, processes):
 
         # The sidecar worker, exactly as the manifest runs it.
         (wc,) = dp.spec["initContainers"]
-        worker = pod.start("echo-worker", dp.spec, wc)
+        worker = pod.start(wc["name"], dp.spec, wc)
         wait_for(lambda: dp.probe("readinessProbe")[0] == 200, MAX_WAIT, "readyz 200 once the sidecar worker is connected", context)
         assert dp.probe("livenessProbe")[0] == 200
         thrift_calls(dp)
+        example_calls(dp, wc, [worker])
+        assert_within_memory_request(wc, worker)
         body = dp.metrics()
         assert metric(body, "thriftworker_ready") == 1
         assert metric(body, "thriftworker_calls_total", service="Calc") >= 1
@@ -848,17 +1281,44 @@ def test_smoke_sidecar(rendered, processes):
         assert result == {"value": "in flight during the drain"}, result
         # Nothing is left in flight: the exit is prompt (the grace period, 45 s, is the bound in a cluster).
         assert dp.process.wait_exit(MAX_WAIT) == 0, dp.tail()
+        # Only now does the kubelet stop the native sidecar; the grace period
+        # leaves it the margin, and it has nothing left to finish.
         worker.signal(signal.SIGTERM)
-        assert worker.wait_exit(10) == 0, worker.tail()
+        assert worker.wait_exit(GRACE_MARGIN_SECONDS) == 0, worker.tail()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_smoke_pool(rendered, processes):
-    m = rendered["pool"]
+@pytest.mark.parametrize("overlay", SIDECARS)
+def test_smoke_sidecar_starts_first(rendered, processes, overlay, pod_python):
+    """In the pod the kubelet starts the native sidecar before the data
+    plane: the worker, started first, keeps trying until the data plane has
+    bound its socket, then registers; the pod becomes ready and serves."""
+    m = rendered[overlay]
     root = Path(tempfile.mkdtemp(prefix="twk", dir="/tmp"))
     try:
-        pod = LocalPod(m, root, processes)
+        pod = LocalPod(m, root, processes, pod_python)
+        spec, _ = m.dataplane()
+        (wc,) = spec["initContainers"]
+        worker = pod.start(wc["name"], spec, wc)
+        # It has tried and found no data plane (echo-worker: "cannot reach the
+        # data plane"; thriftworker-py: "no answer to READY"), and goes on.
+        absent = r"cannot reach the data plane|no answer to READY"
+        wait_for(lambda: re.search(absent, worker.stderr), MAX_WAIT, "a try without data plane", worker.tail)
+        assert worker.alive(), worker.tail()
+        dp = RunningDataPlane(m, pod, root)
+        wait_for(lambda: dp.probe("readinessProbe")[0] == 200, MAX_WAIT, "readyz 200 then", processes.tails)
+        thrift_calls(dp)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("overlay", POOLS)
+def test_smoke_pool(rendered, processes, overlay, pod_python):
+    m = rendered[overlay]
+    root = Path(tempfile.mkdtemp(prefix="twk", dir="/tmp"))
+    try:
+        pod = LocalPod(m, root, processes, pod_python)
         dp = RunningDataPlane(m, pod, root)
         context = processes.tails
         for name in dp.ports:
@@ -867,24 +1327,55 @@ def test_smoke_pool(rendered, processes):
         assert dp.probe("livenessProbe")[0] == 200
         assert dp.probe("readinessProbe")[0] == 503
 
-        # Two workers of the pool Deployment, as its pod spec runs them,
-        # reaching the worker port through the Service's name.
+        # Two pods of the pool Deployment, as its pod spec runs them,
+        # reaching the worker port through the Service's name. thriftworker-py
+        # runs --workers processes per pod, each registered on its own.
         wspec = m.deployment("echo-worker")["spec"]["template"]["spec"]
         (wc,) = wspec["containers"]
+        per_pod = int(arg_value(wc["args"], "--workers") or 1)
         subs = worker_service_subs(m, dp, wc)
         assert subs, "the worker's endpoint names no Service"
-        workers = [pod.start(f"echo-worker#{i}", wspec, wc, extra_subs=subs) for i in range(2)]
+        workers = [pod.start(f"{wc['name']}#{i}", wspec, wc, extra_subs=subs) for i in range(2)]
         wait_for(lambda: dp.probe("readinessProbe")[0] == 200, MAX_WAIT, "readyz 200 once pool workers are connected", context)
-        wait_for(lambda: len(re.findall(r"^thriftworker_worker_credit\{", dp.metrics(), re.M)) == 2, MAX_WAIT, "both workers registered", context)
-        thrift_calls(dp)
 
-        # Scale-in: a worker leaves gracefully (SIGTERM) and the other serves.
+        def registered():
+            return len(re.findall(r"^thriftworker_worker_credit\{", dp.metrics(), re.M))
+
+        wait_for(lambda: registered() == 2 * per_pod, MAX_WAIT, f"{2 * per_pod} worker processes registered", context)
+        thrift_calls(dp)
+        example_calls(dp, wc, workers)
+        for w in workers:
+            assert_within_memory_request(wc, w)
+
+        # Scale-in: a worker pod leaves gracefully (SIGTERM) and the other serves.
         workers[0].signal(signal.SIGTERM)
         assert workers[0].wait_exit(10) == 0, workers[0].tail()
+        assert registered() == per_pod
         thrift_calls(dp)
         assert dp.probe("readinessProbe")[0] == 200
-        # The last one leaves: no live worker, the pod is not ready.
+
+        # The last one gets SIGTERM with a call in flight: it answers it, then
+        # exits 0 (well within terminationGracePeriodSeconds); with no live
+        # worker left the pod is not ready.
+        result = {}
+
+        def slow_call():
+            try:
+                with thrift_client(harness.split_addr(dp.addr("thrift-echo"))) as client:
+                    result["value"] = client.slow("in flight during scale-in", 1500)
+            except Exception as e:  # reported below
+                result["error"] = repr(e)
+
+        t = threading.Thread(target=slow_call, daemon=True)
+        t.start()
+        def at_worker():
+            return metric(dp.metrics(), "thriftworker_service_in_flight", service="Echo") >= 1
+
+        wait_for(at_worker, MAX_WAIT, "the slow call at the worker", context)
         workers[1].signal(signal.SIGTERM)
+        assert t.is_alive(), "the slow call finished before the worker was told to leave"
+        t.join(MAX_WAIT)
+        assert result == {"value": "in flight during scale-in"}, result
         assert workers[1].wait_exit(10) == 0, workers[1].tail()
         wait_for(lambda: dp.probe("readinessProbe")[0] == 503, MAX_WAIT, "readyz 503 with no worker left", context)
         dp.process.signal(signal.SIGTERM)
