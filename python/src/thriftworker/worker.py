@@ -27,7 +27,6 @@ What the loop guarantees the data plane:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import queue
@@ -190,10 +189,13 @@ class Worker:
         self._stop = threading.Event()
         self._leaving_since: float | None = None
         self._bye = False
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: _CallThreads | None = None
         self._results: queue.SimpleQueue[tuple[int, int, bytes]] = queue.SimpleQueue()
+        # Threads mode: the loop is (about to be) blocked in poll, so a
+        # finished call must wake it; otherwise it finds the result itself.
+        self._polling = False
         self._outbox: list[list[bytes]] = []
-        self._coalesce = mode == "inline"
+        self._coalesce = mode in ("inline", "threads")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -212,9 +214,7 @@ class Worker:
     def run(self) -> None:
         """Serves until `stop()`; raises `Refused` if the first READY is refused."""
         if self.mode == "threads":
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.concurrency, thread_name_prefix="thriftworker-call"
-            )
+            self._pool = _CallThreads(self.concurrency, self._serve_on_pool)
         elif self.mode in ("gevent", "eventlet"):
             # Waiting yields to the handlers' green threads (the process is
             # expected to be monkey-patched: thriftworker-py does it first).
@@ -235,7 +235,7 @@ class Worker:
             if self._sock is not None:
                 self._sock.close(linger=2000)  # the last REPLYs and DISCONNECT go out
             if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool.shutdown()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -269,6 +269,11 @@ class Worker:
         self._before_poll()
         if self._green is not None:
             woke = self._green_wait()
+        elif self._pool is not None:
+            self._polling = True  # before looking at the results: see _serve_on_pool
+            wait = 0 if not self._results.empty() else self._poll_ms()
+            woke = self._wake_r in dict(self._poller.poll(timeout=wait))
+            self._polling = False
         else:
             woke = self._wake_r in dict(self._poller.poll(timeout=self._poll_ms()))
         if woke:
@@ -470,7 +475,7 @@ class Worker:
         session = self._reg.session
         self._running += 1
         if self._pool is not None:
-            self._pool.submit(self._serve_on_pool, session, call, req)
+            self._pool.submit((session, call, req))
         elif self._green is not None:
             self._green.spawn(self._serve_green, session, call, req)
         elif self._reactor_loop is not None:
@@ -537,7 +542,10 @@ class Worker:
         except BaseException:  # never lose a call's answer
             reply = _failure(req, codec.INTERNAL_ERROR, "thriftworker: the call failed")
         self._results.put((session, req.request_id, reply))
-        self._wake()
+        # Put, then look: if the loop set _polling after our look, it sees
+        # the result before it waits (it checks the queue after setting it).
+        if self._polling:
+            self._wake()
 
     def _send_results(self) -> None:
         while True:
@@ -568,6 +576,34 @@ class Worker:
 
     def _wake(self) -> None:
         poke(self._wake_w)
+
+
+class _CallThreads:
+    """`n` threads running calls from one queue (threads mode). Lighter per
+    call than `concurrent.futures.ThreadPoolExecutor` (no Future, no
+    semaphore): the loop hands over a tuple, a thread takes it."""
+
+    def __init__(self, n: int, serve: Callable[[int, context.CallContext, wire.Request], None]) -> None:
+        self._calls: queue.SimpleQueue[tuple[int, context.CallContext, wire.Request] | None] = queue.SimpleQueue()
+        self._serve = serve
+        self._threads = [
+            threading.Thread(target=self._run, name=f"thriftworker-call-{i}", daemon=True) for i in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, call: tuple[int, context.CallContext, wire.Request]) -> None:
+        self._calls.put(call)
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            self._serve(*item)
+
+    def shutdown(self) -> None:
+        """Lets each thread end after the calls already queued (daemon
+        threads: a handler that never returns does not hold the process)."""
+        for _ in self._threads:
+            self._calls.put(None)
 
 
 def _failure(req: wire.Request, kind: int, text: str) -> bytes:
