@@ -265,6 +265,8 @@ def test_settings_that_cannot_work_are_refused_at_once(handler: Handler) -> None
         Worker("tcp://127.0.0.1:1", p, mode="fibers")
     with pytest.raises(ValueError, match="at least one service"):
         Worker("tcp://127.0.0.1:1", {})
+    with pytest.raises(ValueError, match="asyncio mode opens its own ZeroMQ context"):
+        Worker("tcp://127.0.0.1:1", p, mode="asyncio", concurrency=2, zmq_context=zmq.Context.instance())
 
 
 def spawn_child(plane: Plane, mode: str) -> subprocess.Popen[str]:

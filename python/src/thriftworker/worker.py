@@ -114,7 +114,9 @@ class Worker:
     `max_requests` (if not 0): leave gracefully after that many calls (the
     supervisor replaces the process). `parent_pid`: leave gracefully once
     that process (the supervisor) is no longer our parent. `on_ready(worker_id)` is called each
-    time the data plane accepts the worker.
+    time the data plane accepts the worker. `zmq_context`: the ZeroMQ context
+    of the socket (default: pyzmq's shared instance); refused in asyncio
+    mode, which opens a `zmq.asyncio` context of its own.
     """
 
     def __init__(
@@ -161,8 +163,8 @@ class Worker:
         for name, p in self.processors.items():
             if needs is not None and not hasattr(p, needs):
                 raise TypeError(f"service {name!r}: {mode} mode needs a processor with {needs}")
-        if mode in ("asyncio", "twisted") and zmq_context is not None:
-            raise ValueError(f"{mode} mode opens its own ZeroMQ context: do not pass zmq_context")
+        if mode == "asyncio" and zmq_context is not None:
+            raise ValueError("asyncio mode opens its own ZeroMQ context (zmq.asyncio): do not pass zmq_context")
         self.token = _load_token(token, token_file)
         self.liveness = heartbeat_liveness
         self.leave_timeout = leave_timeout
