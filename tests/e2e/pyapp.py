@@ -15,39 +15,23 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import threading
-import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "gen"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "examples", "python"))
+
+from echo_app import EchoHandler  # noqa: E402 - the example app's handler, tested here too
 
 
-class Handler:
-    def __init__(self, error: Any) -> None:
-        self._error = error
-        self._lock = threading.Lock()
-        self._notified = 0
-
-    def echo(self, message: str) -> str:
-        return message
-
-    def notify(self, message: str) -> None:
-        with self._lock:
-            self._notified += 1
-
-    def notified(self) -> int:
-        with self._lock:
-            return self._notified
+class Handler(EchoHandler):
+    """The example's Echo handler (examples/python/echo_app.py), plus an
+    undeclared failure, a pid the tests can tell apart, and Calc."""
 
     def fail(self, message: str, code: int) -> str:
         if code == 0:
             raise RuntimeError(f"undeclared: {message}")
-        raise self._error(message=message, code=code)
-
-    def slow(self, message: str, sleep_ms: int) -> str:
-        time.sleep(max(sleep_ms, 0) / 1000.0)
-        return message
+        return super().fail(message, code)
 
     def whoami(self) -> str:
         return f"pkg:{os.getpid()}"
