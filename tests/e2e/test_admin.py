@@ -17,6 +17,7 @@ import harness
 from harness import (
     Calc,
     Echo,
+    RUST_DEFAULT_CREDIT,
     RawConnection,
     Thriftctl,
     free_port,
@@ -161,7 +162,8 @@ def test_services_verbs(dataplane, worker, thriftctl):
         "max_queue": 1024,
         "strip_service_prefix": True,
     }, echo
-    assert echo["total_credit"] == 4 and echo["free_credit"] == 4 and echo["in_flight"] == 0, echo
+    credit = RUST_DEFAULT_CREDIT
+    assert echo["total_credit"] == credit and echo["free_credit"] == credit and echo["in_flight"] == 0, echo
     assert echo["draining"] is False
     assert ctl.ok("services", "get", "Echo") == echo
 
@@ -643,7 +645,7 @@ def test_workers_list_and_evict(dataplane, worker, thriftctl):
     assert len(workers) == 1, workers
     first = workers[0]
     assert sorted(first["services"]) == ["Calc", "Echo"], first
-    assert first["credit"] == 4 and first["in_flight"] == 0 and first["leaving"] is False, first
+    assert first["credit"] == RUST_DEFAULT_CREDIT and first["in_flight"] == 0 and first["leaving"] is False, first
     assert first["identity"] and all(c in "0123456789abcdef" for c in first["identity"]), first
     assert first["last_heartbeat_ms"] < 5000, first
     assert [w["id"] for w in ctl.ok("workers", "list", "--service", "Calc")["workers"]] == [first["id"]]
@@ -875,7 +877,7 @@ def test_counts_follow_workers_coming_and_going(dataplane, worker, thriftctl):
     assert counts() == (0, 0, 0, 0)
     polite = worker()
     rude = worker("py", concurrency=3)
-    wait_counts((2, 2, 2, 7), 5, "2 workers with 4+3 credit")
+    wait_counts((2, 2, 2, RUST_DEFAULT_CREDIT + 3), 5, "2 workers with 4+16 and 3 credit")
     polite.signal(signal.SIGTERM)
     wait_counts((1, 1, 1, 3), 10, "the worker that left to be gone")
     rude.signal(signal.SIGKILL)

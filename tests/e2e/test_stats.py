@@ -26,6 +26,7 @@ import pytest
 
 from harness import (
     Echo,
+    RUST_DEFAULT_CREDIT,
     RawConnection,
     TMessageType,
     encode_message,
@@ -257,8 +258,8 @@ def test_three_views_agree_with_the_traffic(dataplane, worker, processes, thrift
     assert (svc.success, svc.declared_exception, svc.app_exception) == (11, 2, 3), svc
     assert (svc.timeouts, svc.overloaded, svc.no_worker, svc.worker_died) == (1, 2, 1, 1), svc
     assert svc.live_workers == 1 and svc.queue_depth == 0 and svc.in_flight == 0, svc
-    assert svc.total_credit == svc.free_credit == 4, svc  # the Rust worker's default concurrency
-    assert metric(samples, "thriftworker_service_free_credit", service="Echo") == 4
+    assert svc.total_credit == svc.free_credit == RUST_DEFAULT_CREDIT, svc  # the Rust worker's defaults
+    assert metric(samples, "thriftworker_service_free_credit", service="Echo") == RUST_DEFAULT_CREDIT
 
     # Listeners.
     ls = {l.name: l for l in stats.listeners}

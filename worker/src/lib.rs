@@ -7,7 +7,7 @@
 //! crate does the protocol for you:
 //!
 //! - connects a DEALER to the data plane, announces its services and its
-//!   credit (= `concurrency`), and **reconnects with backoff**: the `zeromq`
+//!   credit (`concurrency` + `prefetch`), and **reconnects with backoff**: the `zeromq`
 //!   crate's DEALER does not reconnect by itself;
 //! - runs the (synchronous) processors on a bounded pool of `concurrency`
 //!   threads, so a slow handler never blocks heartbeats or other calls;
@@ -56,12 +56,16 @@ pub enum WorkerError {
     Pool(#[from] std::io::Error),
 }
 
-/// Builds a [`Worker`]. Defaults: concurrency 4, heartbeat every second,
+/// Calls held ready beyond `concurrency` by default (see [`WorkerBuilder::prefetch`]).
+pub const DEFAULT_PREFETCH: usize = 16;
+
+/// Builds a [`Worker`]. Defaults: concurrency 4, prefetch 16, heartbeat every second,
 /// data plane declared gone after 3 silent intervals, reconnect backoff from
 /// 100 ms doubling to 5 s.
 pub struct WorkerBuilder {
     endpoint: String,
     concurrency: usize,
+    prefetch: Option<usize>,
     token: Vec<u8>,
     heartbeat_interval: Duration,
     heartbeat_liveness: u32,
@@ -76,6 +80,8 @@ pub struct WorkerBuilder {
 pub struct Worker {
     pub(crate) endpoint: String,
     pub(crate) concurrency: usize,
+    /// What the data plane may send at once: `concurrency` + prefetch.
+    pub(crate) credit: usize,
     pub(crate) token: Bytes,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_liveness: u32,
@@ -94,6 +100,7 @@ impl Worker {
         WorkerBuilder {
             endpoint: endpoint.into(),
             concurrency: 4,
+            prefetch: None,
             token: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_liveness: 3,
@@ -160,9 +167,22 @@ impl WorkerBuilder {
     /// thread pool: two thread hops less per call (the lowest latency), but
     /// only for handlers that never block (no I/O, no sleeping, no long
     /// computation): while one runs, no other call and no heartbeat moves.
-    /// Credit is still `concurrency`. Off by default.
+    /// Credit is still `concurrency` + `prefetch`. Off by default.
     pub fn inline(mut self, inline: bool) -> Self {
         self.inline = inline;
+        self
+    }
+
+    /// Calls held ready beyond those running: the credit announced to the
+    /// data plane is `concurrency + prefetch`, so a thread that finishes a
+    /// call finds the next one waiting instead of idling for a round trip
+    /// to the data plane. The price: a held call waits behind the running
+    /// ones (at a worker stuck on slow calls, up to `prefetch` calls wait
+    /// that another worker could run), and a worker that dies takes its
+    /// held calls with it (the data plane answers them "worker died").
+    /// Default: [`DEFAULT_PREFETCH`]; 0 makes the credit exactly `concurrency`.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
         self
     }
 
@@ -185,6 +205,14 @@ impl WorkerBuilder {
             return Err(WorkerError::Config(format!(
                 "concurrency {} out of range 1..={}",
                 self.concurrency,
+                thriftworker_wire::MAX_CREDIT
+            )));
+        }
+        let prefetch = self.prefetch.unwrap_or(DEFAULT_PREFETCH);
+        let credit = self.concurrency.saturating_add(prefetch);
+        if credit > thriftworker_wire::MAX_CREDIT as usize {
+            return Err(WorkerError::Config(format!(
+                "concurrency + prefetch = {credit}: at most {} (the largest credit)",
                 thriftworker_wire::MAX_CREDIT
             )));
         }
@@ -211,6 +239,7 @@ impl WorkerBuilder {
         Ok(Worker {
             endpoint: self.endpoint,
             concurrency: self.concurrency,
+            credit,
             token: Bytes::from(self.token),
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_liveness: self.heartbeat_liveness,
@@ -244,5 +273,46 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> WorkerBuilder {
+        Worker::builder("ipc:///tmp/w.sock")
+            .service("Echo", thrift::server::TMultiplexedProcessor::new())
+    }
+
+    #[test]
+    fn credit_is_concurrency_plus_prefetch() {
+        assert_eq!(builder().build().unwrap().credit, 4 + DEFAULT_PREFETCH);
+        assert_eq!(builder().prefetch(0).build().unwrap().credit, 4);
+        assert_eq!(
+            builder().concurrency(8).prefetch(3).build().unwrap().credit,
+            11
+        );
+    }
+
+    #[test]
+    fn a_credit_beyond_the_largest_is_refused() {
+        let max = thriftworker_wire::MAX_CREDIT as usize;
+        assert_eq!(
+            builder()
+                .concurrency(max)
+                .prefetch(0)
+                .build()
+                .unwrap()
+                .credit,
+            max
+        );
+        for prefetch in [1, usize::MAX] {
+            let Err(WorkerError::Config(e)) = builder().concurrency(max).prefetch(prefetch).build()
+            else {
+                panic!("concurrency {max} + prefetch {prefetch} was accepted");
+            };
+            assert!(e.contains("at most"), "{e}");
+        }
     }
 }

@@ -125,7 +125,7 @@ impl Session<'_> {
 
     async fn handshake(&mut self) -> Result<Result<(), String>, WorkerError> {
         let ready = WorkerMsg::Ready {
-            credit: self.worker.concurrency as u32,
+            credit: self.worker.credit as u32,
             token: self.worker.token.clone(),
             services: self.worker.service_names.clone(),
         };
@@ -147,7 +147,7 @@ impl Session<'_> {
                     tracing::info!(
                         endpoint = %self.worker.endpoint,
                         worker_id = %String::from_utf8_lossy(&worker_id),
-                        credit = self.worker.concurrency,
+                        credit = self.worker.credit,
                         "worker ready"
                     );
                     return Ok(Ok(()));

@@ -41,6 +41,16 @@ struct Cli {
     )]
     concurrency: usize,
 
+    /// Calls held ready beyond --concurrency (credit = concurrency + prefetch):
+    /// a thread that finishes a call finds the next one waiting.
+    #[arg(
+        long,
+        env = "THRIFTWORKER_PREFETCH",
+        value_name = "N",
+        default_value_t = thriftworker_worker::DEFAULT_PREFETCH
+    )]
+    prefetch: usize,
+
     /// Run calls on the I/O task instead of the thread pool (lowest latency;
     /// only for handlers that never block: `slow` then stalls heartbeats).
     #[arg(long, env = "THRIFTWORKER_INLINE")]
@@ -127,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut builder = Worker::builder(cli.endpoint.clone())
         .concurrency(cli.concurrency)
+        .prefetch(cli.prefetch)
         .inline(cli.inline);
     if let Some(token) = &token {
         builder = builder.token(token.clone());
@@ -213,6 +224,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["echo-worker", "--endpoint", "tcp://127.0.0.1:5555"]).unwrap();
         assert_eq!(cli.concurrency, 4);
+        assert_eq!(cli.prefetch, 16);
         assert_eq!(cli.services, vec![Service::Echo, Service::Calc]);
         assert_eq!(cli.log_format, LogFormat::Text);
         assert!(cli.heartbeat_interval.is_none());
