@@ -65,7 +65,7 @@ pub const DEFAULT_PREFETCH: usize = 16;
 pub struct WorkerBuilder {
     endpoint: String,
     concurrency: usize,
-    prefetch: Option<usize>,
+    prefetch: usize,
     token: Vec<u8>,
     heartbeat_interval: Duration,
     heartbeat_liveness: u32,
@@ -100,7 +100,7 @@ impl Worker {
         WorkerBuilder {
             endpoint: endpoint.into(),
             concurrency: 4,
-            prefetch: None,
+            prefetch: DEFAULT_PREFETCH,
             token: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_liveness: 3,
@@ -182,7 +182,7 @@ impl WorkerBuilder {
     /// held calls with it (the data plane answers them "worker died").
     /// Default: [`DEFAULT_PREFETCH`]; 0 makes the credit exactly `concurrency`.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = Some(n);
+        self.prefetch = n;
         self
     }
 
@@ -208,8 +208,7 @@ impl WorkerBuilder {
                 thriftworker_wire::MAX_CREDIT
             )));
         }
-        let prefetch = self.prefetch.unwrap_or(DEFAULT_PREFETCH);
-        let credit = self.concurrency.saturating_add(prefetch);
+        let credit = self.concurrency.saturating_add(self.prefetch);
         if credit > thriftworker_wire::MAX_CREDIT as usize {
             return Err(WorkerError::Config(format!(
                 "concurrency + prefetch = {credit}: at most {} (the largest credit)",

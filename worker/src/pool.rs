@@ -1,9 +1,9 @@
 //! The bounded thread pool that runs the synchronous Thrift processors.
 //!
 //! Thrift's Rust processors block; running them on the tokio runtime would
-//! stall heartbeats. Exactly `concurrency` threads exist, the data plane never
-//! sends more calls than that (the credit), so the job channel never holds
-//! more than a handful of entries.
+//! stall heartbeats. Exactly `concurrency` threads exist; the data plane never
+//! sends more calls than the credit (`concurrency` + `prefetch`), so the job
+//! channel never holds more than `prefetch` calls waiting for a thread.
 
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;

@@ -27,7 +27,6 @@ class GreenRuntime:
     """The pool and the select of one green library."""
 
     def __init__(self, kind: str, concurrency: int) -> None:
-        self.kind = kind
         if kind == "gevent":
             import gevent.pool
             import gevent.select

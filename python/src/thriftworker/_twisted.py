@@ -18,15 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import zmq
-
 from ._fd import drain
 
 if TYPE_CHECKING:
     from .worker import Worker
-
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 class _Reader:
@@ -138,8 +133,7 @@ class ReactorLoop:
     def _finished(self, reply: bytes, session: int, request_id: int) -> None:
         w = self._worker
         w._finish(session, request_id, reply)
-        sock = w._sock
-        if sock is not None and int(sock.get(_EVENTS)) & _POLLIN:
+        if w._message_waiting():
             self._schedule_read()  # the send may have consumed the FD's signal
         if w._leaving_since is not None:
             self._guarded(self._tick)

@@ -91,12 +91,11 @@ class _Served:
             # A protocol object left mid-message (the compact protocol keeps
             # state) is not used again.
             self._reused.pop(protocol, None)
-            # Arguments that do not decode (the processors raise before
-            # calling the handler), or a handler exception the processor lets
-            # through (thriftpy2 does for undeclared ones).
-            kind = _failure_kind(e)
-            log.warning("call failed: %s: %s", type(e).__name__, e)
-            return codec.failure_reply(protocol, message, kind, f"thriftworker: {type(e).__name__}: {e}")
+            return _failed(protocol, message, e)
+        return self._answer(protocol, message, oprot)
+
+    def _answer(self, protocol: int, message: bytes, oprot: Any) -> bytes:
+        """What `process` wrote: the REPLY, or nothing for a oneway call."""
         out = self.written(oprot)
         if out and _is_oneway(protocol, message):
             return b""  # a oneway call is answered with nothing, whatever was written
@@ -119,17 +118,11 @@ class _Served:
         except ValueError as e:
             return defer.succeed(codec.failure_reply(protocol, message, codec.PROTOCOL_ERROR, f"thriftworker: {e}"))
 
-        def written(_: object) -> bytes:
-            return b"" if _is_oneway(protocol, message) else self.written(oprot)
-
-        def failed(failure: Any) -> bytes:
-            e = failure.value
-            log.warning("call failed: %s: %s", type(e).__name__, e)
-            text = f"thriftworker: {type(e).__name__}: {e}"
-            return codec.failure_reply(protocol, message, _failure_kind(e), text)
-
         d = defer.maybeDeferred(self.processor.process, iprot, oprot)
-        d.addCallbacks(written, failed)
+        d.addCallbacks(
+            lambda _: self._answer(protocol, message, oprot),
+            lambda failure: _failed(protocol, message, failure.value),
+        )
         return d
 
 
@@ -138,6 +131,15 @@ def _generated_for_twisted(processor: Any) -> bool:
     imports twisted's `defer` and thrift's `TTwisted`)."""
     module = sys.modules.get(type(processor).__module__)
     return module is not None and hasattr(module, "TTwisted") and hasattr(module, "defer")
+
+
+def _failed(protocol: int, message: bytes, e: Exception) -> bytes:
+    """The answer to a call whose `process` raised: arguments that do not
+    decode (the processors raise before calling the handler), or a handler
+    exception the processor lets through (thriftpy2 does for undeclared
+    ones; a Twisted processor's failed Deferred)."""
+    log.warning("call failed: %s: %s", type(e).__name__, e)
+    return codec.failure_reply(protocol, message, _failure_kind(e), f"thriftworker: {type(e).__name__}: {e}")
 
 
 def _failure_kind(e: Exception) -> int:

@@ -49,7 +49,7 @@ log = logging.getLogger("thriftworker")
 MODES = ("inline", "threads", "asyncio", "gevent", "eventlet", "twisted")
 #: Messages handled in a row before the loop looks at its timers again.
 _BURST = 256
-#: Replies held back in a burst (inline mode) before they are sent anyway.
+#: Replies held back in a burst (inline and threads modes) before they are sent anyway.
 _COALESCE = 16
 
 # pyzmq's Socket methods without their Python layer (flag enums, typing
@@ -301,16 +301,22 @@ class Worker:
     def _green_wait(self) -> bool:
         """Green modes: waits for the socket or the wake-up pipe, yielding
         to the handlers meanwhile; True if the pipe woke us."""
-        sock = self._sock
-        assert sock is not None and self._green is not None
-        if int(_get(sock, _EVENTS)) & _POLLIN:
-            return False  # a message is waiting: no wait
+        assert self._green is not None
+        if self._message_waiting():
+            return False  # no wait
         self._green_waiting = True
         try:
             readable = self._green.wait([self._sock_fd, self._wake_r], self._poll_ms() / 1000.0)
         finally:
             self._green_waiting = False
         return self._wake_r in readable
+
+    def _message_waiting(self) -> bool:
+        """ZMQ_EVENTS says a message can be read now. ZMQ_FD is edge-triggered
+        (see `_green`): after a send, this is how the green and Twisted loops
+        learn of a message whose signal the send consumed."""
+        sock = self._sock
+        return sock is not None and bool(int(_get(sock, _EVENTS)) & _POLLIN)
 
     def _poll_ms(self) -> int:
         wait = self._heartbeat / 2 if self._reg.registered else 0.05
@@ -389,7 +395,7 @@ class Worker:
         self._send_ready()
 
     def _flush(self) -> None:
-        """Sends the replies held back during a burst (inline mode)."""
+        """Sends the replies held back during a burst (inline and threads modes)."""
         if self._outbox:
             held, self._outbox = self._outbox, []
             for frames in held:
@@ -532,8 +538,7 @@ class Worker:
         sent from here: sends go through `_send`, which never yields, so the
         frames of two replies cannot interleave on the socket."""
         self._finish(session, req.request_id, self._serve(call, req))
-        sock = self._sock
-        if self._green_waiting and sock is not None and int(_get(sock, _EVENTS)) & _POLLIN:
+        if self._green_waiting and self._message_waiting():
             # The send consumed the FD's signal of a message that arrived
             # meanwhile: the loop, waiting on the FD, would not see it.
             self._wake()
@@ -567,9 +572,9 @@ class Worker:
             return  # for an earlier connection: that registration is gone
         self._outstanding.discard(request_id)
         if self._coalesce:
-            # Inline mode: the replies of one burst leave together at its end
-            # (`_flush`), so ZeroMQ's I/O thread is woken once per burst,
-            # not once per call; at most `_COALESCE` are held.
+            # Inline and threads modes: the replies of one burst (or turn)
+            # leave together at its end (`_flush`), so ZeroMQ's I/O thread is
+            # woken once per burst, not once per call; at most `_COALESCE` are held.
             self._outbox.append(wire.reply(request_id, reply))
             if len(self._outbox) >= _COALESCE:
                 self._flush()
