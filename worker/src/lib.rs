@@ -181,6 +181,8 @@ impl WorkerBuilder {
     /// that another worker could run), and a worker that dies takes its
     /// held calls with it (the data plane answers them "worker died").
     /// Default: [`DEFAULT_PREFETCH`]; 0 makes the credit exactly `concurrency`.
+    /// `concurrency + prefetch` may be at most `thriftworker_wire::MAX_CREDIT`
+    /// (65,536); [`WorkerBuilder::build`] refuses more.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n;
         self

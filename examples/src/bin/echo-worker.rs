@@ -41,8 +41,8 @@ struct Cli {
     )]
     concurrency: usize,
 
-    /// Calls held ready beyond --concurrency (credit = concurrency + prefetch):
-    /// a thread that finishes a call finds the next one waiting.
+    /// Calls held ready beyond --concurrency (credit = concurrency + prefetch,
+    /// at most 65536): a thread that finishes a call finds the next one waiting.
     #[arg(
         long,
         env = "THRIFTWORKER_PREFETCH",
