@@ -30,8 +30,8 @@ from thrift.transport import TSocket, TTransport  # noqa: E402
 TARGET_DIR = Path(os.environ.get("THRIFTWORKER_TARGET_DIR", REPO / "target" / "debug"))
 PYWORKER = HERE / "pyworker.py"
 MAX_WAIT = 20.0  # no wait in these tests is longer than this
-# The credit of an echo-worker started with its defaults: --concurrency 4 + --prefetch 16.
-RUST_DEFAULT_CREDIT = 4 + 16
+# The credit of an echo-worker started with its defaults: --concurrency 4 + --prefetch 256.
+RUST_DEFAULT_CREDIT = 4 + 256
 
 UNKNOWN_METHOD = TApplicationException.UNKNOWN_METHOD  # 1
 INVALID_MESSAGE_TYPE = TApplicationException.INVALID_MESSAGE_TYPE  # 2

@@ -877,7 +877,7 @@ def test_counts_follow_workers_coming_and_going(dataplane, worker, thriftctl):
     assert counts() == (0, 0, 0, 0)
     polite = worker()
     rude = worker("py", concurrency=3)
-    wait_counts((2, 2, 2, RUST_DEFAULT_CREDIT + 3), 5, "2 workers with 4+16 and 3 credit")
+    wait_counts((2, 2, 2, RUST_DEFAULT_CREDIT + 3), 5, "2 workers with 4+256 and 3 credit")
     polite.signal(signal.SIGTERM)
     wait_counts((1, 1, 1, 3), 10, "the worker that left to be gone")
     rude.signal(signal.SIGKILL)

@@ -57,9 +57,9 @@ pub enum WorkerError {
 }
 
 /// Calls held ready beyond `concurrency` by default (see [`WorkerBuilder::prefetch`]).
-pub const DEFAULT_PREFETCH: usize = 16;
+pub const DEFAULT_PREFETCH: usize = 256;
 
-/// Builds a [`Worker`]. Defaults: concurrency 4, prefetch 16, heartbeat every second,
+/// Builds a [`Worker`]. Defaults: concurrency 4, prefetch 256, heartbeat every second,
 /// data plane declared gone after 3 silent intervals, reconnect backoff from
 /// 100 ms doubling to 5 s.
 pub struct WorkerBuilder {

@@ -224,7 +224,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["echo-worker", "--endpoint", "tcp://127.0.0.1:5555"]).unwrap();
         assert_eq!(cli.concurrency, 4);
-        assert_eq!(cli.prefetch, 16);
+        assert_eq!(cli.prefetch, 256);
         assert_eq!(cli.services, vec![Service::Echo, Service::Calc]);
         assert_eq!(cli.log_format, LogFormat::Text);
         assert!(cli.heartbeat_interval.is_none());

@@ -79,6 +79,23 @@ impl<S, K: Clone + Eq + Hash> QueueInner<S, K> {
 pub struct FairQueue<S, K: Clone> {
     block_on_no_clients: bool,
     inner: Arc<Mutex<QueueInner<S, K>>>,
+    /// The stream that yielded last, kept out of `streams` (it stays the
+    /// `in_flight` one) and polled first next time while no other stream is
+    /// ready, up to `BURST` items in a row: consecutive messages of one peer
+    /// skip the ready queue, the maps and a waker allocation each. The order
+    /// stays round robin: a ready stream is never passed over for it.
+    current: Option<Current<S, K>>,
+}
+
+/// Items one stream yields in a row on the fast path before it goes back
+/// through the ready queue.
+const BURST: usize = 32;
+
+struct Current<S, K: Clone> {
+    event: ReadyEvent<K>,
+    stream: Pin<Box<S>>,
+    waker: Arc<StreamWaker<S, K>>,
+    yielded: usize,
 }
 
 #[derive(Clone)]
@@ -135,6 +152,62 @@ where
     #[allow(clippy::needless_continue)]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let fair_queue = self.get_mut();
+        if let Some(mut current) = fair_queue.current.take() {
+            let mut inner = fair_queue.inner.lock();
+            let removed = matches!(inner.in_flight, Some((_, true)));
+            // Round robin as before: another ready stream goes first.
+            let others_ready = inner.ready_queue.iter().any(|e| e.key != current.event.key);
+            if !removed && others_ready {
+                inner.in_flight = None;
+                let key = current.event.key;
+                inner.streams.insert(key.clone(), current.stream);
+                inner.push_ready(key);
+                drop(inner);
+            } else if !removed {
+                drop(inner);
+                let waker_ref = waker_ref(&current.waker);
+                let mut stream_cx = Context::from_waker(&waker_ref);
+                let poll = current.stream.as_mut().poll_next(&mut stream_cx);
+                let mut inner = fair_queue.inner.lock();
+                if !matches!(inner.in_flight, Some((_, true))) {
+                    match poll {
+                        Poll::Ready(Some(item)) if current.yielded + 1 < BURST => {
+                            drop(inner);
+                            current.yielded += 1;
+                            let key = current.event.key.clone();
+                            fair_queue.current = Some(current);
+                            return Poll::Ready(Some((key, item)));
+                        }
+                        Poll::Ready(Some(item)) => {
+                            // Its burst is over: back of the ready queue.
+                            inner.in_flight = None;
+                            let key = current.event.key;
+                            inner.streams.insert(key.clone(), current.stream);
+                            inner.push_ready(key.clone());
+                            return Poll::Ready(Some((key, item)));
+                        }
+                        Poll::Ready(None) => {
+                            inner.in_flight = None;
+                            let callback = inner.on_disconnect.clone();
+                            drop(inner);
+                            if let Some(callback) = callback {
+                                callback(current.event.key);
+                            }
+                        }
+                        Poll::Pending => {
+                            // Its waker puts it in the ready queue again.
+                            inner.in_flight = None;
+                            inner.streams.insert(current.event.key, current.stream);
+                        }
+                    }
+                    // On to the other streams (the general path below).
+                } else {
+                    inner.in_flight = None;
+                }
+            } else {
+                inner.in_flight = None;
+            }
+        }
         let mut remaining_ready = {
             let mut inner = fair_queue.inner.lock();
             inner.waker = Some(cx.waker().clone());
@@ -182,11 +255,18 @@ where
             }
             match poll {
                 Poll::Ready(Some(res)) => {
+                    // It stays out of `streams` and `in_flight` as the
+                    // current stream, polled first next time.
+                    inner.in_flight = Some((event.key.clone(), false));
+                    drop(inner);
                     let key = event.key.clone();
-                    let item = Some((key.clone(), res));
-                    inner.streams.insert(event.key, io_stream);
-                    inner.push_ready(key);
-                    return Poll::Ready(item);
+                    fair_queue.current = Some(Current {
+                        event,
+                        stream: io_stream,
+                        waker,
+                        yielded: 1,
+                    });
+                    return Poll::Ready(Some((key, res)));
                 }
                 Poll::Ready(None) => {
                     // Peer disconnected. Don't put the stream back.
@@ -229,6 +309,7 @@ impl<S, K: Clone> FairQueue<S, K> {
     pub fn new(block_on_no_clients: bool) -> Self {
         Self {
             block_on_no_clients,
+            current: None,
             inner: Arc::new(Mutex::new(QueueInner {
                 counter: atomic::AtomicUsize::new(0),
                 ready_queue: BinaryHeap::new(),
@@ -402,6 +483,39 @@ mod test {
                 (3, "c3")
             ]
         );
+    }
+
+    /// The stream that yielded last is kept out of the map as the current
+    /// one: removed meanwhile (its peer disconnected), it is dropped with its
+    /// items, never polled again.
+    #[async_rt::test]
+    async fn test_fair_queue_drops_the_current_stream_when_removed() {
+        let mut f_queue: FairQueue<_, u64> = FairQueue::new(false);
+        let inner = f_queue.inner();
+        inner.lock().insert(1, stream::iter(vec!["a1", "a2", "a3"]));
+        assert_eq!(f_queue.next().await, Some((1, "a1")));
+        inner.lock().remove(&1);
+        assert_eq!(f_queue.next().await, None);
+    }
+
+    /// One stream with items yields them in a row (the fast path), and a
+    /// stream that becomes ready meanwhile is served before its next one.
+    #[async_rt::test]
+    async fn test_fair_queue_current_stream_yields_to_a_newly_ready_one() {
+        let mut f_queue: FairQueue<_, u64> = FairQueue::new(false);
+        let inner = f_queue.inner();
+        inner.lock().insert(
+            1,
+            stream::iter((0..100).map(|i| i.to_string()).collect::<Vec<_>>()),
+        );
+        for i in 0..50 {
+            assert_eq!(f_queue.next().await, Some((1, i.to_string())));
+        }
+        inner.lock().insert(2, stream::iter(vec!["b".to_string()]));
+        assert_eq!(f_queue.next().await, Some((2, "b".to_string())));
+        let rest: Vec<_> = f_queue.collect().await;
+        let expected: Vec<_> = (50..100).map(|i| (1, i.to_string())).collect();
+        assert_eq!(rest, expected);
     }
 
     #[async_rt::test]

@@ -203,9 +203,46 @@ impl RouterSendHalf {
             .try_send_to_peer(&peer_id, Message::Message(message))
     }
 
+    /// Like [`try_send`](Self::try_send) with the peer given apart: the
+    /// message carries no identity frame to push and pop again.
+    pub fn try_send_to(&mut self, peer: &PeerIdentity, message: ZmqMessage) -> ZmqResult<()> {
+        self.inner
+            .backend
+            .try_send_to_peer(peer, Message::Message(message))
+    }
+
     /// See [`RouterSocket::disconnect_peer`].
     pub fn disconnect_peer(&self, peer: &PeerIdentity) -> bool {
         self.inner.backend.disconnect_connection(peer, None)
+    }
+}
+
+impl RouterRecvHalf {
+    /// Polls for the next message and the identity of the peer it came
+    /// from. Unlike `SocketRecv::recv` it builds no future (`async_trait`
+    /// boxes one per call) and puts no identity frame in front of the
+    /// message. `Ready(Err(ZmqError::NoMessage))` when the socket is shut
+    /// down; a peer whose stream fails is disconnected and skipped, as in
+    /// `recv`.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<ZmqResult<(PeerIdentity, ZmqMessage)>> {
+        use futures::Stream;
+        use std::task::Poll;
+        loop {
+            match std::pin::Pin::new(&mut self.fair_queue).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some((peer_id, Ok(Message::Message(message))))) => {
+                    return Poll::Ready(Ok((peer_id, message)));
+                }
+                Poll::Ready(Some((_peer_id, Ok(_)))) => {}
+                Poll::Ready(Some((peer_id, Err(_e)))) => {
+                    self.inner.backend.peer_disconnected(&peer_id);
+                }
+                Poll::Ready(None) => return Poll::Ready(Err(ZmqError::NoMessage)),
+            }
+        }
     }
 }
 

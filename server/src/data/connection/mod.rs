@@ -140,6 +140,11 @@ impl Connection {
                     if let Some(reason) = self.on_frame(frame).await {
                         return reason;
                     }
+                    // The rest of what that read brought, without
+                    // re-arming every branch per call.
+                    if let Some(reason) = self.on_buffered_frames().await {
+                        return reason;
+                    }
                 }
                 Some(done) = self.completions.recv() => {
                     self.pipeline.complete(done.slot, done.message);
@@ -218,6 +223,24 @@ impl Connection {
             Err(e) => {
                 self.warn(&e, "closing connection: unparseable message header");
                 self.read_done = Some(CloseReason::ProtocolError);
+            }
+        }
+        None
+    }
+
+    /// Handles the frames already in the read buffer (a client that
+    /// pipelines sends several per read), while reading may go on. Reads
+    /// nothing from the socket: the select does that.
+    async fn on_buffered_frames(&mut self) -> Option<CloseReason> {
+        use tokio_util::codec::Decoder;
+        // The decoder is a length limit: a copy decodes the same frames.
+        let mut decoder = self.frames.decoder().clone();
+        while self.read_done.is_none() && !self.draining && self.pipeline.has_room() {
+            // `None`: a partial frame (or nothing) is left; `frames.next()`
+            // reads the rest, and handles end of stream inside a frame.
+            let frame = decoder.decode(self.frames.read_buffer_mut()).transpose()?;
+            if let Some(reason) = self.on_frame(Some(frame)).await {
+                return Some(reason);
             }
         }
         None

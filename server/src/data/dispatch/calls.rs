@@ -154,7 +154,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         } else {
             m.oneway.inc();
         }
-        let now = Instant::now();
+        let now = self.clock.now;
         if call.deadline <= now {
             self.answer(call, Outcome::Timeout);
             return;
@@ -264,7 +264,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         let Some(worker) = self.pool.get_mut(w) else {
             return;
         };
-        let now = Instant::now();
+        let now = self.clock.now;
         entry.phase = Phase::Sent(now, w);
         let slot = &self.services[entry.call.service];
         slot.method(&entry.call)
@@ -434,7 +434,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         trace_call(&info.name, m, call.seqid, "", outcome);
         let Some(reply) = call.reply else { return };
         m.total
-            .observe(Instant::now().saturating_duration_since(call.received));
+            .observe(self.clock.now.saturating_duration_since(call.received));
         let text = outcome.exception_text().unwrap_or("failed");
         let sep = if detail.is_empty() { "" } else { ": " };
         let text = format!("thriftworker: service '{}' {text}{sep}{detail}", info.name);

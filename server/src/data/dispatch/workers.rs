@@ -27,7 +27,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
     pub(super) fn on_worker_message(&mut self, peer: Bytes, msg: Result<WorkerMsg, WireError>) {
         let known = self.pool.lookup(&peer);
         if let Some(w) = known {
-            self.seen(w, Instant::now());
+            self.seen(w, self.clock.now);
         }
         let msg = match msg {
             Ok(m) => m,
@@ -259,7 +259,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
 
     /// Hands worker `w`'s reply to the call's client, if it answers the call.
     fn deliver(&mut self, w: WorkerIdx, mut entry: Entry, message: Bytes) {
-        let now = Instant::now();
+        let now = self.clock.now;
         let worker_id = self.pool.get(w).map_or("", |s| s.id.as_str());
         let svc = &self.services[entry.call.service].info;
         svc.stats.in_flight.dec();

@@ -17,6 +17,8 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::task::{ready, Context, Poll};
+
 use bytes::Bytes;
 use futures::StreamExt;
 use thriftworker_wire::WorkerMsg;
@@ -25,8 +27,8 @@ use super::{Inbound, SendError, WorkerTransport, PEER_SEND_QUEUE};
 use crate::config::WorkersConfig;
 use zeromq::util::PeerIdentity;
 use zeromq::{
-    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv,
-    ZmqError, ZmqMessage,
+    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketOptions, ZmqError,
+    ZmqMessage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -105,50 +107,53 @@ impl ZmqTransport {
     }
 }
 
-impl WorkerTransport for ZmqTransport {
-    /// Waits for the next event. Cancel-safe (usable in `select!`).
+impl ZmqTransport {
+    /// The next event, or `Pending` (with `cx` woken on the next one).
     ///
     /// Monitor events come first: the crate emits a peer's `Disconnected`
     /// before it can accept a new connection with the same identity, so the
     /// dispatcher forgets the old worker before it sees a message of the new
     /// connection (which could otherwise pass for the old worker's).
-    async fn recv(&mut self) -> Inbound {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         if let Some(next) = self.ready.pop_front() {
-            return next;
+            return Poll::Ready(next);
         }
-        loop {
-            tokio::select! {
-                biased;
-                Some(event) = self.monitor.next() => {
-                    if let SocketEvent::Disconnected(peer) = event {
-                        return Inbound::Disconnected { peer: peer.into() };
-                    }
-                }
-                m = self.recv.recv() => {
-                    let inbound = match m {
-                        Ok(m) => {
-                            let mut frames = m.into_vecdeque();
-                            let peer = frames.pop_front().unwrap_or_default();
-                            Inbound::Message { peer, msg: WorkerMsg::decode(frames) }
-                        }
-                        Err(e) => Inbound::Closed(e.to_string()),
-                    };
-                    // A connection may have ended (and another with its
-                    // identity begun) while that `recv` ran: its
-                    // `Disconnected` must be handled before this message.
-                    while let Ok(event) = self.monitor.try_recv() {
-                        if let SocketEvent::Disconnected(peer) = event {
-                            self.ready.push_back(Inbound::Disconnected { peer: peer.into() });
-                        }
-                    }
-                    if self.ready.is_empty() {
-                        return inbound;
-                    }
-                    self.ready.push_back(inbound);
-                    return self.ready.pop_front().expect("not empty");
-                }
+        // A closed monitor (`None`) only means no more events from it.
+        while let Poll::Ready(Some(event)) = self.monitor.poll_next_unpin(cx) {
+            if let SocketEvent::Disconnected(peer) = event {
+                return Poll::Ready(Inbound::Disconnected { peer: peer.into() });
             }
         }
+        let inbound = match ready!(self.recv.poll_recv(cx)) {
+            Ok((peer, message)) => Inbound::Message {
+                peer: peer.into(),
+                msg: WorkerMsg::decode(message.into_vecdeque()),
+            },
+            Err(e) => Inbound::Closed(e.to_string()),
+        };
+        // A connection may have ended (and another with its identity
+        // begun) while that message was read: its `Disconnected` must be
+        // handled before this message.
+        while let Ok(event) = self.monitor.try_recv() {
+            if let SocketEvent::Disconnected(peer) = event {
+                self.ready
+                    .push_back(Inbound::Disconnected { peer: peer.into() });
+            }
+        }
+        if self.ready.is_empty() {
+            return Poll::Ready(inbound);
+        }
+        self.ready.push_back(inbound);
+        Poll::Ready(self.ready.pop_front().expect("not empty"))
+    }
+}
+
+impl WorkerTransport for ZmqTransport {
+    /// Waits for the next event. Cancel-safe (usable in `select!`): it is
+    /// [`poll_event`](ZmqTransport::poll_event), which keeps nothing between
+    /// polls but the queue of events already taken.
+    async fn recv(&mut self) -> Inbound {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// Queues `frames` for the worker `peer`; never waits (the dispatcher
@@ -158,11 +163,11 @@ impl WorkerTransport for ZmqTransport {
         peer: &Bytes,
         frames: impl IntoIterator<Item = Bytes>,
     ) -> Result<(), SendError> {
-        let mut v = Vec::with_capacity(5);
-        v.push(peer.clone());
-        v.extend(frames);
-        let message = ZmqMessage::try_from(v).map_err(|e| SendError::Gone(e.to_string()))?;
-        match self.send.try_send(message) {
+        let id =
+            PeerIdentity::try_from(peer.clone()).map_err(|e| SendError::Gone(e.to_string()))?;
+        let frames: std::collections::VecDeque<Bytes> = frames.into_iter().collect();
+        let message = ZmqMessage::try_from(frames).map_err(|e| SendError::Gone(e.to_string()))?;
+        match self.send.try_send_to(&id, message) {
             Ok(()) => Ok(()),
             Err(ZmqError::PeerQueueFull) => Err(SendError::Full),
             Err(e) => Err(SendError::Gone(e.to_string())),
