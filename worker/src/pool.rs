@@ -7,8 +7,6 @@
 
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 
 use bytes::Bytes;
@@ -37,25 +35,22 @@ pub(crate) struct Done {
 }
 
 pub(crate) struct Pool {
-    jobs: std_mpsc::Sender<Job>,
+    jobs: crossbeam_channel::Sender<Job>,
 }
 
 impl Pool {
     pub fn start(threads: usize, done: mpsc::UnboundedSender<Done>) -> std::io::Result<Pool> {
-        let (jobs, rx) = std_mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        // Multi-consumer: each idle thread waits on the channel itself (a
+        // std receiver behind a mutex made the threads queue on the mutex,
+        // a futex wake per hand-over).
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
-            let rx = Arc::clone(&rx);
+            let rx = rx.clone();
             let done = done.clone();
             thread::Builder::new()
                 .name(format!("thrift-proc-{i}"))
                 .spawn(move || loop {
-                    // The lock is held only while waiting for the next job.
-                    let job = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
+                    let Ok(job) = rx.recv() else { return };
                     let id = job.request.id;
                     let reply = process(&job);
                     if done

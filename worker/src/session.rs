@@ -25,6 +25,10 @@ enum End {
     Stopped,
 }
 
+/// Finished calls whose replies one turn of the session loop sends (then
+/// the loop looks at the data plane's messages and its timers again).
+const REPLY_BATCH: usize = 64;
+
 pub(crate) async fn run(
     worker: Worker,
     shutdown: impl Future<Output = ()>,
@@ -222,12 +226,19 @@ impl Session<'_> {
                     }
                 }
                 Some(done) = done_rx.recv() => {
-                    if done.session != self.number {
-                        continue;
-                    }
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                    if let Err(e) = self.send(WorkerMsg::Reply { id: done.id, message: done.reply }).await {
-                        return Ok(End::Lost(e));
+                    // And every other reply already finished: one wake of
+                    // this task (and one clock read) for a batch of replies.
+                    let mut next = Some(done);
+                    let mut budget = REPLY_BATCH;
+                    while let Some(done) = next {
+                        budget -= 1;
+                        if done.session == self.number {
+                            self.in_flight = self.in_flight.saturating_sub(1);
+                            if let Err(e) = self.send(WorkerMsg::Reply { id: done.id, message: done.reply }).await {
+                                return Ok(End::Lost(e));
+                            }
+                        }
+                        next = if budget > 0 { done_rx.try_recv().ok() } else { None };
                     }
                     last_send = Instant::now();
                 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thriftworker_wire::Request;
 use tokio::time::Instant;
-use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::fast_hash::{BytesMap, IdMap};
 use super::pool::WorkerIdx;
+use super::timers::Timers;
 use super::{Call, Completion, Dispatcher, ServiceInfo, WorkerTransport};
 use crate::telemetry::{MethodStats, Outcome};
 use crate::thrift::{application_exception, AppErrorKind};
@@ -25,7 +25,8 @@ pub(super) enum Phase {
 pub(super) struct Entry {
     pub call: Call,
     pub phase: Phase,
-    pub timer: delay_queue::Key,
+    /// When its timer fires (its entry in `Timers` with this time is live).
+    pub timer: Instant,
     /// When queued: the timer fires at `queue_timeout` before the deadline.
     pub queue_expiry: bool,
 }
@@ -34,7 +35,7 @@ pub(super) struct Entry {
 #[derive(Default)]
 pub(super) struct CallTable {
     calls: IdMap<Entry>,
-    timers: DelayQueue<u64>,
+    timers: Timers,
     next_id: u64,
     /// Bytes of requests queued or at workers, all services.
     buffered: usize,
@@ -46,20 +47,27 @@ impl CallTable {
     }
 
     /// Waits for the next call whose timer fires. Cancel-safe.
-    pub async fn next_expired(&mut self) -> Option<u64> {
-        std::future::poll_fn(|cx| self.timers.poll_expired(cx))
-            .await
-            .map(|e| e.into_inner())
+    pub async fn next_expired(&mut self) -> u64 {
+        std::future::poll_fn(|cx| {
+            let calls = &self.calls;
+            self.timers
+                .poll_expired(cx, |id, at| calls.get(&id).is_some_and(|e| e.timer == at))
+        })
+        .await
     }
 
     fn insert(&mut self, call: Call, at: Instant, queue_expiry: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        let timer = self.timers.insert_at(id, at);
+        let calls = &self.calls;
+        self.timers.compact(calls.len(), |id, at| {
+            calls.get(&id).is_some_and(|e| e.timer == at)
+        });
+        self.timers.insert(id, at);
         let entry = Entry {
             call,
             phase: Phase::Queued,
-            timer,
+            timer: at,
             queue_expiry,
         };
         self.calls.insert(id, entry);
@@ -210,18 +218,10 @@ impl<T: WorkerTransport> Dispatcher<T> {
         self.stats.dispatch.buffered_bytes.set(*total as u64);
     }
 
-    /// Removes call `id` from the table (whoever does answers it), stops its
-    /// timer and releases its bytes from the memory budget.
+    /// Removes call `id` from the table (whoever does answers it), which
+    /// stops its timer, and releases its bytes from the memory budget.
     pub(super) fn take(&mut self, id: u64) -> Option<Entry> {
-        let entry = self.calls.calls.remove(&id)?;
-        self.calls.timers.try_remove(&entry.timer);
-        self.hold(entry.call.service, entry.call.message.len(), false);
-        Some(entry)
-    }
-
-    /// Like [`take`](Self::take) for a call whose timer has just fired (it
-    /// is no longer in the timer queue).
-    fn take_expired(&mut self, id: u64) -> Option<Entry> {
+        // Its timer entry is left behind, stale (see `timers`).
         let entry = self.calls.calls.remove(&id)?;
         self.hold(entry.call.service, entry.call.message.len(), false);
         Some(entry)
@@ -272,9 +272,8 @@ impl<T: WorkerTransport> Dispatcher<T> {
             .observe(now.saturating_duration_since(entry.call.received));
         if entry.queue_expiry {
             // Queued: from now on only the call's own deadline matters.
-            self.calls
-                .timers
-                .reset_at(&entry.timer, entry.call.deadline);
+            entry.timer = entry.call.deadline;
+            self.calls.timers.insert(id, entry.timer);
             entry.queue_expiry = false;
         }
         worker
@@ -350,7 +349,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
 
     /// A call's timer fired: its queue timeout or its deadline.
     pub(super) fn on_timer(&mut self, id: u64) {
-        let Some(entry) = self.take_expired(id) else {
+        let Some(entry) = self.take(id) else {
             return;
         };
         let svc = entry.call.service;

@@ -32,6 +32,7 @@ use crate::telemetry::{LogLimiter, Stats};
 mod calls;
 mod fast_hash;
 mod pool;
+mod timers;
 mod workers;
 
 use calls::{CallTable, ServiceSlot};
@@ -206,7 +207,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
                     self.clock.refresh();
                     self.on_inbound(inbound)
                 }
-                Some(id) = self.calls.next_expired() => {
+                id = self.calls.next_expired() => {
                     self.clock.refresh();
                     self.on_timer(id);
                     Flow::Continue

@@ -175,7 +175,14 @@ impl Decoder for ZmqCodec {
                     self.buffered_size += data.len() + FRAME_MEMORY_COST; // patch J
                     match &mut self.buffered_message {
                         Some(v) => v.push_back(data.freeze()),
-                        None => self.buffered_message = Some(ZmqMessage::from(data.freeze())),
+                        None => {
+                            // Room for a typical multipart message without
+                            // regrowing (patch K).
+                            let mut frames = std::collections::VecDeque::with_capacity(4);
+                            frames.push_back(data.freeze());
+                            self.buffered_message =
+                                Some(ZmqMessage::try_from(frames).expect("one frame"));
+                        }
                     }
 
                     if !frame.more {
