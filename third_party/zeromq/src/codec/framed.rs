@@ -35,6 +35,13 @@ pub struct ZmqFramedRead {
     // Configuration is shared; adaptation state belongs to this connection.
     options: Arc<SocketOptions>,
     short_reads: usize,
+    /// Zeroed once, reused for every read of at most one chunk (patch K):
+    /// `futures::AsyncRead` needs an initialized slice, and preparing one in
+    /// `buffer` zeroed a whole chunk (up to the 64 KiB maximum) per poll,
+    /// including every poll that found nothing to read. What a read returns
+    /// is copied into `buffer` instead. Sized to the read chunk, so it
+    /// shrinks with it.
+    scratch: Box<[u8]>,
 }
 
 impl ZmqFramedRead {
@@ -46,7 +53,24 @@ impl ZmqFramedRead {
             read_chunk_size: options.read_buffer_initial_size,
             options,
             short_reads: 0,
+            scratch: Box::default(),
         }
+    }
+
+    /// Reads at most `read_size` bytes (one chunk) through the scratch
+    /// buffer and appends them to `buffer`.
+    fn poll_read_via_scratch(
+        &mut self,
+        cx: &mut Context<'_>,
+        read_size: usize,
+    ) -> Poll<io::Result<usize>> {
+        if self.scratch.len() < read_size || self.scratch.len() > 4 * read_size {
+            self.scratch = vec![0; read_size].into_boxed_slice();
+        }
+        let scratch = &mut self.scratch[..read_size];
+        let n = ready!(Pin::new(&mut self.inner).poll_read(cx, scratch))?;
+        self.buffer.extend_from_slice(&self.scratch[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_read_into_buffer(
@@ -60,16 +84,25 @@ impl ZmqFramedRead {
             .max(min_read_size)
             .min(self.options.read_buffer_max_size);
 
-        // futures::AsyncRead requires an initialized &mut [u8]. Grow BytesMut
-        // first, then trim back to the actual read length so the read path does
-        // not need a scratch buffer and a second data copy.
-        // The decoder checks frame length + maximum chunk size at the wire
-        // boundary, so preparing this slice cannot overflow its length.
-        self.buffer.resize(start + read_size, 0);
+        // futures::AsyncRead requires an initialized &mut [u8]. A read of
+        // one chunk or less goes through the scratch buffer; a larger one (the
+        // rest of a frame bigger than a chunk) grows BytesMut first, then
+        // trims back to the actual read length, so a big frame is not copied
+        // twice. The decoder checks frame length + maximum chunk size at the
+        // wire boundary, so preparing this slice cannot overflow its length.
+        let polled = if read_size <= self.read_chunk_size {
+            self.poll_read_via_scratch(cx, read_size)
+        } else {
+            self.buffer.resize(start + read_size, 0);
+            let polled = Pin::new(&mut self.inner).poll_read(cx, &mut self.buffer[start..]);
+            if let Poll::Ready(Ok(n)) = polled {
+                self.buffer.truncate(start + n);
+            }
+            polled
+        };
 
-        match Pin::new(&mut self.inner).poll_read(cx, &mut self.buffer[start..]) {
+        match polled {
             Poll::Ready(Ok(bytes_read)) => {
-                self.buffer.truncate(start + bytes_read);
                 if bytes_read >= read_size
                     && self.read_chunk_size < self.options.read_buffer_max_size
                 {
