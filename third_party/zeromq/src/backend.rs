@@ -1,8 +1,9 @@
 use crate::async_rt;
 use crate::codec::{FramedIo, Message, ZmqFramedRead};
 use crate::fair_queue::QueueInner;
+use crate::peer_queue::{self, Closed, QueueSender, TrySendError};
 use crate::util::PeerIdentity;
-use crate::write_queue::write_message_queue;
+use crate::write_queue::write_peer_queue;
 use crate::{
     MultiPeerBackend, SocketBackend, SocketEvent, SocketOptions, SocketType, ZmqError, ZmqResult,
 };
@@ -11,8 +12,6 @@ use async_trait::async_trait;
 use crossbeam_queue::SegQueue;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{self, Either};
-use futures::lock::Mutex as AsyncMutex;
-use futures::SinkExt;
 use parking_lot::Mutex;
 
 use std::collections::HashMap;
@@ -31,40 +30,28 @@ pub(crate) struct Peer {
     pub(crate) stop_writer: Option<oneshot::Sender<()>>,
 }
 
-/// The sending side of a peer's queue.
+/// The sending side of a peer's queue (see `peer_queue`, patch L).
 ///
 /// It is shared (`Arc`) and cloned out of the peer map, so no map entry is
 /// ever held across an `.await` (a full queue used to block `peer_disconnected`
-/// and deadlock the runtime thread). A `futures` channel gives each sender a
-/// guaranteed slot, so this keeps two long-lived senders rather than cloning
-/// one per send, which would bypass the capacity.
+/// and deadlock the runtime thread).
 pub(crate) struct PeerSender {
-    /// For sends that wait for room; held across `.await` by one sending task
-    /// at a time, never by the peer map.
-    waiting: AsyncMutex<mpsc::Sender<Message>>,
-    /// For sends that never wait; never held across `.await`.
-    immediate: Mutex<mpsc::Sender<Message>>,
+    queue: QueueSender,
 }
 
 impl PeerSender {
-    pub(crate) fn new(send_queue: mpsc::Sender<Message>) -> Self {
-        Self {
-            waiting: AsyncMutex::new(send_queue.clone()),
-            immediate: Mutex::new(send_queue),
-        }
+    pub(crate) fn new(send_queue: QueueSender) -> Self {
+        Self { queue: send_queue }
     }
 
-    fn try_send(&self, message: Message) -> Result<(), mpsc::TrySendError<Message>> {
-        self.immediate.lock().try_send(message)
+    fn try_send(&self, message: Message) -> Result<(), TrySendError> {
+        self.queue.try_send(message)
     }
 
-    async fn send(&self, message: Message) -> Result<(), mpsc::SendError> {
-        let message = match self.try_send(message) {
-            Ok(()) => return Ok(()),
-            Err(error) if error.is_full() => error.into_inner(),
-            Err(error) => return Err(error.into_send_error()),
-        };
-        self.waiting.lock().await.send(message).await
+    async fn send(&self, message: Message) -> Result<(), ZmqError> {
+        self.queue.send(message).await.map_err(|Closed| {
+            ZmqError::BufferFull("Failed to send message. Send queue full/broken")
+        })
     }
 }
 
@@ -127,7 +114,7 @@ impl GenericSocketBackend {
         self.disconnect_notifiers.lock().remove(peer_id);
     }
 
-    pub(crate) fn new_peer(&self, send_queue: mpsc::Sender<Message>) -> Peer {
+    pub(crate) fn new_peer(&self, send_queue: QueueSender) -> Peer {
         Peer {
             sender: Arc::new(PeerSender::new(send_queue)),
             connection_id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
@@ -212,8 +199,8 @@ impl GenericSocketBackend {
         };
         match sender.try_send(message) {
             Ok(()) => Ok(()),
-            Err(error) if error.is_full() => Err(ZmqError::PeerQueueFull),
-            Err(_) => {
+            Err(TrySendError::Full(_)) => Err(ZmqError::PeerQueueFull),
+            Err(TrySendError::Closed) => {
                 // The writer is gone: the peer is disconnected (or about to be).
                 self.disconnect_connection(peer_id, Some(connection_id));
                 Err(ZmqError::Other("Destination client not found by identity"))
@@ -238,7 +225,7 @@ impl GenericSocketBackend {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.disconnect_connection(peer_id, Some(connection_id));
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -353,7 +340,8 @@ impl MultiPeerBackend for GenericSocketBackend {
         io: FramedIo,
     ) -> ZmqResult<()> {
         let (recv_queue, send_queue) = io.into_parts();
-        let (queue_sender, queue_receiver) = mpsc::channel(self.socket_options.peer_send_queue);
+        let (queue_sender, queue_receiver) =
+            peer_queue::channel(self.socket_options.peer_send_queue);
         let (stop_writer, writer_stopped) = oneshot::channel();
         let mut peer = self.new_peer(queue_sender);
         peer.stop_writer = Some(stop_writer);
@@ -389,7 +377,7 @@ impl MultiPeerBackend for GenericSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            let writer = write_message_queue(queue_receiver, send_queue);
+            let writer = write_peer_queue(queue_receiver, send_queue);
             futures::pin_mut!(writer);
             let result = match future::select(writer, writer_stopped).await {
                 Either::Left((result, _)) => result,
@@ -421,8 +409,9 @@ mod tests {
     use super::*;
     use crate::ZmqMessage;
 
+    use crate::peer_queue::QueueReceiver;
     use bytes::Bytes;
-    use futures::StreamExt;
+    use futures::{FutureExt, StreamExt};
 
     fn message_with_frame(frame: &'static [u8]) -> Message {
         Message::Message(ZmqMessage::from(Bytes::from_static(frame)))
@@ -438,8 +427,8 @@ mod tests {
     async fn insert_peer(
         backend: &GenericSocketBackend,
         peer_id: PeerIdentity,
-    ) -> (PeerIdentity, mpsc::Receiver<Message>) {
-        let (send_queue, recv_queue) = mpsc::channel(8);
+    ) -> (PeerIdentity, QueueReceiver) {
+        let (send_queue, recv_queue) = peer_queue::channel(8);
         backend
             .peers
             .upsert_async(peer_id.clone(), backend.new_peer(send_queue))
@@ -464,7 +453,7 @@ mod tests {
             .await
             .expect("send through single peer cache");
 
-        let queued = recv_queue.next().await.expect("queued message");
+        let queued = recv_queue.recv().await.expect("queued message");
         assert_eq!(Bytes::from_static(b"payload"), first_frame(queued));
     }
 
@@ -489,7 +478,7 @@ mod tests {
             .await
             .expect("send to cached peer");
 
-        let queued = recv_queue.next().await.expect("queued message");
+        let queued = recv_queue.recv().await.expect("queued message");
         assert_eq!(Bytes::from_static(b"routed"), first_frame(queued));
     }
 
@@ -510,8 +499,8 @@ mod tests {
             .await
             .expect("send to selected peer");
 
-        assert!(first_recv_queue.try_recv().is_err());
-        let queued = second_recv_queue.next().await.expect("queued message");
+        assert!(first_recv_queue.recv().now_or_never().is_none());
+        let queued = second_recv_queue.recv().await.expect("queued message");
         assert_eq!(Bytes::from_static(b"routed-b"), first_frame(queued));
     }
 
@@ -520,7 +509,7 @@ mod tests {
         let backend =
             GenericSocketBackend::with_options(None, SocketType::PUSH, SocketOptions::default());
         let peer_id: PeerIdentity = "full-peer".parse().expect("peer id");
-        let (mut send_queue, mut recv_queue) = mpsc::channel(1);
+        let (send_queue, mut recv_queue) = peer_queue::channel(1);
         send_queue
             .try_send(message_with_frame(b"prefilled"))
             .expect("prefill peer queue");
@@ -533,9 +522,9 @@ mod tests {
 
         let send_future = backend.send_round_robin(message_with_frame(b"after-full"));
         let recv_future = async {
-            let first = recv_queue.next().await.expect("prefilled message");
+            let first = recv_queue.recv().await.expect("prefilled message");
             let second = recv_queue
-                .next()
+                .recv()
                 .await
                 .expect("message sent after capacity frees");
             (first, second)
@@ -553,7 +542,7 @@ mod tests {
         let backend =
             GenericSocketBackend::with_options(None, SocketType::PUSH, SocketOptions::default());
         let peer_id: PeerIdentity = "closed-peer".parse().expect("peer id");
-        let (send_queue, recv_queue) = mpsc::channel(1);
+        let (send_queue, recv_queue) = peer_queue::channel(1);
         drop(recv_queue);
         backend
             .peers
@@ -641,7 +630,7 @@ mod tests {
         let backend =
             GenericSocketBackend::with_options(None, SocketType::ROUTER, SocketOptions::default());
         let peer_id: PeerIdentity = "slow".parse().unwrap();
-        let (send_queue, mut recv_queue) = mpsc::channel(2);
+        let (send_queue, mut recv_queue) = peer_queue::channel(2);
         let peer = backend.new_peer(send_queue);
         backend.peers.upsert_async(peer_id.clone(), peer).await;
         // Two peers, so the single-peer cache is not used.
@@ -656,11 +645,12 @@ mod tests {
             assert!(queued < 10, "the queue must be bounded");
         };
         assert!(matches!(error, ZmqError::PeerQueueFull));
-        // Buffer of 2, plus the guaranteed slot of the non-blocking sender.
-        assert_eq!(queued, 3);
+        // The capacity is a hard bound (patch L; the futures channel gave each
+        // sender one slot more).
+        assert_eq!(queued, 2);
 
         // Room again once the writer consumes.
-        recv_queue.next().await.unwrap();
+        recv_queue.recv().await.unwrap();
         backend
             .try_send_to_peer(&peer_id, message_with_frame(b"m"))
             .expect("room after a message was consumed");
@@ -686,7 +676,7 @@ mod tests {
             SocketOptions::default(),
         ));
         let peer_id: PeerIdentity = "blocked".parse().unwrap();
-        let (send_queue, recv_queue) = mpsc::channel(1);
+        let (send_queue, recv_queue) = peer_queue::channel(1);
         let peer = backend.new_peer(send_queue);
         backend.peers.upsert_async(peer_id.clone(), peer).await;
         let (_other, _other_queue) = insert_peer(&backend, "other".parse().unwrap()).await;

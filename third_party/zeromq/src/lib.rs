@@ -8,6 +8,7 @@ mod endpoint;
 mod error;
 mod fair_queue;
 mod message;
+mod peer_queue;
 mod r#pub;
 mod pull;
 mod push;
@@ -52,7 +53,7 @@ pub mod __bench {
 
     pub struct BenchRoundRobinBackend {
         backend: GenericSocketBackend,
-        receivers: Vec<mpsc::Receiver<Message>>,
+        receivers: Vec<super::peer_queue::QueueReceiver>,
     }
 
     impl BenchRoundRobinBackend {
@@ -68,7 +69,7 @@ pub mod __bench {
                 let peer_id: PeerIdentity = format!("bench-peer-{peer_index}")
                     .parse()
                     .expect("valid peer identity");
-                let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
+                let (send_queue, recv_queue) = super::peer_queue::channel(queue_capacity);
                 let peer = backend.new_peer(send_queue);
                 backend.peers.upsert_async(peer_id.clone(), peer).await;
                 backend.round_robin.push(peer_id);
@@ -83,10 +84,13 @@ pub mod __bench {
         }
 
         pub fn drain_ready(&mut self) -> usize {
-            self.receivers
-                .iter_mut()
-                .filter_map(|receiver| receiver.try_recv().ok())
-                .count()
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            let mut taken = std::collections::VecDeque::new();
+            for receiver in &mut self.receivers {
+                let _ = receiver.poll_recv_batch(&mut cx, &mut taken, 1);
+            }
+            taken.len()
         }
     }
 

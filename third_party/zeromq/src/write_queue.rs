@@ -1,4 +1,5 @@
 use crate::codec::{CodecResult, Message, ZmqFramedWrite};
+use crate::peer_queue::QueueReceiver;
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
@@ -26,6 +27,24 @@ pub(crate) async fn write_message_queue(
         send_queue.flush().await?;
     }
 
+    Ok(())
+}
+
+/// The same for a peer's [`QueueReceiver`]: takes up to a batch per lock.
+pub(crate) async fn write_peer_queue(
+    mut queue: QueueReceiver,
+    mut send_queue: ZmqFramedWrite,
+) -> CodecResult<()> {
+    // Grows to the largest batch seen (`WRITE_BATCH_LIMIT` at most); an idle
+    // peer's stays unallocated.
+    let mut batch = std::collections::VecDeque::new();
+    while std::future::poll_fn(|cx| queue.poll_recv_batch(cx, &mut batch, WRITE_BATCH_LIMIT)).await
+    {
+        while let Some(message) = batch.pop_front() {
+            send_queue.feed(message).await?;
+        }
+        send_queue.flush().await?;
+    }
     Ok(())
 }
 
