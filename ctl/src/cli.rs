@@ -298,6 +298,14 @@ pub struct ListenerTarget {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    Auto,
+    Framed,
+    Unframed,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolArg {
     Auto,
     Binary,
@@ -324,6 +332,11 @@ pub struct ListenerAddArgs {
     /// Accepted Thrift protocols.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
     pub protocol: ProtocolArg,
+
+    /// How messages are delimited: detected per connection (auto), framed,
+    /// unframed (TBufferedTransport) or header (THeaderTransport).
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    pub transport: TransportArg,
 
     /// Largest frame accepted, in bytes [server default: 16384000].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]

@@ -24,7 +24,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use cli::{
     Cli, Command, DrainArgs, HealthArgs, ListenerAddArgs, ListenerTarget, ListenersCmd, Output,
-    ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs, WorkersCmd,
+    ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs, TransportArg, WorkersCmd,
 };
 use client::Conn;
 
@@ -219,6 +219,12 @@ fn listener_settings(a: &ListenerAddArgs) -> pb::ListenerSettings {
             ProtocolArg::Auto => pb::Protocol::Auto,
             ProtocolArg::Binary => pb::Protocol::Binary,
             ProtocolArg::Compact => pb::Protocol::Compact,
+        } as i32,
+        transport: match a.transport {
+            TransportArg::Auto => pb::Transport::Auto,
+            TransportArg::Framed => pb::Transport::Framed,
+            TransportArg::Unframed => pb::Transport::Unframed,
+            TransportArg::Header => pb::Transport::Header,
         } as i32,
         max_frame_size: a.max_frame_size.unwrap_or(0),
         max_connections: a.max_connections.unwrap_or(0),

@@ -43,6 +43,7 @@ pub struct ListenerSettings {
     pub services: Vec<String>,
     pub default_service: String,
     pub protocol: &'static str,
+    pub transport: &'static str,
     pub max_frame_size: u64,
     pub max_connections: u64,
     pub idle_timeout_ms: u64,
@@ -230,6 +231,16 @@ fn sorted<V: Copy>(m: &HashMap<String, V>) -> BTreeMap<String, V> {
     m.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
+pub fn transport_name(t: i32) -> &'static str {
+    match pb::Transport::try_from(t) {
+        Ok(pb::Transport::Auto) => "auto",
+        Ok(pb::Transport::Framed) => "framed",
+        Ok(pb::Transport::Unframed) => "unframed",
+        Ok(pb::Transport::Header) => "header",
+        Err(_) => "unknown",
+    }
+}
+
 pub fn protocol_name(p: i32) -> &'static str {
     match pb::Protocol::try_from(p) {
         Ok(pb::Protocol::Auto) => "auto",
@@ -273,6 +284,7 @@ impl From<&pb::ListenerSettings> for ListenerSettings {
             services: s.services.clone(),
             default_service: s.default_service.clone(),
             protocol: protocol_name(s.protocol),
+            transport: transport_name(s.transport),
             max_frame_size: s.max_frame_size,
             max_connections: s.max_connections,
             idle_timeout_ms: s.idle_timeout_ms,
@@ -496,6 +508,7 @@ pub fn listeners_table(listeners: &[Listener]) -> String {
         ("SERVICES", Align::Left),
         ("DEFAULT", Align::Left),
         ("PROTOCOL", Align::Left),
+        ("TRANSPORT", Align::Left),
         ("ACTIVE", Align::Right),
         ("STATE", Align::Left),
     ]);
@@ -511,6 +524,7 @@ pub fn listeners_table(listeners: &[Listener]) -> String {
             table::list(&l.settings.services),
             table::or_dash(&l.settings.default_service),
             l.settings.protocol.to_string(),
+            l.settings.transport.to_string(),
             l.active_connections.to_string(),
             if l.paused { "paused" } else { "accepting" }.to_string(),
         ]);
@@ -534,6 +548,7 @@ pub fn listener_detail(l: &Listener) -> String {
         ("services", table::list(&s.services)),
         ("default service", table::or_dash(&s.default_service)),
         ("protocol", s.protocol.to_string()),
+        ("transport", s.transport.to_string()),
         ("max frame size", n(s.max_frame_size)),
         ("max connections", n(s.max_connections)),
         ("idle timeout", table::ms(s.idle_timeout_ms)),
@@ -1296,8 +1311,8 @@ mod tests {
         });
         assert_eq!(
             listeners_table(&[l]),
-            "NAME  ADDRESS         SERVICES   DEFAULT  PROTOCOL  ACTIVE  STATE\n\
-             echo  127.0.0.1:4242  Echo,Calc  -        auto           3  paused\n"
+            "NAME  ADDRESS         SERVICES   DEFAULT  PROTOCOL  TRANSPORT  ACTIVE  STATE\n\
+             echo  127.0.0.1:4242  Echo,Calc  -        auto      auto            3  paused\n"
         );
         let w = Worker::from(&pb::Worker {
             id: "7".into(),

@@ -104,7 +104,9 @@ fuzz_target!(|x: Input| {
         AppErrorKind::UnknownMethod,
         AppErrorKind::InvalidMessageType,
         AppErrorKind::InternalError,
-    ][x.kind as usize % 3];
+        AppErrorKind::InvalidTransform,
+        AppErrorKind::InvalidProtocol,
+    ][x.kind as usize % 5];
     let e = message::application_exception(p, x.name.as_bytes(), x.seqid, kind, &x.text);
     {
         let mut cursor = Cursor::new(&e[..]);
@@ -120,6 +122,8 @@ fuzz_target!(|x: Input| {
                 AppErrorKind::UnknownMethod => ApplicationErrorKind::UnknownMethod,
                 AppErrorKind::InvalidMessageType => ApplicationErrorKind::InvalidMessageType,
                 AppErrorKind::InternalError => ApplicationErrorKind::InternalError,
+                AppErrorKind::InvalidTransform => ApplicationErrorKind::InvalidTransform,
+                AppErrorKind::InvalidProtocol => ApplicationErrorKind::InvalidProtocol,
             };
             assert_eq!(err.kind, want);
             assert_eq!(err.message, x.text);

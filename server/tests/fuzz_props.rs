@@ -795,6 +795,8 @@ fn app_error_kind() -> impl Strategy<Value = AppErrorKind> {
         AppErrorKind::UnknownMethod,
         AppErrorKind::InvalidMessageType,
         AppErrorKind::InternalError,
+        AppErrorKind::InvalidTransform,
+        AppErrorKind::InvalidProtocol,
     ])
 }
 
@@ -968,6 +970,8 @@ proptest! {
             AppErrorKind::UnknownMethod => ApplicationErrorKind::UnknownMethod,
             AppErrorKind::InvalidMessageType => ApplicationErrorKind::InvalidMessageType,
             AppErrorKind::InternalError => ApplicationErrorKind::InternalError,
+            AppErrorKind::InvalidTransform => ApplicationErrorKind::InvalidTransform,
+            AppErrorKind::InvalidProtocol => ApplicationErrorKind::InvalidProtocol,
         };
         prop_assert_eq!(e.kind, want);
         prop_assert_eq!(&e.message, &text);
@@ -1109,4 +1113,241 @@ fn reply_kind_reads_compact_stop_as_thrift_does() {
         "{:02x?}",
         &m[..]
     );
+}
+
+// ──────────────────── the unframed skip parser and THeader ────────────────────
+
+use thrift::protocol::{TListIdentifier, TMapIdentifier};
+use thriftworker::thrift::header::{self, HeaderProtocol, HeaderReply};
+use thriftworker::thrift::unframed::{SkipError, Skipper};
+
+/// A Thrift value of any type, nested; lists and maps repeat one template
+/// value so their elements share a type.
+#[derive(Debug, Clone)]
+enum AnyValue {
+    Bool(bool),
+    Byte(i8),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Double(f64),
+    Str(Vec<u8>),
+    Struct(Vec<(i16, AnyValue)>),
+    List(Box<AnyValue>, usize),
+    Map(Box<AnyValue>, Box<AnyValue>, usize),
+}
+
+impl AnyValue {
+    fn ttype(&self) -> TType {
+        match self {
+            AnyValue::Bool(_) => TType::Bool,
+            AnyValue::Byte(_) => TType::I08,
+            AnyValue::I16(_) => TType::I16,
+            AnyValue::I32(_) => TType::I32,
+            AnyValue::I64(_) => TType::I64,
+            AnyValue::Double(_) => TType::Double,
+            AnyValue::Str(_) => TType::String,
+            AnyValue::Struct(_) => TType::Struct,
+            AnyValue::List(..) => TType::List,
+            AnyValue::Map(..) => TType::Map,
+        }
+    }
+
+    fn write(&self, p: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+        match self {
+            AnyValue::Bool(v) => p.write_bool(*v),
+            AnyValue::Byte(v) => p.write_i8(*v),
+            AnyValue::I16(v) => p.write_i16(*v),
+            AnyValue::I32(v) => p.write_i32(*v),
+            AnyValue::I64(v) => p.write_i64(*v),
+            AnyValue::Double(v) => p.write_double(*v),
+            AnyValue::Str(v) => p.write_bytes(v),
+            AnyValue::Struct(fields) => {
+                p.write_struct_begin(&TStructIdentifier::new("s"))?;
+                for (id, v) in fields {
+                    p.write_field_begin(&TFieldIdentifier::new("f", v.ttype(), *id))?;
+                    v.write(p)?;
+                    p.write_field_end()?;
+                }
+                p.write_field_stop()?;
+                p.write_struct_end()
+            }
+            AnyValue::List(elem, n) => {
+                p.write_list_begin(&TListIdentifier::new(elem.ttype(), *n as i32))?;
+                for _ in 0..*n {
+                    elem.write(p)?;
+                }
+                p.write_list_end()
+            }
+            AnyValue::Map(k, v, n) => {
+                p.write_map_begin(&TMapIdentifier::new(k.ttype(), v.ttype(), *n as i32))?;
+                for _ in 0..*n {
+                    k.write(p)?;
+                    v.write(p)?;
+                }
+                p.write_map_end()
+            }
+        }
+    }
+}
+
+fn any_value() -> impl Strategy<Value = AnyValue> {
+    let leaf = prop_oneof![
+        any::<bool>().prop_map(AnyValue::Bool),
+        any::<i8>().prop_map(AnyValue::Byte),
+        any::<i16>().prop_map(AnyValue::I16),
+        any::<i32>().prop_map(AnyValue::I32),
+        any::<i64>().prop_map(AnyValue::I64),
+        any::<f64>().prop_map(AnyValue::Double),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(AnyValue::Str),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec((1i16..400, inner.clone()), 0..6).prop_map(AnyValue::Struct),
+            (inner.clone(), 0usize..20).prop_map(|(v, n)| AnyValue::List(Box::new(v), n)),
+            (inner.clone(), inner, 0usize..4).prop_map(|(k, v, n)| AnyValue::Map(
+                Box::new(k),
+                Box::new(v),
+                n
+            )),
+        ]
+    })
+}
+
+/// A CALL whose arguments struct holds `fields`, written by the `thrift` crate.
+fn call_with(protocol: Protocol, fields: Vec<(i16, AnyValue)>) -> Vec<u8> {
+    let mut buf: Vec<u8> = Vec::new();
+    {
+        let mut p: Box<dyn TOutputProtocol + '_> = match protocol {
+            Protocol::BinaryStrict => Box::new(TBinaryOutputProtocol::new(&mut buf, true)),
+            Protocol::BinaryLax => Box::new(TBinaryOutputProtocol::new(&mut buf, false)),
+            Protocol::Compact => Box::new(TCompactOutputProtocol::new(&mut buf)),
+        };
+        p.write_message_begin(&TMessageIdentifier::new("method", TMessageType::Call, 3))
+            .unwrap();
+        AnyValue::Struct(fields).write(&mut *p).unwrap();
+        p.write_message_end().unwrap();
+        p.flush().unwrap();
+    }
+    buf
+}
+
+/// Feeds growing prefixes of `input` (cut at `chunks`) to one skipper, as
+/// a connection does; the first result that is not "need more".
+fn skip_chunked(input: &[u8], max: usize, chunks: &[usize]) -> Result<Option<usize>, SkipError> {
+    let mut s = Skipper::new();
+    let mut end = 0;
+    for c in chunks.iter().cycle() {
+        end = (end + c).min(input.len());
+        match s.advance(&input[..end], max) {
+            Ok(None) if end < input.len() => {}
+            other => return other,
+        }
+    }
+    unreachable!("chunks are never empty")
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// The skipper finds exactly the end of every message the `thrift`
+    /// crate writes, in each protocol, however its bytes arrive, with the
+    /// next message already behind it.
+    #[test]
+    fn skipper_finds_the_end_of_every_valid_message(
+        p in protocol(),
+        fields in proptest::collection::vec((1i16..400, any_value()), 0..6),
+        chunks in chunks(),
+    ) {
+        let m = call_with(p, fields);
+        let mut two = m.clone();
+        two.extend_from_slice(&m);
+        prop_assert_eq!(skip_chunked(&two, 1 << 24, &chunks), Ok(Some(m.len())));
+        prop_assert_eq!(Skipper::new().advance(&m, 1 << 24), Ok(Some(m.len())));
+        // One byte short of the whole: never an end.
+        prop_assert_eq!(Skipper::new().advance(&m[..m.len() - 1], 1 << 24), Ok(None));
+        // A max below the message's size: refused, never an end.
+        prop_assert_eq!(
+            Skipper::new().advance(&m, m.len() - 1),
+            Err(SkipError::TooLarge { max: m.len() - 1 })
+        );
+    }
+
+    /// Any bytes: no panic, an end never beyond the input or max, and the
+    /// same answer however the bytes arrive (the kind of error may differ
+    /// only when the size limit is involved).
+    #[test]
+    fn skipper_on_any_bytes(
+        prefix in prop_oneof![Just(vec![]), Just(vec![0x80, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 1]), Just(vec![0x82, 0x21, 1, 1, b'm'])],
+        tail in proptest::collection::vec(any::<u8>(), 0..300),
+        max in prop_oneof![1usize..400, Just(1 << 20)],
+        chunks in chunks(),
+    ) {
+        let input = [prefix, tail].concat();
+        let whole = Skipper::new().advance(&input, max);
+        if let Ok(Some(n)) = whole {
+            prop_assert!(n <= input.len() && n <= max);
+        }
+        let chunked = skip_chunked(&input, max, &chunks);
+        match (&whole, &chunked) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => {
+                // The same kind of error (a bad version word's value in
+                // it may show fewer bytes when fewer had arrived).
+                if *a != (SkipError::TooLarge { max }) && *b != (SkipError::TooLarge { max }) {
+                    prop_assert_eq!(std::mem::discriminant(a), std::mem::discriminant(b), "{:?} vs {:?}", a, b);
+                }
+            }
+            _ => prop_assert!(false, "whole {:?} but chunked {:?}", whole, chunked),
+        }
+    }
+
+    /// THeader frames round-trip with any headers, payload and zlib.
+    #[test]
+    fn theader_round_trips(
+        seq_id in any::<u32>(),
+        flags in any::<u16>(),
+        compact in any::<bool>(),
+        zlib in any::<bool>(),
+        headers in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), proptest::collection::vec(any::<u8>(), 0..200)), 0..10),
+        payload in proptest::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let reply = HeaderReply {
+            seq_id,
+            flags,
+            protocol: if compact { HeaderProtocol::Compact } else { HeaderProtocol::Binary },
+            zlib,
+        };
+        let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let mut out = BytesMut::new();
+        header::encode(&payload, &reply, &pairs, &mut out);
+        let frame = out.split_off(4).freeze();
+        prop_assert_eq!(u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize, frame.len());
+        let f = header::decode(frame, 1 << 20).unwrap();
+        prop_assert_eq!(f.reply, reply);
+        prop_assert_eq!(&f.payload[..], &payload[..]);
+        let got: Vec<(Vec<u8>, Vec<u8>)> = f.headers.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        prop_assert_eq!(got, headers);
+    }
+
+    /// Any bytes after the magic: an error or a frame, never a panic, and
+    /// never a payload beyond max.
+    #[test]
+    fn theader_decode_on_any_bytes(
+        tail in proptest::collection::vec(any::<u8>(), 0..400),
+        zlib_payload in any::<bool>(),
+        max in 1usize..5000,
+    ) {
+        let mut frame = vec![0x0f, 0xff];
+        frame.extend_from_slice(&tail);
+        if zlib_payload && frame.len() > 12 {
+            // Steer toward the zlib path: protocol 0, one transform, zlib.
+            frame[10] = 0;
+            frame[11] = 1;
+            frame[12] = 1;
+        }
+        if let Ok(f) = header::decode(bytes::Bytes::from(frame), max) {
+            prop_assert!(f.payload.len() <= max || !f.reply.zlib);
+        }
+    }
 }

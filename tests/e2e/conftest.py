@@ -114,6 +114,13 @@ class DataPlane:
             pytest.fail(f"the ready file has no metrics address: {self.ready}", pytrace=False)
         return addr
 
+    def metrics(self):
+        """The text of /metrics now."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=5) as r:
+            return r.read().decode()
+
     def count(self, text):
         return self.stderr.count(text)
 

@@ -25,7 +25,13 @@ from echo import Calc, Echo  # noqa: E402
 from echo.ttypes import EchoError  # noqa: E402,F401  (re-exported for the tests)
 from thrift.Thrift import TApplicationException, TMessageType  # noqa: E402
 from thrift.protocol import TBinaryProtocol, TCompactProtocol, TMultiplexedProtocol  # noqa: E402
+from thrift.protocol.THeaderProtocol import THeaderProtocol  # noqa: E402
 from thrift.transport import TSocket, TTransport  # noqa: E402
+from thrift.transport.THeaderTransport import (  # noqa: E402
+    THeaderClientType,
+    THeaderSubprotocolID,
+    THeaderTransformID,
+)
 
 TARGET_DIR = Path(os.environ.get("THRIFTWORKER_TARGET_DIR", REPO / "target" / "debug"))
 PYWORKER = HERE / "pyworker.py"
@@ -271,14 +277,29 @@ def make_protocol(kind, trans):
     raise ValueError(kind)
 
 
+TRANSPORTS = ("framed", "buffered", "header")
+
+
 @contextlib.contextmanager
-def thrift_client(addr, protocol="binary", service=Echo, multiplexed=None, timeout=MAX_WAIT):
-    """A generated Python client on TSocket + TFramedTransport. `addr` is
+def thrift_client(addr, protocol="binary", service=Echo, multiplexed=None, timeout=MAX_WAIT,
+                  transport="framed", zlib=False):
+    """A generated Python client on TSocket + `transport`: "framed"
+    (TFramedTransport), "buffered" (TBufferedTransport: unframed) or "header"
+    (THeaderProtocol over `protocol`, binary or compact; `zlib` adds the zlib
+    transform; set info headers with `client._oprot.set_header(b"k", b"v")`
+    before a call: they go with the next call only). `addr` is
     (host, port); `multiplexed` names the service for TMultiplexedProtocol."""
     sock = TSocket.TSocket(addr[0], addr[1])
     sock.setTimeout(int(timeout * 1000))
-    trans = TTransport.TFramedTransport(sock)
-    proto = make_protocol(protocol, trans)
+    if transport == "header":
+        trans = sock
+        sub = {"binary": THeaderSubprotocolID.BINARY, "compact": THeaderSubprotocolID.COMPACT}[protocol]
+        proto = THeaderProtocol(sock, [THeaderClientType.HEADERS], default_protocol=sub)
+        if zlib:
+            proto.add_transform(THeaderTransformID.ZLIB)
+    else:
+        trans = TTransport.TFramedTransport(sock) if transport == "framed" else TTransport.TBufferedTransport(sock)
+        proto = make_protocol(protocol, trans)
     if multiplexed:
         proto = TMultiplexedProtocol.TMultiplexedProtocol(proto, multiplexed)
     trans.open()

@@ -24,12 +24,15 @@ use thrift::protocol::{
     TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
     TMultiplexedOutputProtocol, TOutputProtocol, TSetIdentifier, TStructIdentifier,
 };
-use thrift::transport::{TFramedReadTransport, TFramedWriteTransport, TIoChannel, TTcpChannel};
+use thrift::transport::{
+    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport,
+    TIoChannel, TReadTransport, TTcpChannel, TWriteTransport,
+};
 use thriftworker_examples::gen::echo::{
     CalcSyncClient, EchoError, EchoSyncClient, TCalcSyncClient, TEchoSyncClient,
 };
 
-/// Calls the example Echo and Calc Thrift services (framed transport).
+/// Calls the example Echo and Calc Thrift services (framed or buffered transport).
 ///
 /// Prints the result alone on stdout and exits 0; the declared exception
 /// prints `EchoError code=C message=M` on stdout and exits 0; a
@@ -46,6 +49,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Proto::Binary)]
     protocol: Proto,
 
+    /// Thrift transport: framed (`TFramedTransport`) or buffered (unframed,
+    /// `TBufferedTransport`).
+    #[arg(long, value_enum, default_value_t = Trans::Framed)]
+    transport: Trans,
+
     /// Binary protocol without the strict version header (non-strict/lax).
     #[arg(long)]
     lax: bool,
@@ -60,6 +68,12 @@ struct Cli {
 
     #[command(subcommand)]
     call: Call,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Trans {
+    Framed,
+    Buffered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -222,7 +236,7 @@ fn run(cli: &Cli) -> Result<String, Failure> {
     Ok(line)
 }
 
-/// Opens the framed connection and the protocols the command line asks for.
+/// Opens the connection and the transport and protocols the command line asks for.
 fn connect(cli: &Cli) -> Result<(InProto, OutProto), Failure> {
     let timeout = (!cli.timeout.is_zero()).then_some(cli.timeout);
     let stream = tcp_connect(&cli.addr, timeout)
@@ -234,11 +248,23 @@ fn connect(cli: &Cli) -> Result<(InProto, OutProto), Failure> {
         .map_err(|e| Failure::Other(format!("cannot set socket timeouts: {e}")))?;
 
     let (read_half, write_half) = TTcpChannel::with_stream(stream).split()?;
-    let read = TFramedReadTransport::new(Timed {
+    let timed = Timed {
         inner: read_half,
         timeout,
-    });
-    let write = TFramedWriteTransport::new(write_half);
+    };
+    let (read, write): (
+        Box<dyn TReadTransport + Send>,
+        Box<dyn TWriteTransport + Send>,
+    ) = match cli.transport {
+        Trans::Framed => (
+            Box::new(TFramedReadTransport::new(timed)),
+            Box::new(TFramedWriteTransport::new(write_half)),
+        ),
+        Trans::Buffered => (
+            Box::new(TBufferedReadTransport::new(timed)),
+            Box::new(TBufferedWriteTransport::new(write_half)),
+        ),
+    };
     let (i, o): (InProto, OutProto) = match cli.protocol {
         Proto::Binary => (
             Box::new(TBinaryInputProtocol::new(read, !cli.lax)),

@@ -27,7 +27,7 @@ pub use bounds::*;
 pub use cli::{Cli, LogFormat};
 pub use secret::Secret;
 
-use crate::thrift::{HeaderError, Protocol};
+use crate::thrift::{HeaderError, Protocol, Transport};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +237,38 @@ impl ProtocolSetting {
     }
 }
 
+/// How a listener delimits messages (its `transport` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportSetting {
+    /// Detect per connection from the first bytes: framed, unframed
+    /// (binary strict or compact) or header.
+    #[default]
+    Auto,
+    /// `TFramedTransport` only.
+    Framed,
+    /// `TBufferedTransport` only (binary strict, lax or compact).
+    Unframed,
+    /// `THeaderTransport` only.
+    Header,
+}
+
+impl TransportSetting {
+    /// What the connection's decoder takes (`None`: detect).
+    pub fn fixed(self) -> Option<Transport> {
+        match self {
+            TransportSetting::Auto => None,
+            TransportSetting::Framed => Some(Transport::Framed),
+            TransportSetting::Unframed => Some(Transport::Unframed),
+            TransportSetting::Header => Some(Transport::Header),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        self.fixed().map_or("auto", Transport::label)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -249,6 +281,8 @@ pub struct ListenerConfig {
     pub default_service: Option<String>,
     #[serde(default)]
     pub protocol: ProtocolSetting,
+    #[serde(default)]
+    pub transport: TransportSetting,
     #[serde(default = "default_max_frame_size")]
     pub max_frame_size: usize,
     #[serde(default = "default_max_connections")]

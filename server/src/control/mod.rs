@@ -300,6 +300,7 @@ impl Control {
             listener: config.name.clone(),
             routes: routes.clone(),
             protocol: config.protocol,
+            transport: config.transport.fixed(),
             max_frame_size: config.max_frame_size,
             max_pipeline: config.max_pipeline,
             idle_timeout: config.idle_timeout,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::histogram::{Histogram, PROMETHEUS_BOUNDS};
 use super::outcome::Outcome;
 use super::stats::{CloseReason, ListenerStats, MethodStats, ServiceStats, Stats, WorkerStats};
+use crate::thrift::Transport;
 
 /// The whole registry in the Prometheus text format.
 pub fn encode(stats: &Stats, out: &mut String) {
@@ -253,13 +254,13 @@ const LISTENER_FAMILIES: [ListenerFamily; 9] = [
     (
         "thriftworker_listener_received_bytes_total",
         "counter",
-        "Bytes of frames read from clients.",
+        "Bytes of messages read from clients (framing included).",
         |l| l.bytes_in.get(),
     ),
     (
         "thriftworker_listener_sent_bytes_total",
         "counter",
-        "Bytes of frames written to clients.",
+        "Bytes of answers written to clients (framing included).",
         |l| l.bytes_out.get(),
     ),
     (
@@ -316,6 +317,32 @@ fn listeners(listeners: &[(String, Arc<ListenerStats>)], out: &mut String) {
                 &[("listener", n.as_str()), ("reason", reason.label())],
                 l.closed_for(reason),
             );
+        }
+    }
+    type PerTransport = fn(&ListenerStats, Transport) -> u64;
+    let per_transport: [(&str, &str, PerTransport); 2] = [
+        (
+            "thriftworker_listener_transport_connections_total",
+            "Connections, by the transport their first message came in.",
+            |l, t| l.transport_connections[t.index()].get(),
+        ),
+        (
+            "thriftworker_listener_transport_calls_total",
+            "Messages read, by transport.",
+            |l, t| l.transport_calls[t.index()].get(),
+        ),
+    ];
+    for (name, help, get) in per_transport {
+        family(out, name, "counter", help);
+        for (n, l) in listeners {
+            for t in Transport::ALL {
+                sample(
+                    out,
+                    name,
+                    &[("listener", n.as_str()), ("transport", t.label())],
+                    get(l, t),
+                );
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use super::counters::{Counter, Gauge, LogLimiter, Tally};
 use super::health::CoreHealth;
 pub use super::histogram::Histogram;
 use super::outcome::{Outcome, OUTCOMES};
+use crate::thrift::Transport;
 
 super::labelled_enum! {
     /// Why a client connection was closed: the one table of close reasons.
@@ -34,6 +35,9 @@ super::labelled_enum! {
     /// The client accepted no answer bytes for `write_timeout`.
     WriteTimeout => "write_timeout",
 }
+
+/// How many transports there are.
+pub const TRANSPORTS: usize = Transport::ALL.len();
 
 /// How many close reasons there are.
 pub const CLOSE_REASONS: usize = CloseReason::ALL.len();
@@ -54,6 +58,11 @@ pub struct ListenerStats {
     pub invalid_type: Counter,
     /// Connections closed with two-way calls not yet answered.
     pub closed_with_calls_in_flight: Counter,
+    /// Connections by the transport of their first message, indexed by
+    /// [`Transport::index`] (one entry per [`Transport::ALL`]).
+    pub transport_connections: [Counter; TRANSPORTS],
+    /// Messages read, by transport.
+    pub transport_calls: [Counter; TRANSPORTS],
     /// Whether the acceptor is paused: the one place this is kept. The
     /// control API sets it, the acceptor waits on it, the views read it.
     pub paused: watch::Sender<bool>,
@@ -73,6 +82,8 @@ impl Default for ListenerStats {
             unknown_service: Counter::default(),
             invalid_type: Counter::default(),
             closed_with_calls_in_flight: Counter::default(),
+            transport_connections: Default::default(),
+            transport_calls: Default::default(),
             paused: watch::Sender::new(false),
             warn_limit: LogLimiter::default(),
         }

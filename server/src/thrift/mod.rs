@@ -1,6 +1,7 @@
 //! Just enough Thrift to route a call, in two layers like every Thrift
-//! stack: a *transport* delimits messages on the byte stream
-//! ([`framed`]; see [`Transport`]), a *protocol* encodes each message
+//! stack: a *transport* delimits messages on the byte stream ([`framed`],
+//! [`unframed`], [`header`]; [`codec`] picks one per connection and is what
+//! the connection reads through), a *protocol* encodes each message
 //! ([`binary`] strict and lax, [`compact`]; see [`Protocol`]).
 //!
 //! The data plane never decodes arguments. It reads the header of each
@@ -14,8 +15,9 @@
 //! Adding a protocol: a file like `compact.rs` (parse and write a header,
 //! write an application exception, read a field id), a variant of
 //! `thriftworker_wire::Protocol`, and one arm in each `match` of this file —
-//! the only place that matches on the protocol. Adding a transport: a file
-//! like `framed.rs` and a variant of [`Transport`].
+//! the only place that matches on the protocol (the unframed skip parser
+//! also needs its value layout). Adding a transport: a file like
+//! `framed.rs`, a variant of [`Transport`] and its arms in [`codec`].
 //!
 //! This module depends on nothing else in the crate (the fuzz targets in
 //! `fuzz/` compile it on its own).
@@ -24,31 +26,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub use thriftworker_wire::Protocol;
 
 pub mod binary;
+pub mod codec;
 pub mod compact;
 pub mod framed;
+pub mod header;
 pub mod reply;
+pub mod unframed;
 
+pub use codec::{Inbound, MessageDecoder, ReplyFraming, Transport, TransportError};
 pub use reply::{check_reply, reply_kind, BadReply, ReplyKind};
-
-/// How messages are delimited on a connection: one variant per transport
-/// file of this module. Framed is the only one today, and the connection
-/// uses `framed` directly; a second transport adds a listener setting and
-/// lets the connection pick the codec from this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// A 4-byte big-endian length, then the message (`TFramedTransport`).
-    Framed,
-}
-
-impl Transport {
-    pub const ALL: [Transport; 1] = [Transport::Framed];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Framed => "framed",
-        }
-    }
-}
 
 /// Thrift message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +63,10 @@ pub enum AppErrorKind {
     UnknownMethod = 1,
     InvalidMessageType = 2,
     InternalError = 6,
+    /// A THeader transform the data plane cannot undo.
+    InvalidTransform = 8,
+    /// A THeader protocol id the data plane does not speak.
+    InvalidProtocol = 9,
 }
 
 /// A parsed message header. `name` is a range into the message.

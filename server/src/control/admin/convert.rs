@@ -9,7 +9,7 @@ use thriftworker_proto::admin::v1 as pb;
 use tonic::Status;
 
 use crate::config::{
-    self, Address, HumanDuration, ListenerConfig, ProtocolSetting, ServiceConfig,
+    self, Address, HumanDuration, ListenerConfig, ProtocolSetting, ServiceConfig, TransportSetting,
     DEFAULT_MAX_FRAME_SIZE,
 };
 use crate::control::{ControlError, ListenerView, ServiceView};
@@ -107,6 +107,18 @@ pub fn listener_config(
             )))
         }
     };
+    let transport = match pb::Transport::try_from(s.transport) {
+        Ok(pb::Transport::Auto) => TransportSetting::Auto,
+        Ok(pb::Transport::Framed) => TransportSetting::Framed,
+        Ok(pb::Transport::Unframed) => TransportSetting::Unframed,
+        Ok(pb::Transport::Header) => TransportSetting::Header,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown transport {}: use auto, framed, unframed or header",
+                s.transport
+            )))
+        }
+    };
     // 0 means "the default"; anything else is checked by the one validator
     // (`ListenerConfig::validate`), saturating so no value wraps first.
     let or = |v: u64, d: usize| {
@@ -124,6 +136,7 @@ pub fn listener_config(
         services: s.services,
         default_service: (!s.default_service.is_empty()).then_some(s.default_service),
         protocol,
+        transport,
         max_frame_size: or(s.max_frame_size, DEFAULT_MAX_FRAME_SIZE),
         max_connections: or(s.max_connections, config::default_max_connections()),
         idle_timeout: if s.idle_timeout_ms == 0 {
@@ -156,6 +169,12 @@ pub fn listener_pb(v: &ListenerView) -> pb::Listener {
             idle_timeout_ms: ms(c.idle_timeout),
             max_pipeline: c.max_pipeline as u64,
             paused: c.paused,
+            transport: match c.transport {
+                TransportSetting::Auto => pb::Transport::Auto,
+                TransportSetting::Framed => pb::Transport::Framed,
+                TransportSetting::Unframed => pb::Transport::Unframed,
+                TransportSetting::Header => pb::Transport::Header,
+            } as i32,
         }),
         bound_address: v.handle.local_addr.to_string(),
         paused: v.handle.is_paused(),

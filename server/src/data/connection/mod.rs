@@ -1,14 +1,20 @@
-//! One client connection: read frames, route each call, write replies in
-//! request order.
+//! One client connection: read messages in the listener's transport, route
+//! each call, write replies in request order, in the transport each call
+//! came in.
 //!
 //! The rooms: this file runs the connection's loop (read, take answers,
 //! write, time out, drain); [`pipeline`] keeps answers in request order;
-//! [`request`] turns a frame into a call.
+//! [`request`] turns a message into a call. Delimiting messages (framed,
+//! unframed, header, or detecting which) is the job of
+//! [`crate::thrift::codec`].
 //!
 //! At the pipeline's bound the connection stops reading (TCP backpressure
 //! does the rest). Any frame or header the connection cannot make sense of
 //! ends reading (with a counted reason): after a broken frame the stream
 //! cannot be resynchronised, and without a seqid there is nothing to answer.
+//! A header frame with a protocol or transform the data plane does not
+//! support is the exception: it is answered (`INVALID_PROTOCOL`,
+//! `INVALID_TRANSFORM`) before reading ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,8 +35,13 @@ use super::dispatch::Command;
 use super::routes::Routes;
 use crate::config::ProtocolSetting;
 use crate::telemetry::{CloseReason, ListenerStats};
-use crate::thrift::framed::{FrameDecoder, FrameError};
-use crate::thrift::Protocol;
+use crate::thrift::framed::FrameError;
+use crate::thrift::header::HeaderFrameError;
+use crate::thrift::unframed::SkipError;
+use crate::thrift::{
+    application_exception, AppErrorKind, Inbound, MessageDecoder, Protocol, ReplyFraming,
+    Transport, TransportError,
+};
 
 mod pipeline;
 mod request;
@@ -44,6 +55,8 @@ pub struct ConnectionContext {
     /// Where calls go; swapped atomically when a service's settings change.
     pub routes: Arc<ArcSwap<Routes>>,
     pub protocol: ProtocolSetting,
+    /// `None`: detect per connection (`auto`).
+    pub transport: Option<Transport>,
     pub max_frame_size: usize,
     pub max_pipeline: usize,
     pub idle_timeout: Duration,
@@ -77,7 +90,7 @@ pub async fn serve(
 struct Connection {
     ctx: Arc<ConnectionContext>,
     peer: Option<SocketAddr>,
-    frames: FramedRead<OwnedReadHalf, FrameDecoder>,
+    frames: FramedRead<OwnedReadHalf, MessageDecoder>,
     write: OwnedWriteHalf,
     /// Answers from the dispatcher; `tx` is handed to every call.
     completions: mpsc::Receiver<Completion>,
@@ -85,6 +98,8 @@ struct Connection {
     pipeline: Pipeline,
     /// Fixed by the first message.
     protocol: Option<Protocol>,
+    /// Counted once, when the first message shows it.
+    transport: Option<Transport>,
     draining: bool,
     /// Set when reading has ended (end of stream, bad input): the reason the
     /// connection closes once every call read is answered.
@@ -102,7 +117,8 @@ impl Connection {
         // the time, and RSS per idle connection is a target
         // (docs/benchmarks.md). The decoder reserves exactly what a larger
         // frame needs once its length is known.
-        let frames = FramedRead::with_capacity(read, FrameDecoder::new(ctx.max_frame_size), 2048);
+        let decoder = MessageDecoder::new(ctx.transport, ctx.max_frame_size);
+        let frames = FramedRead::with_capacity(read, decoder, 2048);
         let (tx, completions) = mpsc::channel(ctx.max_pipeline);
         let now = Instant::now();
         Connection {
@@ -113,6 +129,7 @@ impl Connection {
             tx,
             pipeline: Pipeline::new(ctx.max_pipeline),
             protocol: None,
+            transport: None,
             draining,
             read_done: None,
             idle_deadline: now + ctx.idle_timeout,
@@ -189,13 +206,13 @@ impl Connection {
         }
     }
 
-    /// Handles what the frame reader produced. Returns a reason to close
+    /// Handles what the message reader produced. Returns a reason to close
     /// at once (the client is gone).
     async fn on_frame(
         &mut self,
-        frame: Option<Result<bytes::Bytes, FrameError>>,
+        frame: Option<Result<Inbound, TransportError>>,
     ) -> Option<CloseReason> {
-        let frame = match frame {
+        let inbound = match frame {
             // End of stream: the client sent FIN. It may only have
             // half-closed, so its answers are still written (if it is gone,
             // the first write fails).
@@ -204,21 +221,34 @@ impl Connection {
                 return None;
             }
             // A reset or another I/O error: the client is gone.
-            Some(Err(FrameError::Io(e))) => {
+            Some(Err(TransportError::Frame(FrameError::Io(e)))) => {
                 self.debug(Some(&e), "connection ended");
                 return Some(CloseReason::IoError);
             }
             Some(Err(e)) => {
-                self.read_done = Some(self.frame_error(&e));
+                self.read_done = Some(self.transport_error(e));
                 return None;
             }
-            Some(Ok(frame)) => frame,
+            Some(Ok(inbound)) => inbound,
         };
-        self.ctx.stats.bytes_in.add(frame.len() as u64 + 4);
+        if self.transport.is_none() {
+            let transport = self
+                .frames
+                .decoder()
+                .transport()
+                .unwrap_or(Transport::Framed);
+            self.transport = Some(transport);
+            self.ctx.stats.transport_connections[transport.index()].inc();
+        }
+        if let Some(t) = self.transport {
+            self.ctx.stats.transport_calls[t.index()].inc();
+        }
+        self.ctx.stats.bytes_in.add(inbound.wire_len as u64);
         self.idle_deadline = Instant::now() + self.ctx.idle_timeout;
         let slot = self.pipeline.next_slot();
-        match handle_frame(&self.ctx, frame, &mut self.protocol, &self.tx, slot).await {
-            Ok(Handled::Slot(answer)) => self.pipeline.push(answer),
+        let framing = inbound.framing;
+        match handle_frame(&self.ctx, inbound, &mut self.protocol, &self.tx, slot).await {
+            Ok(Handled::Slot(answer)) => self.pipeline.push(answer, framing),
             Ok(Handled::NoSlot) => {}
             Err(e) => {
                 self.warn(&e, "closing connection: unparseable message header");
@@ -228,37 +258,74 @@ impl Connection {
         None
     }
 
-    /// Handles the frames already in the read buffer (a client that
+    /// Handles the messages already in the read buffer (a client that
     /// pipelines sends several per read), while reading may go on. Reads
     /// nothing from the socket: the select does that.
     async fn on_buffered_frames(&mut self) -> Option<CloseReason> {
         use tokio_util::codec::Decoder;
-        // The decoder is a length limit: a copy decodes the same frames.
-        let mut decoder = self.frames.decoder().clone();
+        // The decoder is borrowed apart from the reader's buffer (an
+        // allocation-free placeholder stands in) and put back before
+        // returning, whatever happens.
+        let mut decoder =
+            std::mem::replace(self.frames.decoder_mut(), MessageDecoder::placeholder());
+        let mut reason = None;
         while self.read_done.is_none() && !self.draining && self.pipeline.has_room() {
-            // `None`: a partial frame (or nothing) is left; `frames.next()`
-            // reads the rest, and handles end of stream inside a frame.
-            let frame = decoder.decode(self.frames.read_buffer_mut()).transpose()?;
-            if let Some(reason) = self.on_frame(Some(frame)).await {
-                return Some(reason);
+            // `None`: a partial message (or nothing) is left; `frames.next()`
+            // reads the rest, and handles end of stream inside a message.
+            let Some(frame) = decoder.decode(self.frames.read_buffer_mut()).transpose() else {
+                break;
+            };
+            *self.frames.decoder_mut() = decoder;
+            reason = self.on_frame(Some(frame)).await;
+            decoder = std::mem::replace(self.frames.decoder_mut(), MessageDecoder::placeholder());
+            if reason.is_some() {
+                break;
             }
         }
-        None
+        *self.frames.decoder_mut() = decoder;
+        reason
     }
 
-    /// Why reading ends after a bad or truncated frame (logged).
-    fn frame_error(&self, e: &FrameError) -> CloseReason {
-        let reason = match e {
-            FrameError::Io(_) => CloseReason::IoError,
-            // End of stream inside a frame: the calls before it are answered.
-            FrameError::Truncated(_) => CloseReason::ClientClose,
-            FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
-            FrameError::Empty | FrameError::Negative(_) => CloseReason::BadFrame,
+    /// Why reading ends after a message that could not be delimited or
+    /// read (logged); a refused header frame is answered first.
+    fn transport_error(&mut self, e: TransportError) -> CloseReason {
+        let reason = match &e {
+            TransportError::Frame(FrameError::Io(_)) => CloseReason::IoError,
+            // End of stream inside a message: the calls before it are answered.
+            TransportError::Frame(FrameError::Truncated(_))
+            | TransportError::UnframedTruncated(_) => CloseReason::ClientClose,
+            TransportError::Frame(FrameError::TooLarge { .. })
+            | TransportError::Unframed(SkipError::TooLarge { .. })
+            | TransportError::Header(HeaderFrameError::InflatesTooLarge(_)) => {
+                CloseReason::FrameTooLarge
+            }
+            TransportError::Frame(FrameError::Empty | FrameError::Negative(_))
+            | TransportError::Unframed(_)
+            | TransportError::Header(_) => CloseReason::BadFrame,
+            TransportError::Refused { .. } | TransportError::NotAllowed { .. } => {
+                CloseReason::ProtocolError
+            }
         };
         if reason == CloseReason::ClientClose {
             self.debug(Some(&e), "connection ended");
         } else {
-            self.warn(e, "closing connection: bad frame");
+            self.warn(&e, "closing connection: bad message");
+        }
+        if let TransportError::Refused { error, reply } = &e {
+            let kind = match error {
+                HeaderFrameError::UnsupportedProtocol(_) => AppErrorKind::InvalidProtocol,
+                _ => AppErrorKind::InvalidTransform,
+            };
+            let text = format!("thriftworker: {error}");
+            // The message inside could not be read: no name, seqid 0.
+            let answer = application_exception(reply.protocol.protocol(), b"", 0, kind, &text);
+            let framing = ReplyFraming::Header(crate::thrift::header::HeaderReply {
+                // The answer itself is not compressed: the transform may be
+                // what was refused.
+                zlib: false,
+                ..*reply
+            });
+            self.pipeline.push(Some(answer), framing);
         }
         reason
     }

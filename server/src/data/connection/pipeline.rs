@@ -2,8 +2,10 @@
 //!
 //! Up to `max_pipeline` two-way calls may be pending at once. Each takes a
 //! *slot* number in arrival order; answers arrive from the dispatcher in any
-//! order and leave strictly by slot, framed into the output buffer. Oneway
-//! calls take no slot: they are never answered.
+//! order and leave strictly by slot, each written into the output buffer in
+//! the transport its call came in (a header-transport answer echoes its
+//! call's sequence number). Oneway calls take no slot: they are never
+//! answered.
 //!
 //! Slot numbers wrap (u32): at most `max_pipeline` are pending, so the
 //! distance from the oldest pending slot is unambiguous.
@@ -12,16 +14,23 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::thrift::framed;
+use crate::thrift::ReplyFraming;
 
 /// Bytes of answers waiting to be written beyond which the connection stops
 /// reading: a client that sends but does not read cannot make us buffer
 /// without bound (its answers stay bounded by `max_pipeline` and this).
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// One pending two-way call.
+struct Slot {
+    /// `Some` once the answer is here.
+    answer: Option<Bytes>,
+    framing: ReplyFraming,
+}
+
 pub struct Pipeline {
-    /// Pending slots from `base` on; `Some` once the answer is here.
-    pending: VecDeque<Option<Bytes>>,
+    /// Pending slots from `base` on.
+    pending: VecDeque<Slot>,
     base: u32,
     max: usize,
     /// Framed answers not yet written.
@@ -46,15 +55,16 @@ impl Pipeline {
     }
 
     /// A two-way call took the next slot; `answer` if already answered.
-    pub fn push(&mut self, answer: Option<Bytes>) {
-        self.pending.push_back(answer);
+    /// Its answer will be written in `framing`.
+    pub fn push(&mut self, answer: Option<Bytes>, framing: ReplyFraming) {
+        self.pending.push_back(Slot { answer, framing });
     }
 
     /// The answer for `slot` arrived.
     pub fn complete(&mut self, slot: u32, message: Bytes) {
         let idx = slot.wrapping_sub(self.base) as usize;
         if let Some(entry) = self.pending.get_mut(idx) {
-            *entry = Some(message);
+            entry.answer = Some(message);
         }
     }
 
@@ -62,10 +72,17 @@ impl Pipeline {
     /// Returns the bytes added (frame headers included).
     pub fn frame_ready(&mut self) -> usize {
         let before = self.out.len();
-        while let Some(Some(_)) = self.pending.front() {
-            if let Some(Some(msg)) = self.pending.pop_front() {
+        while let Some(Slot {
+            answer: Some(_), ..
+        }) = self.pending.front()
+        {
+            if let Some(Slot {
+                answer: Some(msg),
+                framing,
+            }) = self.pending.pop_front()
+            {
                 self.base = self.base.wrapping_add(1);
-                framed::encode(&msg, &mut self.out);
+                framing.encode(&msg, &mut self.out);
             }
         }
         self.out.len() - before
@@ -84,10 +101,10 @@ impl Pipeline {
 
     /// Two-way calls read and not answered yet.
     pub fn unanswered(&self) -> usize {
-        self.pending.iter().filter(|a| a.is_none()).count()
+        self.pending.iter().filter(|s| s.answer.is_none()).count()
     }
 
-    /// The framed bytes to write.
+    /// The encoded bytes to write.
     pub fn out(&mut self) -> &mut BytesMut {
         &mut self.out
     }
@@ -123,15 +140,15 @@ mod tests {
         let (a, b, c) = (
             p.next_slot(),
             {
-                p.push(None);
+                p.push(None, ReplyFraming::Framed);
                 p.next_slot()
             },
             {
-                p.push(None);
+                p.push(None, ReplyFraming::Framed);
                 p.next_slot()
             },
         );
-        p.push(None);
+        p.push(None, ReplyFraming::Framed);
         assert_eq!((a, b, c), (u32::MAX - 1, u32::MAX, 0));
         p.complete(c, Bytes::from_static(b"c"));
         p.complete(b, Bytes::from_static(b"b"));
@@ -146,9 +163,9 @@ mod tests {
     #[test]
     fn room_is_bounded_by_slots_and_unwritten_bytes() {
         let mut p = Pipeline::new(2);
-        p.push(None);
+        p.push(None, ReplyFraming::Framed);
         assert!(p.has_room());
-        p.push(None);
+        p.push(None, ReplyFraming::Framed);
         assert!(!p.has_room());
         p.complete(0, Bytes::from(vec![0u8; WRITE_HIGH_WATER]));
         p.complete(1, Bytes::from_static(b"x"));

@@ -1,6 +1,9 @@
-//! One frame read from a client, made into a call: protocol checks, the
-//! header, routing, and the answers the connection gives itself (unknown
+//! One message read from a client, made into a call: protocol checks, the
+//! header, routing, the client's deadline (a header-transport call's
+//! `client_timeout`), and the answers the connection gives itself (unknown
 //! service, wrong message type).
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -11,8 +14,12 @@ use crate::data::call::{Call, Completion, ReplyTo};
 use crate::data::dispatch::Command;
 use crate::data::routes::Route;
 use crate::thrift::{
-    self, application_exception, AppErrorKind, Header, HeaderError, MessageType, Protocol,
+    self, application_exception, AppErrorKind, Header, HeaderError, Inbound, MessageType, Protocol,
 };
+
+/// The info header in which a header-transport client sends its timeout,
+/// in milliseconds (as Apache's, fbthrift's and TTHeader's clients name it).
+pub const CLIENT_TIMEOUT_HEADER: &[u8] = b"client_timeout";
 
 /// What became of a frame.
 pub enum Handled {
@@ -22,15 +29,16 @@ pub enum Handled {
     NoSlot,
 }
 
-/// Reads the call in `frame` (the connection's protocol is fixed by its
+/// Reads the call in `inbound` (the connection's protocol is fixed by its
 /// first message) and sends it to the dispatcher, or answers it here.
 pub async fn handle_frame(
     ctx: &ConnectionContext,
-    frame: Bytes,
+    inbound: Inbound,
     protocol: &mut Option<Protocol>,
     tx: &mpsc::Sender<Completion>,
     slot: u32,
 ) -> Result<Handled, HeaderError> {
+    let frame = inbound.message;
     let detected = protocol_of(ctx, &frame, protocol)?;
     let header: Header = thrift::parse(&frame, detected)?;
     let name = header.name(&frame);
@@ -59,7 +67,12 @@ pub async fn handle_frame(
     drop(routes);
     let method = &name[strip..];
     let received = Instant::now();
-    let deadline = received + svc.timeout_for(method);
+    let mut budget = svc.timeout_for(method);
+    if let Some(client) = client_timeout(&inbound.headers) {
+        // The earlier of the client's deadline and ours.
+        budget = budget.min(client);
+    }
+    let deadline = received + budget;
     let (message, name) = if strip > 0 {
         let (renamed, range) = thrift::rename(&frame, &header, method);
         let n = renamed.slice(range);
@@ -94,6 +107,21 @@ pub async fn handle_frame(
     } else {
         Handled::Slot(None)
     })
+}
+
+/// The client's own timeout from its info headers: a positive number of
+/// milliseconds (0, absent or unreadable: none).
+fn client_timeout(headers: &[(Bytes, Bytes)]) -> Option<Duration> {
+    let (_, value) = headers
+        .iter()
+        .find(|(k, _)| k.as_ref() == CLIENT_TIMEOUT_HEADER)?;
+    // A u64 has at most 20 digits; a longer value is not read at all.
+    if value.len() > 20 {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    let ms: u64 = text.trim().parse().ok()?;
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// The protocol of `frame`: one the listener accepts, and the same as the
