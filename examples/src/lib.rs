@@ -54,8 +54,25 @@ pub fn slow_duration(sleep_ms: i32) -> Duration {
     Duration::from_millis(sleep_ms.clamp(0, MAX_SLOW_MS) as u64)
 }
 
+/// The call header that asks `echo` to show the call's headers: with it,
+/// every header of the call comes back as a reply header `echo-KEY`, with
+/// `x-remaining-ms` (the worker's time left). Header-transport clients see
+/// them (worker protocol version 2); used by the end-to-end tests.
+pub const ECHO_HEADERS: &str = "x-echo-headers";
+
 impl EchoSyncHandler for EchoHandler {
     fn handle_echo(&self, message: String) -> thrift::Result<String> {
+        use thriftworker_worker::context;
+        if context::header(ECHO_HEADERS).is_some() {
+            for (k, v) in context::headers() {
+                let mut key = b"echo-".to_vec();
+                key.extend_from_slice(&k);
+                context::set_reply_header(key, v);
+            }
+            if let Some(left) = context::remaining() {
+                context::set_reply_header("x-remaining-ms", left.as_millis().to_string());
+            }
+        }
         Ok(message)
     }
 

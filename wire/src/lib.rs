@@ -1,5 +1,6 @@
 //! The worker protocol spoken between the data plane (ZeroMQ ROUTER) and its
-//! workers (ZeroMQ DEALER), version 1. `docs/worker-protocol.md` is the
+//! workers (ZeroMQ DEALER), versions 1 and 2 (2 adds call headers: a
+//! trailing frame on REQUEST and REPLY, negotiated by READY). `docs/worker-protocol.md` is the
 //! normative description; this crate is its only implementation in Rust, used
 //! by both sides so they cannot drift apart.
 //!
@@ -10,8 +11,18 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Protocol version carried in byte 0 of every header frame.
-pub const VERSION: u8 = 1;
+/// The newest protocol version, carried in byte 0 of a header frame.
+/// Version 2 is version 1 plus call headers: a worker that sends READY as
+/// version 2 is acknowledged as version 2 by a data plane that speaks it,
+/// and is then sent each call's headers (a trailing frame of REQUEST), and
+/// may send reply headers (a trailing frame of REPLY). HEARTBEAT and
+/// DISCONNECT are the same in both and go as version 1.
+pub const VERSION: u8 = 2;
+/// The first version (no headers); every peer speaks it.
+pub const VERSION_1: u8 = 1;
+
+/// At most this many headers in a headers frame.
+pub const MAX_HEADERS: usize = 128;
 
 /// Largest credit a worker may announce.
 pub const MAX_CREDIT: u32 = 65_536;
@@ -22,11 +33,14 @@ const CMD_REPLY: u8 = 0x03;
 const CMD_HEARTBEAT: u8 = 0x04;
 const CMD_DISCONNECT: u8 = 0x05;
 
-static HDR_READY: [u8; 2] = [VERSION, CMD_READY];
-static HDR_REQUEST: [u8; 2] = [VERSION, CMD_REQUEST];
-static HDR_REPLY: [u8; 2] = [VERSION, CMD_REPLY];
-static HDR_HEARTBEAT: [u8; 2] = [VERSION, CMD_HEARTBEAT];
-static HDR_DISCONNECT: [u8; 2] = [VERSION, CMD_DISCONNECT];
+static HDR_READY: [u8; 2] = [VERSION_1, CMD_READY];
+static HDR_READY_V2: [u8; 2] = [2, CMD_READY];
+static HDR_REQUEST: [u8; 2] = [VERSION_1, CMD_REQUEST];
+static HDR_REQUEST_V2: [u8; 2] = [2, CMD_REQUEST];
+static HDR_REPLY: [u8; 2] = [VERSION_1, CMD_REPLY];
+static HDR_REPLY_V2: [u8; 2] = [2, CMD_REPLY];
+static HDR_HEARTBEAT: [u8; 2] = [VERSION_1, CMD_HEARTBEAT];
+static HDR_DISCONNECT: [u8; 2] = [VERSION_1, CMD_DISCONNECT];
 
 /// How a Thrift message is encoded. The worker must answer in the same one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +76,8 @@ impl Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerMsg {
     Ready {
+        /// The newest version the worker speaks (1 or 2).
+        version: u8,
         credit: u32,
         token: Bytes,
         services: Vec<Bytes>,
@@ -69,6 +85,10 @@ pub enum WorkerMsg {
     Reply {
         id: u64,
         message: Bytes,
+        /// Reply headers (a [`encode_headers`] frame; empty: none). Sent
+        /// as a version-2 REPLY, so only to a data plane that acknowledged
+        /// version 2.
+        headers: Bytes,
     },
     Heartbeat,
     Disconnect {
@@ -80,6 +100,8 @@ pub enum WorkerMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
     ReadyAck {
+        /// The version both sides speak from now on (1 or 2).
+        version: u8,
         heartbeat_interval_ms: u32,
         worker_id: Bytes,
     },
@@ -99,6 +121,9 @@ pub struct Request {
     pub protocol: Protocol,
     pub service: Bytes,
     pub message: Bytes,
+    /// The call's headers (a [`encode_headers`] frame; empty: none). Sent
+    /// as a version-2 REQUEST, so only to a worker registered as version 2.
+    pub headers: Bytes,
 }
 
 /// Why a list of frames is not a valid message. The text says which frame.
@@ -108,7 +133,7 @@ pub enum WireError {
     Empty,
     #[error("header frame is {0} bytes, expected 2 (version, command)")]
     BadHeader(usize),
-    #[error("unsupported worker protocol version {0} (this side speaks version {VERSION})")]
+    #[error("unsupported worker protocol version {0} (this side speaks versions 1 to {VERSION})")]
     Version(u8),
     #[error("unknown command 0x{0:02x}")]
     UnknownCommand(u8),
@@ -132,6 +157,8 @@ pub enum WireError {
     NoServices,
     #[error("REQUEST: unknown protocol code {0}")]
     Protocol(u8),
+    #[error("headers frame is malformed or has more than {MAX_HEADERS} headers")]
+    Headers,
 }
 
 impl WorkerMsg {
@@ -139,22 +166,34 @@ impl WorkerMsg {
     pub fn encode(self) -> Vec<Bytes> {
         match self {
             WorkerMsg::Ready {
+                version,
                 credit,
                 token,
                 services,
             } => {
                 let mut frames = Vec::with_capacity(3 + services.len());
-                frames.push(Bytes::from_static(&HDR_READY));
+                frames.push(Bytes::from_static(if version >= 2 {
+                    &HDR_READY_V2
+                } else {
+                    &HDR_READY
+                }));
                 frames.push(Bytes::copy_from_slice(&credit.to_be_bytes()));
                 frames.push(token);
                 frames.extend(services);
                 frames
             }
-            WorkerMsg::Reply { id, message } => vec![
-                Bytes::from_static(&HDR_REPLY),
-                Bytes::copy_from_slice(&id.to_be_bytes()),
+            WorkerMsg::Reply {
+                id,
                 message,
-            ],
+                headers,
+            } => {
+                let id = Bytes::copy_from_slice(&id.to_be_bytes());
+                if headers.is_empty() {
+                    vec![Bytes::from_static(&HDR_REPLY), id, message]
+                } else {
+                    vec![Bytes::from_static(&HDR_REPLY_V2), id, message, headers]
+                }
+            }
             WorkerMsg::Heartbeat => vec![Bytes::from_static(&HDR_HEARTBEAT)],
             WorkerMsg::Disconnect { reason } => disconnect_frames(reason),
         }
@@ -163,7 +202,8 @@ impl WorkerMsg {
     /// Decodes frames received from a worker. Extra trailing frames are ignored.
     pub fn decode(frames: impl IntoIterator<Item = Bytes>) -> Result<WorkerMsg, WireError> {
         let mut frames = frames.into_iter();
-        match header(frames.next())? {
+        let (version, command) = header(frames.next())?;
+        match command {
             CMD_READY => {
                 let credit = u32_frame(frames.next(), "READY", "credit")?;
                 if credit == 0 || credit > MAX_CREDIT {
@@ -178,6 +218,7 @@ impl WorkerMsg {
                     return Err(WireError::NoServices);
                 }
                 Ok(WorkerMsg::Ready {
+                    version,
                     credit,
                     token,
                     services,
@@ -189,7 +230,16 @@ impl WorkerMsg {
                     command: "REPLY",
                     frame: "message",
                 })?;
-                Ok(WorkerMsg::Reply { id, message })
+                // Version 1 REPLYs have no headers (a trailing frame is ignored).
+                let headers = match version {
+                    VERSION_1 => Bytes::new(),
+                    _ => frames.next().unwrap_or_default(),
+                };
+                Ok(WorkerMsg::Reply {
+                    id,
+                    message,
+                    headers,
+                })
             }
             CMD_HEARTBEAT => Ok(WorkerMsg::Heartbeat),
             CMD_DISCONNECT => Ok(WorkerMsg::Disconnect {
@@ -206,14 +256,19 @@ impl ServerMsg {
     pub fn encode(self) -> Vec<Bytes> {
         match self {
             ServerMsg::ReadyAck {
+                version,
                 heartbeat_interval_ms,
                 worker_id,
             } => vec![
-                Bytes::from_static(&HDR_READY),
+                Bytes::from_static(if version >= 2 {
+                    &HDR_READY_V2
+                } else {
+                    &HDR_READY
+                }),
                 Bytes::copy_from_slice(&heartbeat_interval_ms.to_be_bytes()),
                 worker_id,
             ],
-            ServerMsg::Request(r) => r.encode().to_vec(),
+            ServerMsg::Request(r) => r.encode().collect(),
             ServerMsg::Heartbeat => vec![Bytes::from_static(&HDR_HEARTBEAT)],
             ServerMsg::Disconnect { reason } => disconnect_frames(reason),
         }
@@ -222,11 +277,13 @@ impl ServerMsg {
     /// Decodes frames received from the data plane. Extra trailing frames are ignored.
     pub fn decode(frames: impl IntoIterator<Item = Bytes>) -> Result<ServerMsg, WireError> {
         let mut frames = frames.into_iter();
-        match header(frames.next())? {
+        let (version, command) = header(frames.next())?;
+        match command {
             CMD_READY => {
                 let heartbeat_interval_ms =
                     u32_frame(frames.next(), "READY", "heartbeat_interval_ms")?;
                 Ok(ServerMsg::ReadyAck {
+                    version,
                     heartbeat_interval_ms,
                     worker_id: frames.next().unwrap_or_default(),
                 })
@@ -257,12 +314,17 @@ impl ServerMsg {
                     command: "REQUEST",
                     frame: "message",
                 })?;
+                let headers = match version {
+                    VERSION_1 => Bytes::new(),
+                    _ => frames.next().unwrap_or_default(),
+                };
                 Ok(ServerMsg::Request(Request {
                     id,
                     timeout_ms,
                     protocol,
                     service,
                     message,
+                    headers,
                 }))
             }
             CMD_HEARTBEAT => Ok(ServerMsg::Heartbeat),
@@ -276,20 +338,77 @@ impl ServerMsg {
 }
 
 impl Request {
-    /// Encodes a REQUEST as its four frames. The only allocation is the
-    /// 13-byte meta frame; service and message are reference-counted.
-    pub fn encode(self) -> [Bytes; 4] {
+    /// Encodes a REQUEST as its frames: four (version 1) or, with headers,
+    /// five (version 2). The only allocation is the 13-byte meta frame;
+    /// service, message and headers are reference-counted.
+    pub fn encode(self) -> impl Iterator<Item = Bytes> {
         let mut meta = BytesMut::with_capacity(13);
         meta.put_u64(self.id);
         meta.put_u32(self.timeout_ms);
         meta.put_u8(self.protocol as u8);
+        let (hdr, headers) = if self.headers.is_empty() {
+            (&HDR_REQUEST, None)
+        } else {
+            (&HDR_REQUEST_V2, Some(self.headers))
+        };
         [
-            Bytes::from_static(&HDR_REQUEST),
+            Bytes::from_static(hdr),
             meta.freeze(),
             self.service,
             self.message,
         ]
+        .into_iter()
+        .chain(headers)
     }
+}
+
+/// Encodes headers as one frame: for each, a big-endian `u16` key length,
+/// the key, a big-endian `u32` value length, the value. Keys longer than
+/// 65,535 bytes are cut there (no real header comes close).
+pub fn encode_headers<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Bytes {
+    let mut out = BytesMut::new();
+    for (k, v) in pairs {
+        let k = &k[..k.len().min(u16::MAX as usize)];
+        out.put_u16(k.len() as u16);
+        out.put_slice(k);
+        out.put_u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        out.put_slice(&v[..v.len().min(u32::MAX as usize)]);
+    }
+    out.freeze()
+}
+
+/// Decodes a headers frame into (key, value) slices of it (no copy). At
+/// most [`MAX_HEADERS`]; every length is checked against the frame.
+pub fn decode_headers(frame: &Bytes) -> Result<Vec<(Bytes, Bytes)>, WireError> {
+    let mut pairs = Vec::new();
+    let mut at = 0;
+    let take = |at: &mut usize, n: usize| -> Result<std::ops::Range<usize>, WireError> {
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= frame.len())
+            .ok_or(WireError::Headers)?;
+        let r = *at..end;
+        *at = end;
+        Ok(r)
+    };
+    while at < frame.len() {
+        if pairs.len() == MAX_HEADERS {
+            return Err(WireError::Headers);
+        }
+        let r = take(&mut at, 2)?;
+        let klen = u16::from_be_bytes([frame[r.start], frame[r.start + 1]]) as usize;
+        let key = take(&mut at, klen)?;
+        let r = take(&mut at, 4)?;
+        let vlen = u32::from_be_bytes([
+            frame[r.start],
+            frame[r.start + 1],
+            frame[r.start + 2],
+            frame[r.start + 3],
+        ]) as usize;
+        let value = take(&mut at, vlen)?;
+        pairs.push((frame.slice(key), frame.slice(value)));
+    }
+    Ok(pairs)
 }
 
 fn disconnect_frames(reason: Bytes) -> Vec<Bytes> {
@@ -300,15 +419,16 @@ fn disconnect_frames(reason: Bytes) -> Vec<Bytes> {
     }
 }
 
-fn header(frame: Option<Bytes>) -> Result<u8, WireError> {
+/// The version and command of a header frame.
+fn header(frame: Option<Bytes>) -> Result<(u8, u8), WireError> {
     let frame = frame.ok_or(WireError::Empty)?;
     if frame.len() != 2 {
         return Err(WireError::BadHeader(frame.len()));
     }
-    if frame[0] != VERSION {
+    if !(VERSION_1..=VERSION).contains(&frame[0]) {
         return Err(WireError::Version(frame[0]));
     }
-    Ok(frame[1])
+    Ok((frame[0], frame[1]))
 }
 
 fn fixed<const N: usize>(
@@ -356,17 +476,31 @@ mod tests {
     fn worker_messages_round_trip() {
         let msgs = [
             WorkerMsg::Ready {
+                version: 1,
                 credit: 8,
                 token: b(b"secret"),
                 services: vec![b(b"Echo"), b(b"Calc")],
             },
+            WorkerMsg::Ready {
+                version: 2,
+                credit: 8,
+                token: Bytes::new(),
+                services: vec![b(b"Echo")],
+            },
             WorkerMsg::Reply {
                 id: u64::MAX - 3,
                 message: b(b"\x80\x01\x00\x02"),
+                headers: Bytes::new(),
             },
             WorkerMsg::Reply {
                 id: 1,
                 message: Bytes::new(),
+                headers: Bytes::new(),
+            },
+            WorkerMsg::Reply {
+                id: 2,
+                message: b(b"m"),
+                headers: encode_headers([(&b"k"[..], &b"v"[..])]),
             },
             WorkerMsg::Heartbeat,
             WorkerMsg::Disconnect { reason: b(b"bye") },
@@ -383,6 +517,12 @@ mod tests {
     fn server_messages_round_trip() {
         let msgs = [
             ServerMsg::ReadyAck {
+                version: 1,
+                heartbeat_interval_ms: 1000,
+                worker_id: b(b"w7"),
+            },
+            ServerMsg::ReadyAck {
+                version: 2,
                 heartbeat_interval_ms: 1000,
                 worker_id: b(b"w7"),
             },
@@ -392,6 +532,15 @@ mod tests {
                 protocol: Protocol::Compact,
                 service: b(b"Echo"),
                 message: b(b"\x82\x21\x01\x04echo"),
+                headers: Bytes::new(),
+            }),
+            ServerMsg::Request(Request {
+                id: 43,
+                timeout_ms: 5000,
+                protocol: Protocol::Compact,
+                service: b(b"Echo"),
+                message: b(b"\x82\x21\x01\x04echo"),
+                headers: encode_headers([(&b"traceparent"[..], &b"00-1-2-01"[..])]),
             }),
             ServerMsg::Heartbeat,
             ServerMsg::Disconnect {
@@ -405,14 +554,17 @@ mod tests {
 
     #[test]
     fn request_layout_matches_the_document() {
-        let frames = Request {
+        let frames: Vec<Bytes> = Request {
             id: 0x0102030405060708,
             timeout_ms: 0x0a0b0c0d,
             protocol: Protocol::BinaryLax,
             service: b(b"S"),
             message: b(b"M"),
+            headers: Bytes::new(),
         }
-        .encode();
+        .encode()
+        .collect();
+        assert_eq!(frames.len(), 4, "no headers: a version 1 REQUEST");
         assert_eq!(&frames[0][..], &[1, 2]);
         assert_eq!(
             &frames[1][..],
@@ -420,6 +572,63 @@ mod tests {
         );
         assert_eq!(&frames[2][..], b"S");
         assert_eq!(&frames[3][..], b"M");
+        let frames: Vec<Bytes> = Request {
+            id: 1,
+            timeout_ms: 1,
+            protocol: Protocol::Compact,
+            service: b(b"S"),
+            message: b(b"M"),
+            headers: encode_headers([(&b"k"[..], &b"vv"[..])]),
+        }
+        .encode()
+        .collect();
+        assert_eq!(&frames[0][..], &[2, 2], "with headers: version 2");
+        assert_eq!(&frames[4][..], b"\x00\x01k\x00\x00\x00\x02vv");
+    }
+
+    #[test]
+    fn headers_round_trip_and_bad_frames_are_errors() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b"a", b""), (b"", b"x"), (b"traceparent", b"00-ab")];
+        let frame = encode_headers(pairs.iter().copied());
+        let got = decode_headers(&frame).unwrap();
+        let got: Vec<(&[u8], &[u8])> = got.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(got, pairs);
+        assert_eq!(decode_headers(&Bytes::new()).unwrap(), vec![]);
+        for bad in [
+            &b"\x00"[..],
+            b"\x00\x05ab",
+            b"\x00\x01k\x00\x00",
+            b"\x00\x00\xff\xff\xff\xff",
+        ] {
+            assert_eq!(
+                decode_headers(&Bytes::copy_from_slice(bad)),
+                Err(WireError::Headers)
+            );
+        }
+        let many = encode_headers((0..=MAX_HEADERS).map(|_| (&b"k"[..], &b"v"[..])));
+        assert_eq!(decode_headers(&many), Err(WireError::Headers));
+    }
+
+    #[test]
+    fn version_1_ignores_trailing_frames_and_version_3_is_refused() {
+        let v1 = vec![
+            b(b"\x01\x03"),
+            b(&[0, 0, 0, 0, 0, 0, 0, 9]),
+            b(b"m"),
+            b(b"junk"),
+        ];
+        assert_eq!(
+            WorkerMsg::decode(v1),
+            Ok(WorkerMsg::Reply {
+                id: 9,
+                message: b(b"m"),
+                headers: Bytes::new()
+            })
+        );
+        assert_eq!(
+            WorkerMsg::decode(vec![b(b"\x03\x04")]),
+            Err(WireError::Version(3))
+        );
     }
 
     #[test]
@@ -430,8 +639,8 @@ mod tests {
             Err(WireError::BadHeader(1))
         );
         assert_eq!(
-            WorkerMsg::decode(vec![b(b"\x02\x04")]),
-            Err(WireError::Version(2))
+            WorkerMsg::decode(vec![b(b"\x00\x04")]),
+            Err(WireError::Version(0))
         );
         assert_eq!(
             WorkerMsg::decode(vec![b(b"\x01\x09")]),
@@ -462,14 +671,16 @@ mod tests {
             WorkerMsg::decode(vec![b(b"\x01\x03"), b(b"\x00")]),
             Err(WireError::FrameSize { .. })
         ));
-        let mut bad_proto = Request {
+        let mut bad_proto: Vec<Bytes> = Request {
             id: 1,
             timeout_ms: 1,
             protocol: Protocol::Compact,
             service: b(b"S"),
             message: b(b"M"),
+            headers: Bytes::new(),
         }
-        .encode();
+        .encode()
+        .collect();
         let mut meta = bad_proto[1].to_vec();
         meta[12] = 9;
         bad_proto[1] = meta.into();

@@ -10,7 +10,9 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use thriftworker_wire::{Protocol, Request, ServerMsg, WireError, WorkerMsg, MAX_CREDIT, VERSION};
+use thriftworker_wire::{
+    Protocol, Request, ServerMsg, WireError, WorkerMsg, MAX_CREDIT, VERSION, VERSION_1,
+};
 
 /// `cases` by default; `PROPTEST_CASES` from the environment wins.
 fn config(cases: u32) -> ProptestConfig {
@@ -62,6 +64,16 @@ fn protocol() -> impl Strategy<Value = Protocol> {
     ])
 }
 
+/// A headers frame: none, or a few headers.
+fn headers() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        proptest::collection::vec((bytes(20), bytes(60)), 1..5).prop_map(|pairs| {
+            thriftworker_wire::encode_headers(pairs.iter().map(|(k, v)| (&k[..], &v[..])))
+        }),
+    ]
+}
+
 /// Every valid message a worker may send.
 fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
     prop_oneof![
@@ -70,12 +82,19 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
             bytes(40),
             proptest::collection::vec(bytes(40), 1..6)
         )
-            .prop_map(|(credit, token, services)| WorkerMsg::Ready {
-                credit,
-                token,
-                services
+            .prop_flat_map(|(credit, token, services)| {
+                (1u8..=VERSION).prop_map(move |version| WorkerMsg::Ready {
+                    version,
+                    credit,
+                    token: token.clone(),
+                    services: services.clone(),
+                })
             }),
-        (any::<u64>(), bytes(300)).prop_map(|(id, message)| WorkerMsg::Reply { id, message }),
+        (any::<u64>(), bytes(300), headers()).prop_map(|(id, message, headers)| WorkerMsg::Reply {
+            id,
+            message,
+            headers
+        }),
         Just(WorkerMsg::Heartbeat),
         bytes(80).prop_map(|reason| WorkerMsg::Disconnect { reason }),
     ]
@@ -84,26 +103,29 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
 /// Every valid message the data plane may send.
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
-        (any::<u32>(), bytes(40)).prop_map(|(heartbeat_interval_ms, worker_id)| {
-            ServerMsg::ReadyAck {
+        (1u8..=VERSION, any::<u32>(), bytes(40)).prop_map(
+            |(version, heartbeat_interval_ms, worker_id)| ServerMsg::ReadyAck {
+                version,
                 heartbeat_interval_ms,
                 worker_id,
             }
-        }),
+        ),
         (
             any::<u64>(),
             any::<u32>(),
             protocol(),
             bytes(40),
-            bytes(300)
+            bytes(300),
+            headers(),
         )
-            .prop_map(|(id, timeout_ms, protocol, service, message)| {
+            .prop_map(|(id, timeout_ms, protocol, service, message, headers)| {
                 ServerMsg::Request(Request {
                     id,
                     timeout_ms,
                     protocol,
                     service,
                     message,
+                    headers,
                 })
             }),
         Just(ServerMsg::Heartbeat),
@@ -116,7 +138,9 @@ fn check_header_errors(frames: &[Bytes], err: &WireError) {
     match frames.first() {
         None => assert_eq!(err, &WireError::Empty),
         Some(h) if h.len() != 2 => assert_eq!(err, &WireError::BadHeader(h.len())),
-        Some(h) if h[0] != VERSION => assert_eq!(err, &WireError::Version(h[0])),
+        Some(h) if !(VERSION_1..=VERSION).contains(&h[0]) => {
+            assert_eq!(err, &WireError::Version(h[0]))
+        }
         Some(_) => assert!(
             !matches!(
                 err,
@@ -160,7 +184,7 @@ proptest! {
     #[test]
     fn worker_round_trip(m in worker_msg(), extra in proptest::collection::vec(bytes(8), 0..3)) {
         let frames = m.clone().encode();
-        prop_assert_eq!(&frames[0][..], &[VERSION, frames[0][1]][..]);
+        prop_assert!(frames[0][0] == VERSION_1 || frames[0][0] == VERSION);
         prop_assert_eq!(WorkerMsg::decode(frames.clone()), Ok(m.clone()));
         let fixed_arity = match &m {
             WorkerMsg::Ready { .. } => false,
@@ -180,7 +204,7 @@ proptest! {
         let frames = m.clone().encode();
         prop_assert_eq!(ServerMsg::decode(frames.clone()), Ok(m.clone()));
         if let ServerMsg::Request(r) = &m {
-            prop_assert_eq!(frames.len(), 4);
+            prop_assert_eq!(frames.len(), if r.headers.is_empty() { 4 } else { 5 });
             prop_assert_eq!(frames[1].len(), 13);
             prop_assert_eq!(&frames[2], &r.service);
             prop_assert_eq!(&frames[3], &r.message);
@@ -212,7 +236,7 @@ proptest! {
         } else if services.is_empty() {
             prop_assert_eq!(got, Err(WireError::NoServices));
         } else {
-            prop_assert_eq!(got, Ok(WorkerMsg::Ready { credit, token, services }));
+            prop_assert_eq!(got, Ok(WorkerMsg::Ready { version: VERSION, credit, token, services }));
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 use std::thread;
+use std::time::Instant;
 
 use bytes::Bytes;
 use thrift::protocol::{
@@ -15,7 +16,7 @@ use thrift::protocol::{
     TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol,
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
-use thriftworker_wire::{Protocol, Request};
+use thriftworker_wire::{decode_headers, encode_headers, Protocol, Request};
 use tokio::sync::mpsc;
 
 use crate::SharedProcessor;
@@ -25,13 +26,17 @@ pub(crate) struct Job {
     pub session: u64,
     pub request: Request,
     pub processor: SharedProcessor,
+    /// When the data plane gives up on the call (received + `timeout_ms`).
+    pub deadline: Instant,
 }
 
-/// A finished call: the encoded reply (empty for oneway calls).
+/// A finished call: the encoded reply (empty for oneway calls) and the
+/// reply headers its handler set (a headers frame; empty: none).
 pub(crate) struct Done {
     pub session: u64,
     pub id: u64,
     pub reply: Bytes,
+    pub headers: Bytes,
 }
 
 pub(crate) struct Pool {
@@ -52,12 +57,13 @@ impl Pool {
                 .spawn(move || loop {
                     let Ok(job) = rx.recv() else { return };
                     let id = job.request.id;
-                    let reply = process(&job);
+                    let (reply, headers) = process(&job);
                     if done
                         .send(Done {
                             session: job.session,
                             id,
                             reply,
+                            headers,
                         })
                         .is_err()
                     {
@@ -74,13 +80,28 @@ impl Pool {
     }
 }
 
+/// Runs one call through its processor (with its headers and deadline in
+/// [`crate::context`]); returns the reply and the reply headers the handler
+/// set, as a headers frame.
+pub(crate) fn process(job: &Job) -> (Bytes, Bytes) {
+    // A malformed headers frame from the data plane: the call is served
+    // without headers.
+    let headers = decode_headers(&job.request.headers).unwrap_or_default();
+    let (reply, reply_headers) = crate::context::serve(headers, job.deadline, || answer(job));
+    let reply_headers = match reply_headers.is_empty() {
+        true => Bytes::new(),
+        false => encode_headers(reply_headers.iter().map(|(k, v)| (&k[..], &v[..]))),
+    };
+    (reply, reply_headers)
+}
+
 /// Runs one call through its processor, decoding and encoding in the
 /// protocol the client used. Never fails and never unwinds: a two-way call
 /// always gets an answer. A handler that panics, or a request the processor
 /// cannot decode (it then writes nothing), is answered with a
 /// `TApplicationException` (INTERNAL_ERROR, PROTOCOL_ERROR), so one bad call
 /// neither kills this pool thread nor leaves the data plane waiting.
-pub(crate) fn process(job: &Job) -> Bytes {
+fn answer(job: &Job) -> Bytes {
     let run = std::panic::catch_unwind(AssertUnwindSafe(|| run_processor(job)));
     match run {
         Ok((output, Ok(()))) => Bytes::from(output),
@@ -235,8 +256,10 @@ mod tests {
                 protocol,
                 service: Bytes::from_static(b"Echo"),
                 message: call(protocol, message_type),
+                headers: Bytes::new(),
             },
             processor: Arc::new(Broken { panic }),
+            deadline: Instant::now(),
         }
     }
 
@@ -254,7 +277,7 @@ mod tests {
     #[test]
     fn a_panicking_handler_is_answered_with_internal_error() {
         for protocol in [Protocol::BinaryStrict, Protocol::Compact] {
-            let reply = process(&job(true, protocol, TMessageType::Call));
+            let (reply, _) = process(&job(true, protocol, TMessageType::Call));
             let (ident, e) = exception_of(&reply, protocol);
             assert_eq!(ident.message_type, TMessageType::Exception);
             assert_eq!((ident.name.as_str(), ident.sequence_number), ("echo", 42));
@@ -269,7 +292,7 @@ mod tests {
 
     #[test]
     fn an_undecodable_request_is_answered_with_protocol_error() {
-        let reply = process(&job(false, Protocol::BinaryStrict, TMessageType::Call));
+        let (reply, _) = process(&job(false, Protocol::BinaryStrict, TMessageType::Call));
         match exception_of(&reply, Protocol::BinaryStrict).1 {
             thrift::Error::Application(a) => {
                 assert_eq!(a.kind, ApplicationErrorKind::ProtocolError);
@@ -285,7 +308,11 @@ mod tests {
 
     #[test]
     fn a_failed_oneway_call_gets_no_answer() {
-        assert!(process(&job(true, Protocol::BinaryStrict, TMessageType::OneWay)).is_empty());
+        assert!(
+            process(&job(true, Protocol::BinaryStrict, TMessageType::OneWay))
+                .0
+                .is_empty()
+        );
     }
 
     /// The pool never shrinks: a thread whose handler panicked serves the

@@ -64,6 +64,7 @@ pub(crate) async fn run(
             socket,
             in_flight: 0,
             heartbeat: worker.heartbeat_interval,
+            version: thriftworker_wire::VERSION,
         };
         match session
             .serve(&mut shutdown, &mut stopping, &mut done_rx, &mut backoff)
@@ -105,6 +106,9 @@ struct Session<'a> {
     socket: DealerSocket,
     in_flight: usize,
     heartbeat: Duration,
+    /// The worker protocol version agreed with this data plane (2: calls
+    /// carry headers, and replies may).
+    version: u8,
 }
 
 impl Session<'_> {
@@ -117,6 +121,15 @@ impl Session<'_> {
             .map_err(|e| format!("send: {e}"))
     }
 
+    /// Reply headers go only to a data plane that speaks version 2 (one
+    /// that speaks version 1 would refuse the REPLY).
+    fn reply_headers(&self, headers: Bytes) -> Bytes {
+        match self.version >= 2 {
+            true => headers,
+            false => Bytes::new(),
+        }
+    }
+
     async fn recv(&mut self) -> Result<ServerMsg, String> {
         let msg = self
             .socket
@@ -127,13 +140,21 @@ impl Session<'_> {
             .map_err(|e| format!("bad message from the data plane: {e}"))
     }
 
-    async fn handshake(&mut self) -> Result<Result<(), String>, WorkerError> {
-        let ready = WorkerMsg::Ready {
+    fn ready(&self, version: u8) -> WorkerMsg {
+        WorkerMsg::Ready {
+            version,
             credit: self.worker.credit as u32,
             token: self.worker.token.clone(),
             services: self.worker.service_names.clone(),
-        };
-        if let Err(e) = self.send(ready).await {
+        }
+    }
+
+    /// READY as the newest version; a data plane that only speaks version 1
+    /// refuses it ("unsupported worker protocol version"), and is then
+    /// sent READY as version 1 on the same connection.
+    async fn handshake(&mut self) -> Result<Result<(), String>, WorkerError> {
+        self.version = thriftworker_wire::VERSION;
+        if let Err(e) = self.send(self.ready(self.version)).await {
             return Ok(Err(e));
         }
         let deadline = self.worker.heartbeat_interval * self.worker.heartbeat_liveness;
@@ -142,9 +163,11 @@ impl Session<'_> {
                 Err(_) => return Ok(Err("no answer to READY".into())),
                 Ok(Err(e)) => return Ok(Err(e)),
                 Ok(Ok(ServerMsg::ReadyAck {
+                    version,
                     heartbeat_interval_ms,
                     worker_id,
                 })) => {
+                    self.version = version.min(self.version);
                     if heartbeat_interval_ms > 0 {
                         self.heartbeat = Duration::from_millis(heartbeat_interval_ms.into());
                     }
@@ -152,9 +175,20 @@ impl Session<'_> {
                         endpoint = %self.worker.endpoint,
                         worker_id = %String::from_utf8_lossy(&worker_id),
                         credit = self.worker.credit,
+                        protocol_version = self.version,
                         "worker ready"
                     );
                     return Ok(Ok(()));
+                }
+                Ok(Ok(ServerMsg::Disconnect { reason }))
+                    if self.version > thriftworker_wire::VERSION_1
+                        && reason.starts_with(b"unsupported worker protocol version") =>
+                {
+                    tracing::info!("the data plane speaks worker protocol version 1: serving without call headers");
+                    self.version = thriftworker_wire::VERSION_1;
+                    if let Err(e) = self.send(self.ready(self.version)).await {
+                        return Ok(Err(e));
+                    }
                 }
                 Ok(Ok(ServerMsg::Disconnect { reason })) => {
                     return Err(WorkerError::Refused(
@@ -197,16 +231,18 @@ impl Session<'_> {
                             let Some(processor) = self.worker.services.get(&request.service) else {
                                 tracing::warn!(service = %String::from_utf8_lossy(&request.service), "request for a service this worker does not serve");
                                 let id = request.id;
-                                if let Err(e) = self.send(WorkerMsg::Reply { id, message: Bytes::new() }).await {
+                                if let Err(e) = self.send(WorkerMsg::Reply { id, message: Bytes::new(), headers: Bytes::new() }).await {
                                     return Ok(End::Lost(e));
                                 }
                                 continue;
                             };
-                            let job = Job { session: self.number, request, processor: processor.clone() };
+                            let deadline = std::time::Instant::now() + Duration::from_millis(request.timeout_ms.into());
+                            let job = Job { session: self.number, request, processor: processor.clone(), deadline };
                             if self.worker.inline {
-                                let reply = crate::pool::process(&job);
+                                let (reply, headers) = crate::pool::process(&job);
+                                let headers = self.reply_headers(headers);
                                 let id = job.request.id;
-                                if let Err(e) = self.send(WorkerMsg::Reply { id, message: reply }).await {
+                                if let Err(e) = self.send(WorkerMsg::Reply { id, message: reply, headers }).await {
                                     return Ok(End::Lost(e));
                                 }
                                 last_send = Instant::now();
@@ -234,7 +270,8 @@ impl Session<'_> {
                         budget -= 1;
                         if done.session == self.number {
                             self.in_flight = self.in_flight.saturating_sub(1);
-                            if let Err(e) = self.send(WorkerMsg::Reply { id: done.id, message: done.reply }).await {
+                            let headers = self.reply_headers(done.headers);
+                            if let Err(e) = self.send(WorkerMsg::Reply { id: done.id, message: done.reply, headers }).await {
                                 return Ok(End::Lost(e));
                             }
                         }

@@ -12,10 +12,15 @@ pub struct Call {
     pub service: usize,
     pub protocol: Protocol,
     pub seqid: i32,
-    /// Method name as the worker sees it (used in exceptions we produce).
-    pub name: Bytes,
+    /// Where the method name (as the worker sees it) lies in `message`:
+    /// see [`Call::name`].
+    pub name_at: (u32, u32),
     /// The full Thrift message (header rewritten if a prefix was stripped).
     pub message: Bytes,
+    /// The call's headers (a THeader call's info headers), encoded as the
+    /// worker protocol's headers frame; `None` for most calls (boxed: it
+    /// keeps `Call` within 128 bytes).
+    pub headers: Option<Box<Bytes>>,
     pub deadline: Instant,
     /// When the connection read the request (latency is measured from here).
     pub received: Instant,
@@ -26,6 +31,16 @@ pub struct Call {
     /// is at most 10,000) keeps `Call` within 128 bytes, which the compiler
     /// moves inline instead of calling memcpy (measured: bench/callgrind-ab).
     pub method: u16,
+}
+
+impl Call {
+    /// The method name as the worker sees it (used in exceptions we produce).
+    pub fn name(&self) -> &[u8] {
+        let (start, end) = self.name_at;
+        self.message
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
 }
 
 /// Where a two-way call's answer goes: the connection's completion channel
@@ -44,6 +59,9 @@ pub struct ReplyTo {
 pub struct Completion {
     pub slot: u32,
     pub message: Bytes,
+    /// Reply headers from the worker (a headers frame; empty: none),
+    /// written only on the header transport.
+    pub headers: Bytes,
 }
 
 #[cfg(test)]

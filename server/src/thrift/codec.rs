@@ -64,12 +64,22 @@ pub enum ReplyFraming {
 }
 
 impl ReplyFraming {
-    /// Appends `message` to `out` in this framing.
-    pub fn encode(&self, message: &[u8], out: &mut BytesMut) {
+    /// Appends `message` to `out` in this framing. `headers` (a worker
+    /// protocol headers frame from the worker; empty: none) go with it on
+    /// the header transport and nowhere else; a malformed frame is dropped.
+    pub fn encode(&self, message: &[u8], headers: &Bytes, out: &mut BytesMut) {
         match self {
             ReplyFraming::Framed => framed::encode(message, out),
             ReplyFraming::Unframed => out.extend_from_slice(message),
-            ReplyFraming::Header(reply) => header::encode(message, reply, &[], out),
+            ReplyFraming::Header(reply) if headers.is_empty() => {
+                header::encode(message, reply, &[], out)
+            }
+            ReplyFraming::Header(reply) => {
+                let pairs = thriftworker_wire::decode_headers(headers).unwrap_or_default();
+                let pairs: Vec<(&[u8], &[u8])> =
+                    pairs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                header::encode(message, reply, &pairs, out)
+            }
         }
     }
 }

@@ -37,6 +37,7 @@ async fn answer_next(w: &mut FakeWorker) {
     w.send(WorkerMsg::Reply {
         id: r.id,
         message: reply_for(&r.message),
+        headers: Bytes::new(),
     })
     .await;
 }
@@ -121,6 +122,7 @@ async fn replies_that_do_not_answer_the_call_are_replaced() {
         w.send(WorkerMsg::Reply {
             id: r.id,
             message: make(&r.message),
+            headers: Bytes::new(),
         })
         .await;
         let (h, buf) = read_reply(&mut c).await;
@@ -220,6 +222,7 @@ async fn a_client_that_never_reads_is_disconnected_after_write_timeout() {
             w.send(WorkerMsg::Reply {
                 id: r.id,
                 message: big_reply_for(&r.message, 1_000_000),
+                headers: Bytes::new(),
             })
             .await;
             served += 1;

@@ -42,6 +42,7 @@ async fn never_sends_a_worker_more_than_its_credit() {
             .send(WorkerMsg::Reply {
                 id: r.id,
                 message: reply_for(&r.message),
+                headers: bytes::Bytes::new(),
             })
             .await;
         answered += 1;

@@ -137,6 +137,7 @@ impl Rig {
     async fn ready(&mut self, peer: &'static [u8], credit: u32) {
         let services = vec![Bytes::from_static(b"Echo")];
         let ready = WorkerMsg::Ready {
+            version: 1,
             credit,
             token: Bytes::new(),
             services,
@@ -169,8 +170,10 @@ impl Rig {
             service: 0,
             protocol: Protocol::BinaryStrict,
             seqid,
-            name: Bytes::from_static(b"echo"),
+            // Strict binary: version word, name length, then the name.
+            name_at: (8, 12),
             message: message.freeze(),
+            headers: None,
             deadline,
             received: Instant::now(),
             reply: Some(ReplyTo {
@@ -253,8 +256,15 @@ async fn a_call_times_out_exactly_at_its_deadline_and_its_late_reply_is_counted(
     // The worker was still busy with it: its reply is dropped and counted,
     // and its credit comes back (the next call is sent at once).
     let message = Rig::reply_to(7);
-    rig.worker_says(b"w", WorkerMsg::Reply { id, message })
-        .await;
+    rig.worker_says(
+        b"w",
+        WorkerMsg::Reply {
+            id,
+            message,
+            headers: Bytes::new(),
+        },
+    )
+    .await;
     assert!(rig.answer().is_none(), "a late reply reaches no client");
     let late: u64 = rig
         .service
@@ -339,8 +349,15 @@ async fn once_sent_a_queued_call_keeps_only_its_own_deadline() {
     rig.call(2).await;
     rig.advance(Duration::from_millis(100)).await;
     let message = Rig::reply_to(1);
-    rig.worker_says(b"w", WorkerMsg::Reply { id: first, message })
-        .await;
+    rig.worker_says(
+        b"w",
+        WorkerMsg::Reply {
+            id: first,
+            message,
+            headers: Bytes::new(),
+        },
+    )
+    .await;
     assert_eq!(
         rig.answer().map(|(s, t)| (s, t.is_empty())),
         Some((1, true))

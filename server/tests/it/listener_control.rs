@@ -36,6 +36,7 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
         .send(WorkerMsg::Reply {
             id: r.id,
             message: reply_for(&r.message),
+            headers: bytes::Bytes::new(),
         })
         .await;
     assert_eq!(read_reply(&mut existing).await.0.seqid, 1);
@@ -63,6 +64,7 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
         .send(WorkerMsg::Reply {
             id: r.id,
             message: reply_for(&r.message),
+            headers: bytes::Bytes::new(),
         })
         .await;
     assert_eq!(read_reply(&mut waiting).await.0.seqid, 5);
@@ -126,6 +128,7 @@ async fn a_listener_added_from_another_runtime_runs_on_the_data_planes() {
         .send(thriftworker_wire::WorkerMsg::Reply {
             id: r.id,
             message: reply_for(&r.message),
+            headers: bytes::Bytes::new(),
         })
         .await;
     let (h, _) = within("the reply", read_reply(&mut c)).await;

@@ -60,7 +60,13 @@ async fn each_reply_kind_and_shutdown_is_one_outcome_in_every_view() {
             other => panic!("expected REQUEST, got {other:?}"),
         };
         let message = answer(&r.message);
-        worker.send(WorkerMsg::Reply { id: r.id, message }).await;
+        worker
+            .send(WorkerMsg::Reply {
+                id: r.id,
+                message,
+                headers: Bytes::new(),
+            })
+            .await;
         let (h, buf) = within("the answer", read_reply(&mut c)).await;
         assert_eq!(h.seqid, seqid as i32);
         if *name == "empty" {

@@ -94,6 +94,7 @@ impl FakeWorker {
 
     pub async fn ready(&mut self, credit: u32, token: &[u8]) -> ServerMsg {
         self.send(WorkerMsg::Ready {
+            version: 1,
             credit,
             token: Bytes::copy_from_slice(token),
             services: vec![Bytes::from_static(b"Echo")],

@@ -21,6 +21,7 @@ async fn silent_worker_is_declared_dead_and_its_call_answered() {
     let ServerMsg::ReadyAck {
         heartbeat_interval_ms,
         worker_id,
+        ..
     } = worker.ready(1, b"").await
     else {
         panic!("expected READY ack")
@@ -82,6 +83,7 @@ async fn ready_with_wrong_token_is_refused() {
     bad.send(WorkerMsg::Reply {
         id: 1,
         message: Bytes::from_static(b"x"),
+        headers: Bytes::new(),
     })
     .await;
     assert!(matches!(

@@ -164,10 +164,10 @@ impl Connection {
                     }
                 }
                 Some(done) = self.completions.recv() => {
-                    self.pipeline.complete(done.slot, done.message);
+                    self.pipeline.complete(done.slot, done.message, done.headers);
                     // Take any further answers already here, then write in one go.
                     while let Ok(done) = self.completions.try_recv() {
-                        self.pipeline.complete(done.slot, done.message);
+                        self.pipeline.complete(done.slot, done.message, done.headers);
                     }
                 }
                 // Inside the select, so a client that does not read never

@@ -25,6 +25,8 @@ pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 struct Slot {
     /// `Some` once the answer is here.
     answer: Option<Bytes>,
+    /// Reply headers from the worker (header transport only).
+    headers: Bytes,
     framing: ReplyFraming,
 }
 
@@ -57,14 +59,19 @@ impl Pipeline {
     /// A two-way call took the next slot; `answer` if already answered.
     /// Its answer will be written in `framing`.
     pub fn push(&mut self, answer: Option<Bytes>, framing: ReplyFraming) {
-        self.pending.push_back(Slot { answer, framing });
+        self.pending.push_back(Slot {
+            answer,
+            headers: Bytes::new(),
+            framing,
+        });
     }
 
-    /// The answer for `slot` arrived.
-    pub fn complete(&mut self, slot: u32, message: Bytes) {
+    /// The answer for `slot` arrived, with the worker's reply headers.
+    pub fn complete(&mut self, slot: u32, message: Bytes, headers: Bytes) {
         let idx = slot.wrapping_sub(self.base) as usize;
         if let Some(entry) = self.pending.get_mut(idx) {
             entry.answer = Some(message);
+            entry.headers = headers;
         }
     }
 
@@ -78,11 +85,12 @@ impl Pipeline {
         {
             if let Some(Slot {
                 answer: Some(msg),
+                headers,
                 framing,
             }) = self.pending.pop_front()
             {
                 self.base = self.base.wrapping_add(1);
-                framing.encode(&msg, &mut self.out);
+                framing.encode(&msg, &headers, &mut self.out);
             }
         }
         self.out.len() - before
@@ -150,11 +158,11 @@ mod tests {
         );
         p.push(None, ReplyFraming::Framed);
         assert_eq!((a, b, c), (u32::MAX - 1, u32::MAX, 0));
-        p.complete(c, Bytes::from_static(b"c"));
-        p.complete(b, Bytes::from_static(b"b"));
+        p.complete(c, Bytes::from_static(b"c"), Bytes::new());
+        p.complete(b, Bytes::from_static(b"b"), Bytes::new());
         assert_eq!(p.frame_ready(), 0, "a is not answered: nothing leaves");
         assert_eq!(p.unanswered(), 1);
-        p.complete(a, Bytes::from_static(b"a"));
+        p.complete(a, Bytes::from_static(b"a"), Bytes::new());
         assert_eq!(p.frame_ready(), 15);
         assert_eq!(frames(&mut p), ["a", "b", "c"]);
         assert!(p.is_idle());
@@ -167,8 +175,8 @@ mod tests {
         assert!(p.has_room());
         p.push(None, ReplyFraming::Framed);
         assert!(!p.has_room());
-        p.complete(0, Bytes::from(vec![0u8; WRITE_HIGH_WATER]));
-        p.complete(1, Bytes::from_static(b"x"));
+        p.complete(0, Bytes::from(vec![0u8; WRITE_HIGH_WATER]), Bytes::new());
+        p.complete(1, Bytes::from_static(b"x"), Bytes::new());
         p.frame_ready();
         assert!(!p.has_room(), "a full output buffer stops reading");
         let n = p.out().len();

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use thriftworker_wire::encode_headers;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -74,19 +75,24 @@ pub async fn handle_frame(
     }
     let deadline = received + budget;
     let (message, name) = if strip > 0 {
-        let (renamed, range) = thrift::rename(&frame, &header, method);
-        let n = renamed.slice(range);
-        (renamed, n)
+        thrift::rename(&frame, &header, method)
     } else {
-        let n = frame.slice(header.name_start..header.name_end);
-        (frame, n)
+        (frame, header.name_start..header.name_end)
     };
+    // Both ends lie within a message of at most max_frame_size (256 MiB).
+    let name_at = (name.start as u32, name.end as u32);
+    let headers = (!inbound.headers.is_empty()).then(|| {
+        Box::new(encode_headers(
+            inbound.headers.iter().map(|(k, v)| (&k[..], &v[..])),
+        ))
+    });
     let call = Call {
         service: svc.index,
         protocol: detected,
         seqid: header.seqid,
-        name,
+        name_at,
         message,
+        headers,
         deadline,
         received,
         reply: (!oneway).then(|| ReplyTo {

@@ -155,7 +155,7 @@ enum Shed {
 impl<T: WorkerTransport> Dispatcher<T> {
     pub(super) fn on_call(&mut self, mut call: Call) {
         let svc = call.service;
-        call.method = self.method_index(svc, &call.name);
+        call.method = self.method_index(svc, call.name());
         let m = self.services[svc].method(&call);
         if call.reply.is_some() {
             m.calls.inc();
@@ -230,10 +230,10 @@ impl<T: WorkerTransport> Dispatcher<T> {
     /// The stats of method `name` of service `svc`, as an index into the
     /// cache: a hash lookup per call; the registry is asked only for a name
     /// not seen before (or one beyond the cap, counted under `other`).
-    fn method_index(&mut self, svc: usize, name: &Bytes) -> u16 {
+    fn method_index(&mut self, svc: usize, name: &[u8]) -> u16 {
         let slot = &mut self.services[svc];
         let cache = &mut slot.methods;
-        if let Some(&i) = cache.by_name.get(&name[..]) {
+        if let Some(&i) = cache.by_name.get(name) {
             return i;
         }
         let (m, own) = slot.info.stats.method(name);
@@ -294,6 +294,11 @@ impl<T: WorkerTransport> Dispatcher<T> {
             protocol: call.protocol,
             service: info.name_bytes.clone(),
             message: call.message.clone(),
+            // Only a version-2 worker is sent headers.
+            headers: match (&call.headers, worker.version) {
+                (Some(h), v) if v >= 2 => (**h).clone(),
+                _ => Bytes::new(),
+            },
         };
         if let Err(e) = self.transport.send(&peer, request.encode()) {
             // A send to a peer that just died may also succeed and be lost;
@@ -426,12 +431,14 @@ impl<T: WorkerTransport> Dispatcher<T> {
         self.finish(call, outcome, "");
     }
 
-    fn finish(&self, call: Call, outcome: Outcome, detail: &str) {
+    fn finish(&self, mut call: Call, outcome: Outcome, detail: &str) {
         let info = &self.services[call.service].info;
         let m = self.method_stats(&call);
         m.outcome(outcome);
-        trace_call(&info.name, m, call.seqid, "", outcome);
-        let Some(reply) = call.reply else { return };
+        trace_call(&info.name, m, &call, "", outcome);
+        let Some(reply) = call.reply.take() else {
+            return;
+        };
         m.total
             .observe(self.clock.now.saturating_duration_since(call.received));
         let text = outcome.exception_text().unwrap_or("failed");
@@ -439,7 +446,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         let text = format!("thriftworker: service '{}' {text}{sep}{detail}", info.name);
         let message = application_exception(
             call.protocol,
-            &call.name,
+            call.name(),
             call.seqid,
             AppErrorKind::InternalError,
             &text,
@@ -449,6 +456,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         let _ = reply.tx.try_send(Completion {
             slot: reply.slot,
             message,
+            headers: Bytes::new(),
         });
     }
 }
@@ -459,12 +467,35 @@ impl<T: WorkerTransport> Dispatcher<T> {
 pub(super) fn trace_call(
     service: &str,
     m: &MethodStats,
-    seqid: i32,
+    call: &Call,
     worker: &str,
     outcome: Outcome,
 ) {
     if tracing::enabled!(tracing::Level::DEBUG) {
-        let span = tracing::debug_span!("call", service, method = &*m.name, seqid, worker);
+        let seqid = call.seqid;
+        // The client's trace context, if it sent one (W3C, or B3).
+        let headers = call
+            .headers
+            .as_deref()
+            .and_then(|h| thriftworker_wire::decode_headers(h).ok())
+            .unwrap_or_default();
+        let find = |key: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes()))
+                .map(|(_, v)| String::from_utf8_lossy(&v[..v.len().min(256)]).into_owned())
+        };
+        let traceparent = find("traceparent");
+        let b3_trace_id = find("x-b3-traceid");
+        let span = tracing::debug_span!(
+            "call",
+            service,
+            method = &*m.name,
+            seqid,
+            worker,
+            traceparent,
+            b3_trace_id
+        );
         let _e = span.enter();
         tracing::debug!(?outcome, "call finished");
     }

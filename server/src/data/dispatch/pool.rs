@@ -37,6 +37,8 @@ pub struct WorkerState {
     pub last_seen: Instant,
     /// Sent DISCONNECT: no new calls; forgotten when `in_flight` empties.
     pub leaving: bool,
+    /// The worker protocol version spoken with it (2: it is sent headers).
+    pub version: u8,
     /// Its series in the stats registry (dropped when it leaves).
     pub stats: Arc<WorkerStats>,
 }
@@ -105,6 +107,7 @@ impl WorkerPool {
             overdue: IdMap::default(),
             last_seen: now,
             leaving: false,
+            version: thriftworker_wire::VERSION_1,
         };
         let idx = match self.free_slots.pop() {
             Some(i) => {

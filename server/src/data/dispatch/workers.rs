@@ -36,13 +36,21 @@ impl<T: WorkerTransport> Dispatcher<T> {
         match (msg, known) {
             (
                 WorkerMsg::Ready {
+                    version,
                     credit,
                     token,
                     services,
                 },
                 _,
-            ) => self.on_ready(peer, known, credit, token, services),
-            (WorkerMsg::Reply { id, message }, Some(w)) => self.on_reply(w, id, message),
+            ) => self.on_ready(peer, known, version, credit, token, services),
+            (
+                WorkerMsg::Reply {
+                    id,
+                    message,
+                    headers,
+                },
+                Some(w),
+            ) => self.on_reply(w, id, message, headers),
             (WorkerMsg::Heartbeat, Some(_)) => {}
             (WorkerMsg::Disconnect { .. }, Some(w)) => self.on_leaving(w),
             (WorkerMsg::Reply { .. }, None) => {
@@ -117,6 +125,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         &mut self,
         peer: Bytes,
         known: Option<WorkerIdx>,
+        version: u8,
         credit: u32,
         token: Bytes,
         names: Vec<Bytes>,
@@ -141,16 +150,20 @@ impl<T: WorkerTransport> Dispatcher<T> {
             self.forget(old, "re-registered");
         }
         let w = self.register(peer.clone(), services, credit);
-        let Some(state) = self.pool.get(w) else {
+        let Some(state) = self.pool.get_mut(w) else {
             return;
         };
+        // Both sides speak the older of their versions.
+        state.version = version.min(thriftworker_wire::VERSION);
+        let state = &*state;
         let names: Vec<&str> = state
             .services
             .iter()
             .map(|&s| self.services[s].info.name.as_str())
             .collect();
-        tracing::info!(worker = %state.id, services = ?names, credit, "worker registered");
+        tracing::info!(worker = %state.id, services = ?names, credit, version = state.version, "worker registered");
         let ack = ServerMsg::ReadyAck {
+            version: state.version,
             heartbeat_interval_ms: u32::try_from(self.settings.heartbeat.as_millis())
                 .unwrap_or(u32::MAX),
             worker_id: Bytes::from(state.id.clone()),
@@ -217,7 +230,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         w
     }
 
-    fn on_reply(&mut self, w: WorkerIdx, id: u64, message: Bytes) {
+    fn on_reply(&mut self, w: WorkerIdx, id: u64, message: Bytes, headers: Bytes) {
         let Some(state) = self.pool.get_mut(w) else {
             return;
         };
@@ -239,7 +252,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
             }
         }
         match self.take(id) {
-            Some(entry) => self.deliver(w, entry, message),
+            Some(entry) => self.deliver(w, entry, message, headers),
             // Already answered (timed out): the worker was still busy.
             None => {
                 let slot = usize::try_from(late_svc).ok();
@@ -258,7 +271,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
     }
 
     /// Hands worker `w`'s reply to the call's client, if it answers the call.
-    fn deliver(&mut self, w: WorkerIdx, mut entry: Entry, message: Bytes) {
+    fn deliver(&mut self, w: WorkerIdx, mut entry: Entry, message: Bytes, headers: Bytes) {
         let now = self.clock.now;
         let worker_id = self.pool.get(w).map_or("", |s| s.id.as_str());
         let svc = &self.services[entry.call.service].info;
@@ -270,7 +283,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         let Some(reply) = entry.call.reply.take() else {
             // oneway: the reply only returns credit.
             m.outcome(Outcome::Success);
-            trace_call(&svc.name, m, entry.call.seqid, worker_id, Outcome::Success);
+            trace_call(&svc.name, m, &entry.call, worker_id, Outcome::Success);
             return;
         };
         let call = &entry.call;
@@ -279,7 +292,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
             false => check_reply(
                 &message,
                 call.protocol,
-                &call.name,
+                call.name(),
                 call.seqid,
                 reply.max_reply as usize,
             )
@@ -303,10 +316,11 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 m.outcome(outcome);
                 m.total
                     .observe(now.saturating_duration_since(entry.call.received));
-                trace_call(&svc.name, m, entry.call.seqid, worker_id, outcome);
+                trace_call(&svc.name, m, &entry.call, worker_id, outcome);
                 let _ = reply.tx.try_send(Completion {
                     slot: reply.slot,
                     message,
+                    headers,
                 });
             }
             Err(outcome) => {
