@@ -216,6 +216,58 @@ def test_the_handler_sees_its_deadline_and_an_expired_call_is_not_run(plane: Pla
     leave(plane, w, t)
 
 
+def test_version_2_headers_reach_the_handler_and_reply_headers_go_back(plane: Plane) -> None:
+    seen: list[bytes | None] = []
+
+    class Headed(Handler):
+        def echo(self, message: str) -> str:
+            call = current_call()
+            assert call is not None
+            seen.append(call.header(b"TraceParent"))
+            assert call.set_reply_header(b"x-served-by", b"py")
+            return message
+
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Headed())})
+    t, _ = start(w)
+    assert plane.recv_cmd(wire.READY)[0] == b"\x02\x01"
+    plane.send(b"\x02\x01", struct.pack(">I", 1000), b"w1")  # acknowledged as version 2
+    meta = struct.pack(">QIB", 5, 5000, 0)
+    headers = wire.encode_headers([(b"traceparent", b"00-ab-cd-01")])
+    plane.send(b"\x02\x02", meta, b"Echo", encode_call(0, "echo", 5, message="h"), headers)
+    r = plane.recv_cmd(wire.REPLY)
+    assert r[0] == b"\x02\x03" and len(r) == 4, r
+    assert wire.decode_headers(r[3]) == ((b"x-served-by", b"py"),)
+    assert decode_reply(0, "echo", r[2])[2].success == "h"
+    assert seen == [b"00-ab-cd-01"]
+    # A call without headers: the handler sees none, still may answer some.
+    plane.request(6, encode_call(0, "echo", 6, message="plain"))
+    r = plane.recv_cmd(wire.REPLY)
+    assert seen[-1] is None and wire.decode_headers(r[3]) == ((b"x-served-by", b"py"),)
+    leave(plane, w, t)
+
+
+def test_a_version_1_data_plane_gets_ready_version_1_and_no_reply_headers(plane: Plane) -> None:
+    class Headed(Handler):
+        def echo(self, message: str) -> str:
+            call = current_call()
+            assert call is not None
+            assert not call.set_reply_header(b"x", b"y"), "a version 1 data plane cannot take reply headers"
+            return message
+
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Headed())})
+    t, errors = start(w)
+    assert plane.recv_cmd(wire.READY)[0] == b"\x02\x01"
+    plane.send(b"\x01\x05", b"unsupported worker protocol version 2 (this side speaks version 1)")
+    assert plane.recv_cmd(wire.READY)[0] == b"\x01\x01"
+    plane.ack()
+    plane.request(1, encode_call(0, "echo", 1, message="v1"))
+    r = plane.recv_cmd(wire.REPLY)
+    assert r[0] == b"\x01\x03" and len(r) == 3
+    assert decode_reply(0, "echo", r[2])[2].success == "v1"
+    leave(plane, w, t)
+    assert not errors
+
+
 def test_asyncio_mode_runs_coroutine_handlers_at_once(plane: Plane) -> None:
     import asyncio
 

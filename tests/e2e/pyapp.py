@@ -23,6 +23,17 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "examples", "python"))
 
 from echo_app import EchoHandler  # noqa: E402 - the example app's handler, tested here too
 
+from thriftworker import current_call  # noqa: E402
+
+
+def show_headers() -> None:
+    """With the call header `x-echo-headers` (as the Rust echo-worker does):
+    every header of the call back as a reply header `echo-KEY`."""
+    call = current_call()
+    if call is not None and call.header(b"x-echo-headers") is not None:
+        for key, value in call.headers:
+            call.set_reply_header(b"echo-" + key, value)
+
 
 class Handler(EchoHandler):
     """The example's Echo handler (examples/python/echo_app.py), plus an
@@ -36,6 +47,10 @@ class Handler(EchoHandler):
     def whoami(self) -> str:
         return f"pkg:{os.getpid()}"
 
+    def echo(self, message: str) -> str:
+        show_headers()
+        return message
+
     def add(self, a: int, b: int) -> int:
         return a + b
 
@@ -45,6 +60,7 @@ class AsyncHandler(Handler):
 
     async def echo(self, message: str) -> str:  # type: ignore[override]
         await asyncio.sleep(0)
+        show_headers()
         return message
 
     async def notify(self, message: str) -> None:  # type: ignore[override]

@@ -49,6 +49,22 @@ def test_the_client_timeout_is_the_workers_budget(dataplane, worker):
         assert 1000 < left <= 2500, left
 
 
+@pytest.mark.parametrize("mode, target", [
+    ("inline", "pyapp:apache"),
+    ("threads", "pyapp:thriftpy2"),
+    ("asyncio", "pyapp:apache_async"),
+])
+def test_headers_reach_the_python_package_worker(dataplane, worker, mode, target):
+    dp = dataplane()
+    worker("pkg", mode=mode, target=target)
+    with thrift_client(dp.addr("echo"), "compact", transport="header") as client:
+        client._oprot.set_header(b"x-echo-headers", b"1")
+        client._oprot.set_header(b"traceparent", TRACEPARENT)
+        assert client.echo(f"py {mode}") == f"py {mode}"
+        got = reply_headers(client)
+        assert got.get(b"echo-traceparent") == TRACEPARENT, got
+
+
 def test_trace_context_is_recorded_in_the_call_span(dataplane, worker):
     dp = dataplane(args=["--log", "info,thriftworker::data::dispatch=debug"])
     worker()

@@ -1,5 +1,7 @@
-"""The worker protocol, version 1 (docs/worker-protocol.md): the messages a
-worker and the data plane exchange, as lists of ZeroMQ frames.
+"""The worker protocol, versions 1 and 2 (docs/worker-protocol.md): the
+messages a worker and the data plane exchange, as lists of ZeroMQ frames.
+Version 2 adds call headers: a trailing frame on REQUEST and REPLY,
+negotiated by READY.
 
 Pure functions over bytes: no socket here, so every event-loop integration
 shares them, and the tests check them without a data plane.
@@ -11,7 +13,12 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-VERSION = 0x01
+#: The newest version spoken here; READY goes as this one.
+VERSION = 0x02
+#: The first version (no headers): every peer speaks it.
+VERSION_1 = 0x01
+#: At most this many headers in a headers frame.
+MAX_HEADERS = 128
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = 0x01, 0x02, 0x03, 0x04, 0x05
 #: The largest credit the data plane accepts.
 MAX_CREDIT = 65_536
@@ -20,8 +27,12 @@ MAX_CREDIT = 65_536
 BINARY, BINARY_LAX, COMPACT = 0, 1, 2
 
 _META = struct.Struct(">QIB")
+_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+
+#: Headers: (key, value) pairs of bytes, in the order sent.
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class WireError(ValueError):
@@ -32,6 +43,8 @@ class WireError(ValueError):
 class ReadyAck:
     heartbeat_interval_ms: int
     worker_id: str
+    #: The version both sides speak from now on (1 or 2).
+    version: int = VERSION_1
 
 
 class Request(NamedTuple):
@@ -41,6 +54,8 @@ class Request(NamedTuple):
     protocol: int
     service: str
     message: bytes
+    #: The call's headers (version 2; empty for most calls).
+    headers: Headers = ()
 
 
 @dataclass(frozen=True)
@@ -56,22 +71,58 @@ class Disconnect:
 ServerMsg = ReadyAck | Request | Heartbeat | Disconnect
 
 
-def _header(cmd: int) -> bytes:
-    return bytes((VERSION, cmd))
+def _header(cmd: int, version: int = VERSION_1) -> bytes:
+    return bytes((version, cmd))
 
 
-def ready(credit: int, token: bytes, services: list[str]) -> list[bytes]:
-    """READY: the first message of a worker."""
+def ready(credit: int, token: bytes, services: list[str], version: int = VERSION) -> list[bytes]:
+    """READY: the first message of a worker, as `version` (2: send me headers)."""
     if not 1 <= credit <= MAX_CREDIT:
         raise ValueError(f"credit must be between 1 and {MAX_CREDIT}, not {credit}")
     if not services:
         raise ValueError("a worker must serve at least one service")
-    return [_header(READY), _U32.pack(credit), token, *(s.encode() for s in services)]
+    return [_header(READY, version), _U32.pack(credit), token, *(s.encode() for s in services)]
 
 
-def reply(request_id: int, message: bytes) -> list[bytes]:
-    """REPLY to REQUEST `request_id` (an empty message for a oneway call)."""
+def reply(request_id: int, message: bytes, headers: Headers | list[tuple[bytes, bytes]] = ()) -> list[bytes]:
+    """REPLY to REQUEST `request_id` (an empty message for a oneway call);
+    with reply headers, a version 2 REPLY (only for a data plane that
+    acknowledged version 2)."""
+    if headers:
+        return [_header(REPLY, 2), _U64.pack(request_id), message, encode_headers(headers)]
     return [_header(REPLY), _U64.pack(request_id), message]
+
+
+def encode_headers(headers: Headers | list[tuple[bytes, bytes]]) -> bytes:
+    """A headers frame: per header a big-endian u16 key length, the key, a
+    big-endian u32 value length, the value."""
+    out = bytearray()
+    for key, value in headers:
+        out += _U16.pack(len(key))
+        out += key
+        out += _U32.pack(len(value))
+        out += value
+    return bytes(out)
+
+
+def decode_headers(frame: bytes) -> Headers:
+    """Decodes a headers frame; raises WireError if malformed or over MAX_HEADERS."""
+    pairs: list[tuple[bytes, bytes]] = []
+    at, end = 0, len(frame)
+    while at < end:
+        if len(pairs) == MAX_HEADERS or at + 2 > end:
+            raise WireError("malformed headers frame")
+        (klen,) = _U16.unpack_from(frame, at)
+        key_end = at + 2 + klen
+        if key_end + 4 > end:
+            raise WireError("malformed headers frame")
+        (vlen,) = _U32.unpack_from(frame, key_end)
+        value_end = key_end + 4 + vlen
+        if value_end > end:
+            raise WireError("malformed headers frame")
+        pairs.append((frame[at + 2 : key_end], frame[key_end + 4 : value_end]))
+        at = value_end
+    return tuple(pairs)
 
 
 def heartbeat() -> list[bytes]:
@@ -87,17 +138,19 @@ def decode(frames: list[bytes]) -> ServerMsg:
     if not frames or len(frames[0]) != 2:
         raise WireError("expected a 2-byte header frame")
     version, cmd = frames[0][0], frames[0][1]
-    if version != VERSION:
+    if not VERSION_1 <= version <= VERSION:
         raise WireError(f"unsupported worker protocol version {version}")
     if cmd == READY:
         if len(frames) < 3 or len(frames[1]) != 4:
             raise WireError("READY ack needs heartbeat_interval_ms (4 bytes) and worker_id")
-        return ReadyAck(_U32.unpack(frames[1])[0], frames[2].decode("utf-8", "replace"))
+        return ReadyAck(_U32.unpack(frames[1])[0], frames[2].decode("utf-8", "replace"), version)
     if cmd == REQUEST:
         if len(frames) < 4 or len(frames[1]) != _META.size:
             raise WireError("REQUEST needs meta (13 bytes), service and message frames")
         request_id, timeout_ms, protocol = _META.unpack(frames[1])
         service = frames[2].decode("utf-8", "replace")
+        if version >= 2 and len(frames) > 4:
+            return Request(request_id, timeout_ms, protocol, service, frames[3], decode_headers(frames[4]))
         return Request(request_id, timeout_ms, protocol, service, frames[3])
     if cmd == HEARTBEAT:
         return Heartbeat()

@@ -88,6 +88,10 @@ class _Registration:
     session: int
     registered: bool = False
     ever: bool = False
+    #: The worker protocol version of this registration: READY goes as the
+    #: newest; a data plane that speaks only version 1 refuses it and gets
+    #: READY version 1 (no call headers).
+    version: int = wire.VERSION
     ready_sent_at: float | None = None
     next_ready_at: float = 0.0
     backoff: float = 0.1
@@ -184,6 +188,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reg = _Registration(session=0)
+        #: Reply-header lists of calls in flight (version 2 registrations only).
+        self._reply_headers: dict[int, list[tuple[bytes, bytes]]] = {}
         self._heartbeat = 1.0
         self._last_sent = self._last_recv = time.monotonic()
         self._outstanding: set[int] = set()
@@ -391,6 +397,7 @@ class Worker:
         ever = self._reg.ever
         self._reg = _Registration(session=self._reg.session + 1, ever=ever, backoff=backoff)
         self._outstanding = set()
+        self._reply_headers.clear()
         self._outbox = []  # replies for the socket that is gone
         self._send_ready()
 
@@ -415,7 +422,7 @@ class Worker:
         self._last_sent = time.monotonic()
 
     def _send_ready(self) -> None:
-        self._send(wire.ready(self.credit, self.token, list(self.processors)))
+        self._send(wire.ready(self.credit, self.token, list(self.processors), self._reg.version))
         self._reg.ready_sent_at = self._last_recv = time.monotonic()
 
     # -- messages -------------------------------------------------------
@@ -439,6 +446,7 @@ class Worker:
         reg.registered = reg.ever = True
         reg.ready_sent_at = None
         reg.backoff = 0.1
+        reg.version = min(reg.version, ack.version)
         self._outstanding = set()
         self.worker_id = ack.worker_id
         log.info(
@@ -461,6 +469,12 @@ class Worker:
         if self._leaving_since is not None:
             self._bye = True
             return
+        old_plane = reason.startswith("unsupported worker protocol version")
+        if not reg.registered and reg.version > wire.VERSION_1 and old_plane:
+            log.info("the data plane speaks worker protocol version 1: serving without call headers")
+            reg.version = wire.VERSION_1
+            self._send_ready()
+            return
         if not reg.ever:
             raise Refused(reason)
         log.warning("data plane sent DISCONNECT (%s): registering again", reason)
@@ -479,7 +493,15 @@ class Worker:
             )
         self._outstanding.add(req.request_id)
         deadline = time.monotonic() + req.timeout_ms / 1000.0
-        call = context.CallContext(req.request_id, req.service, req.timeout_ms, deadline)
+        if self._reg.version >= 2:
+            # Reply headers are possible: the handler's list, kept until its reply.
+            reply_headers: list[tuple[bytes, bytes]] = []
+            self._reply_headers[req.request_id] = reply_headers
+            call = context.CallContext(
+                req.request_id, req.service, req.timeout_ms, deadline, req.headers, reply_headers
+            )
+        else:
+            call = context.CallContext(req.request_id, req.service, req.timeout_ms, deadline)
         session = self._reg.session
         self._running += 1
         if self._pool is not None:
@@ -568,18 +590,20 @@ class Worker:
         if self.max_requests and self._served == self.max_requests:
             log.info("served %d calls (max_requests): leaving to be replaced", self._served)
             self._stop.set()
+        headers = self._reply_headers.pop(request_id, None) if self._reply_headers else None
         if session != self._reg.session:
             return  # for an earlier connection: that registration is gone
         self._outstanding.discard(request_id)
+        frames = wire.reply(request_id, reply, headers) if headers else wire.reply(request_id, reply)
         if self._coalesce:
             # Inline and threads modes: the replies of one burst (or turn)
             # leave together at its end (`_flush`), so ZeroMQ's I/O thread is
             # woken once per burst, not once per call; at most `_COALESCE` are held.
-            self._outbox.append(wire.reply(request_id, reply))
+            self._outbox.append(frames)
             if len(self._outbox) >= _COALESCE:
                 self._flush()
         else:
-            self._send(wire.reply(request_id, reply))
+            self._send(frames)
 
     def _wake(self) -> None:
         poke(self._wake_w)
