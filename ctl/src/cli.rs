@@ -338,6 +338,20 @@ pub struct ListenerAddArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
     pub transport: TransportArg,
 
+    /// TLS on this listener: its certificate chain (PEM, a path the data
+    /// plane reads); with --listener-key the listener speaks only TLS.
+    #[arg(long, value_name = "PEM", requires = "listener_key")]
+    pub listener_cert: Option<std::path::PathBuf>,
+
+    /// TLS on this listener: the private key (PEM) of --listener-cert.
+    #[arg(long, value_name = "PEM", requires = "listener_cert")]
+    pub listener_key: Option<std::path::PathBuf>,
+
+    /// TLS on this listener: clients must present a certificate chaining to
+    /// this CA (mTLS).
+    #[arg(long, value_name = "PEM", requires = "listener_cert")]
+    pub listener_client_ca: Option<std::path::PathBuf>,
+
     /// Largest frame accepted, in bytes [server default: 16384000].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_frame_size: Option<u64>,

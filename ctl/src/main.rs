@@ -226,12 +226,23 @@ fn listener_settings(a: &ListenerAddArgs) -> pb::ListenerSettings {
             TransportArg::Unframed => pb::Transport::Unframed,
             TransportArg::Header => pb::Transport::Header,
         } as i32,
+        tls_cert: path_arg(&a.listener_cert),
+        tls_key: path_arg(&a.listener_key),
+        tls_client_ca: path_arg(&a.listener_client_ca),
         max_frame_size: a.max_frame_size.unwrap_or(0),
         max_connections: a.max_connections.unwrap_or(0),
         idle_timeout_ms: a.idle_timeout.unwrap_or(0),
         max_pipeline: a.max_pipeline.unwrap_or(0),
         paused: a.paused,
     }
+}
+
+/// A path for the server (empty: none). The server reads it: absolute
+/// paths avoid surprises with its working directory.
+fn path_arg(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 /// Calls that wait for a drain get its length on top of the request timeout.

@@ -44,6 +44,10 @@ pub struct ListenerSettings {
     pub default_service: String,
     pub protocol: &'static str,
     pub transport: &'static str,
+    /// PEM paths (empty: plaintext).
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_client_ca: String,
     pub max_frame_size: u64,
     pub max_connections: u64,
     pub idle_timeout_ms: u64,
@@ -184,7 +188,10 @@ pub struct ListenerStats {
     pub closed_shutdown: u64,
     pub closed_io_error: u64,
     pub closed_write_timeout: u64,
+    pub closed_tls_error: u64,
     pub closed_with_calls_in_flight: u64,
+    pub tls_reloads: u64,
+    pub tls_reload_failures: u64,
     pub unknown_service: u64,
     pub invalid_type: u64,
     pub bytes_in: u64,
@@ -229,6 +236,17 @@ pub struct Empty {}
 
 fn sorted<V: Copy>(m: &HashMap<String, V>) -> BTreeMap<String, V> {
     m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+impl ListenerSettings {
+    /// `off`, `on`, or `mtls` (client certificates required).
+    pub fn tls_state(&self) -> &'static str {
+        match (self.tls_cert.is_empty(), self.tls_client_ca.is_empty()) {
+            (true, _) => "off",
+            (false, true) => "on",
+            (false, false) => "mtls",
+        }
+    }
 }
 
 pub fn transport_name(t: i32) -> &'static str {
@@ -285,6 +303,9 @@ impl From<&pb::ListenerSettings> for ListenerSettings {
             default_service: s.default_service.clone(),
             protocol: protocol_name(s.protocol),
             transport: transport_name(s.transport),
+            tls_cert: s.tls_cert.clone(),
+            tls_key: s.tls_key.clone(),
+            tls_client_ca: s.tls_client_ca.clone(),
             max_frame_size: s.max_frame_size,
             max_connections: s.max_connections,
             idle_timeout_ms: s.idle_timeout_ms,
@@ -387,7 +408,10 @@ impl From<&pb::ListenerStats> for ListenerStats {
             closed_shutdown: l.closed_shutdown,
             closed_io_error: l.closed_io_error,
             closed_write_timeout: l.closed_write_timeout,
+            closed_tls_error: l.closed_tls_error,
             closed_with_calls_in_flight: l.closed_with_calls_in_flight,
+            tls_reloads: l.tls_reloads,
+            tls_reload_failures: l.tls_reload_failures,
             unknown_service: l.unknown_service,
             invalid_type: l.invalid_type,
             bytes_in: l.bytes_in,
@@ -509,6 +533,7 @@ pub fn listeners_table(listeners: &[Listener]) -> String {
         ("DEFAULT", Align::Left),
         ("PROTOCOL", Align::Left),
         ("TRANSPORT", Align::Left),
+        ("TLS", Align::Left),
         ("ACTIVE", Align::Right),
         ("STATE", Align::Left),
     ]);
@@ -525,6 +550,7 @@ pub fn listeners_table(listeners: &[Listener]) -> String {
             table::or_dash(&l.settings.default_service),
             l.settings.protocol.to_string(),
             l.settings.transport.to_string(),
+            l.settings.tls_state().to_string(),
             l.active_connections.to_string(),
             if l.paused { "paused" } else { "accepting" }.to_string(),
         ]);
@@ -549,6 +575,9 @@ pub fn listener_detail(l: &Listener) -> String {
         ("default service", table::or_dash(&s.default_service)),
         ("protocol", s.protocol.to_string()),
         ("transport", s.transport.to_string()),
+        ("tls", s.tls_state().to_string()),
+        ("tls cert", table::or_dash(&s.tls_cert)),
+        ("tls client ca", table::or_dash(&s.tls_client_ca)),
         ("max frame size", n(s.max_frame_size)),
         ("max connections", n(s.max_connections)),
         ("idle timeout", table::ms(s.idle_timeout_ms)),
@@ -802,7 +831,11 @@ pub fn stats_view(prev: Option<&Stats>, cur: &Stats) -> String {
             l.active.to_string(),
             l.accepted.to_string(),
             l.refused.to_string(),
-            (l.closed_bad_frame + l.closed_frame_too_large + l.closed_protocol_error).to_string(),
+            (l.closed_bad_frame
+                + l.closed_frame_too_large
+                + l.closed_protocol_error
+                + l.closed_tls_error)
+                .to_string(),
             table::yes_no(l.paused),
         ]);
     }
@@ -887,7 +920,10 @@ mod tests {
             closed_shutdown: 0,
             closed_io_error: 0,
             closed_write_timeout: 0,
+            closed_tls_error: 0,
             closed_with_calls_in_flight: 0,
+            tls_reloads: 0,
+            tls_reload_failures: 0,
             unknown_service: 0,
             invalid_type: 0,
             bytes_in: 0,
@@ -1311,8 +1347,8 @@ mod tests {
         });
         assert_eq!(
             listeners_table(&[l]),
-            "NAME  ADDRESS         SERVICES   DEFAULT  PROTOCOL  TRANSPORT  ACTIVE  STATE\n\
-             echo  127.0.0.1:4242  Echo,Calc  -        auto      auto            3  paused\n"
+            "NAME  ADDRESS         SERVICES   DEFAULT  PROTOCOL  TRANSPORT  TLS  ACTIVE  STATE\n\
+             echo  127.0.0.1:4242  Echo,Calc  -        auto      auto       off       3  paused\n"
         );
         let w = Worker::from(&pb::Worker {
             id: "7".into(),

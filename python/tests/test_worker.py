@@ -257,7 +257,7 @@ def test_a_version_1_data_plane_gets_ready_version_1_and_no_reply_headers(plane:
     w = Worker(plane.endpoint, {"Echo": Echo.Processor(Headed())})
     t, errors = start(w)
     assert plane.recv_cmd(wire.READY)[0] == b"\x02\x01"
-    plane.send(b"\x01\x05", b"unsupported worker protocol version 2 (this side speaks version 1)")
+    plane.send(b"\x01\x05", b"refused: unsupported worker protocol version 2 (this side speaks version 1)")
     assert plane.recv_cmd(wire.READY)[0] == b"\x01\x01"
     plane.ack()
     plane.request(1, encode_call(0, "echo", 1, message="v1"))

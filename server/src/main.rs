@@ -99,6 +99,14 @@ fn write_ready_file(path: &std::path::Path, addresses: &app::BoundAddresses) -> 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    // SIGHUP reloads TLS certificates (each TLS listener watches for it);
+    // handled here too, so it never terminates the process.
+    let mut hangup = signal(SignalKind::hangup()).expect("cannot install the SIGHUP handler");
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: TLS listeners reload their certificate files");
+        }
+    });
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),

@@ -26,7 +26,7 @@ from echo.ttypes import EchoError  # noqa: E402,F401  (re-exported for the tests
 from thrift.Thrift import TApplicationException, TMessageType  # noqa: E402
 from thrift.protocol import TBinaryProtocol, TCompactProtocol, TMultiplexedProtocol  # noqa: E402
 from thrift.protocol.THeaderProtocol import THeaderProtocol  # noqa: E402
-from thrift.transport import TSocket, TTransport  # noqa: E402
+from thrift.transport import TSocket, TSSLSocket, TTransport  # noqa: E402
 from thrift.transport.THeaderTransport import (  # noqa: E402
     THeaderClientType,
     THeaderSubprotocolID,
@@ -247,6 +247,38 @@ def apply_overrides(config, server=None, workers=None, services=None, listeners=
     return config
 
 
+def make_pki(d, ca="ca", servers=("server",), clients=("client",)):
+    """A CA (`ca`.pem/.key), server certificates for localhost/127.0.0.1
+    (`NAME`.pem/.key, CN=NAME) and client certificates, signed by it, with
+    the openssl command line tool (EC P-256 keys). Returns `d`."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    def key(name):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key")
+
+    key(ca)
+    run("req", "-x509", "-new", "-key", f"{ca}.key", "-subj", f"/CN=thriftworker test {ca}", "-days", "2",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-out", f"{ca}.pem")
+    server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    client_ext = "extendedKeyUsage=clientAuth\n"
+    for name, ext in [(s, server_ext) for s in servers] + [(c, client_ext) for c in clients]:
+        key(name)
+        run("req", "-new", "-key", f"{name}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(ext + "basicConstraints=CA:FALSE\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return d
+
+
 # -- Thrift: protocols, clients, raw frames -------------------------------------
 
 
@@ -282,14 +314,18 @@ TRANSPORTS = ("framed", "buffered", "header")
 
 @contextlib.contextmanager
 def thrift_client(addr, protocol="binary", service=Echo, multiplexed=None, timeout=MAX_WAIT,
-                  transport="framed", zlib=False):
+                  transport="framed", zlib=False, tls=None):
     """A generated Python client on TSocket + `transport`: "framed"
     (TFramedTransport), "buffered" (TBufferedTransport: unframed) or "header"
     (THeaderProtocol over `protocol`, binary or compact; `zlib` adds the zlib
     transform; set info headers with `client._oprot.set_header(b"k", b"v")`
     before a call: they go with the next call only). `addr` is
-    (host, port); `multiplexed` names the service for TMultiplexedProtocol."""
-    sock = TSocket.TSocket(addr[0], addr[1])
+    (host, port); `multiplexed` names the service for TMultiplexedProtocol;
+    `tls`: TSSLSocket's keyword arguments (ca_certs, certfile, keyfile...)."""
+    if tls is None:
+        sock = TSocket.TSocket(addr[0], addr[1])
+    else:
+        sock = TSSLSocket.TSSLSocket(addr[0], addr[1], **tls)
     sock.setTimeout(int(timeout * 1000))
     if transport == "header":
         trans = sock

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import harness
 from harness import (
+    make_pki,
     Calc,
     Echo,
     RUST_DEFAULT_CREDIT,
@@ -784,37 +785,6 @@ def test_everything_with_the_address_from_env(dataplane, thriftctl):
 
 
 # -- TLS ----------------------------------------------------------------------------------
-
-
-def make_pki(d):
-    """A CA, a server certificate for localhost/127.0.0.1 and a client
-    certificate, with the openssl command line tool (EC P-256 keys)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    def key(name):
-        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key")
-
-    key("ca")
-    run("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=thriftworker test CA", "-days", "2",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", "ca.pem")
-    for name, ext in (
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ):
-        key(name)
-        run("req", "-new", "-key", f"{name}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr")
-        (d / f"{name}.ext").write_text(ext + "basicConstraints=CA:FALSE\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
-    return d
 
 
 def test_tls_with_client_certificates(dataplane, thriftctl, short_tmp):

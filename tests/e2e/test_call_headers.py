@@ -103,7 +103,7 @@ def test_a_rust_worker_falls_back_to_version_1_with_an_old_data_plane(processes,
     try:
         peer, hdr, *rest = router.recv_multipart()
         assert hdr == b"\x02\x01", hdr  # READY, version 2
-        router.send_multipart([peer, b"\x01\x05", b"unsupported worker protocol version 2 (this side speaks version 1)"])
+        router.send_multipart([peer, b"\x01\x05", b"refused: unsupported worker protocol version 2 (this side speaks version 1)"])
         peer, hdr, *rest = router.recv_multipart()
         assert hdr == b"\x01\x01", hdr  # READY again, version 1
         router.send_multipart([peer, b"\x01\x01", struct.pack(">I", 1000), b"w1"])

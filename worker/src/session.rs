@@ -150,8 +150,8 @@ impl Session<'_> {
     }
 
     /// READY as the newest version; a data plane that only speaks version 1
-    /// refuses it ("unsupported worker protocol version"), and is then
-    /// sent READY as version 1 on the same connection.
+    /// refuses it (DISCONNECT "refused: unsupported worker protocol version
+    /// 2 ..."), and is then sent READY as version 1 on the same connection.
     async fn handshake(&mut self) -> Result<Result<(), String>, WorkerError> {
         self.version = thriftworker_wire::VERSION;
         if let Err(e) = self.send(self.ready(self.version)).await {
@@ -182,7 +182,7 @@ impl Session<'_> {
                 }
                 Ok(Ok(ServerMsg::Disconnect { reason }))
                     if self.version > thriftworker_wire::VERSION_1
-                        && reason.starts_with(b"unsupported worker protocol version") =>
+                        && contains(&reason, b"unsupported worker protocol version") =>
                 {
                     tracing::info!("the data plane speaks worker protocol version 1: serving without call headers");
                     self.version = thriftworker_wire::VERSION_1;
@@ -311,4 +311,9 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// Whether `haystack` contains `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

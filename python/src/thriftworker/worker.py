@@ -469,7 +469,7 @@ class Worker:
         if self._leaving_since is not None:
             self._bye = True
             return
-        old_plane = reason.startswith("unsupported worker protocol version")
+        old_plane = "unsupported worker protocol version" in reason  # "refused: unsupported ..."
         if not reg.registered and reg.version > wire.VERSION_1 and old_plane:
             log.info("the data plane speaks worker protocol version 1: serving without call headers")
             reg.version = wire.VERSION_1

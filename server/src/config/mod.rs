@@ -301,6 +301,15 @@ pub struct ListenerConfig {
     /// Start with the acceptor paused.
     #[serde(default)]
     pub paused: bool,
+    /// TLS: the listener's certificate chain (PEM); with `tls_key`, the
+    /// listener speaks only TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Client certificates must chain to this CA (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 fn default_timeout() -> Duration {
@@ -661,6 +670,18 @@ impl ListenerConfig {
                     self.name
                 ));
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(format!(
+                "listener '{}': tls_cert and tls_key must be set together",
+                self.name
+            ));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(format!(
+                "listener '{}': tls_client_ca needs tls_cert and tls_key",
+                self.name
+            ));
         }
         check_count(
             &at("max_frame_size"),

@@ -22,6 +22,7 @@ use crate::data::dispatch::{Command, WorkerView};
 use crate::data::listener::{self, Listener, ListenerHandle};
 use crate::data::routes::Routes;
 use crate::data::service::ServiceInfo;
+use crate::data::tls::{ListenerTls, TlsFiles};
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::Stats;
 
@@ -295,12 +296,26 @@ impl Control {
             let _on_the_data_plane = self.runtime.enter();
             listener::bind(&config).map_err(|e| ControlError::FailedPrecondition(e.to_string()))?
         };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                ListenerTls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls_client_ca.clone(),
+                })
+                .map_err(|e| {
+                    ControlError::FailedPrecondition(format!("listener '{}': {e}", config.name))
+                })?,
+            )),
+            _ => None,
+        };
         let routes = Arc::new(ArcSwap::from_pointee(Self::routes_for(st, &config)));
         let ctx = ConnectionContext {
             listener: config.name.clone(),
             routes: routes.clone(),
             protocol: config.protocol,
             transport: config.transport.fixed(),
+            tls: tls.clone(),
             max_frame_size: config.max_frame_size,
             max_pipeline: config.max_pipeline,
             idle_timeout: config.idle_timeout,

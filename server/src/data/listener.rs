@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::connection::{self, ConnectionContext};
+use super::tls::{ListenerTls, WATCH_INTERVAL};
 use crate::config::{ListenerConfig, Ports};
 use crate::telemetry::ListenerStats;
 
@@ -168,6 +169,10 @@ impl Listener {
     ) {
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let stats = self.ctx.stats.clone();
+        if let Some(tls) = self.ctx.tls.clone() {
+            let name = self.handle.name.clone();
+            tracker.spawn(watch_tls(tls, name, stats.clone(), drain.clone()));
+        }
         loop {
             // Wait while paused (connections queue in the backlog).
             while *self.paused.borrow_and_update() {
@@ -230,6 +235,44 @@ impl Listener {
                 }
                 .instrument(span),
             );
+        }
+    }
+}
+
+/// Reloads a TLS listener's certificate files on SIGHUP and when they
+/// change on disk (checked every `WATCH_INTERVAL`), until `stop`.
+async fn watch_tls(
+    tls: Arc<ListenerTls>,
+    listener: String,
+    stats: Arc<ListenerStats>,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Without a SIGHUP stream (it cannot fail on Unix in practice), the
+    // files are still watched.
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let why = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if !tls.changed_on_disk() {
+                    continue;
+                }
+                "the files changed"
+            }
+            Some(()) = async { hangup.as_mut()?.recv().await } => "SIGHUP",
+        };
+        match tls.reload() {
+            Ok(()) => {
+                stats.tls_reloads.inc();
+                tracing::info!(%listener, why, "TLS certificate reloaded: new connections use it");
+            }
+            Err(error) => {
+                stats.tls_reload_failures.inc();
+                tracing::error!(%listener, why, %error, "TLS certificate reload failed: the previous one stays in use; fix the files");
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The data plane: what a call goes through.
 //!
-//! [`listener`] accepts → [`connection`] reads frames (via `thrift`),
+//! [`listener`] accepts (and [`tls`] terminates TLS on a TLS listener) →
+//! [`connection`] reads messages (via `thrift`),
 //! routes each call ([`routes`], [`service`]) and writes answers in order →
 //! [`dispatch`] queues, balances over workers by credit, enforces deadlines →
 //! [`transport`] carries it to a worker (ZeroMQ) and the reply back.
@@ -12,4 +13,5 @@ pub mod dispatch;
 pub mod listener;
 pub(crate) mod routes;
 pub mod service;
+pub mod tls;
 pub mod transport;

@@ -238,7 +238,19 @@ type ListenerFamily = (
 );
 
 /// One series per listener each: (name, type, help, value).
-const LISTENER_FAMILIES: [ListenerFamily; 9] = [
+const LISTENER_FAMILIES: [ListenerFamily; 11] = [
+    (
+        "thriftworker_listener_tls_reloads_total",
+        "counter",
+        "TLS configuration reloads (SIGHUP or changed files) that took effect.",
+        |l| l.tls_reloads.get(),
+    ),
+    (
+        "thriftworker_listener_tls_reload_failures_total",
+        "counter",
+        "TLS configuration reloads that failed (the previous configuration stays).",
+        |l| l.tls_reload_failures.get(),
+    ),
     (
         "thriftworker_listener_connections_accepted_total",
         "counter",

@@ -34,6 +34,8 @@ super::labelled_enum! {
     IoError => "io_error",
     /// The client accepted no answer bytes for `write_timeout`.
     WriteTimeout => "write_timeout",
+    /// The TLS handshake failed or timed out (TLS listeners).
+    TlsError => "tls_error",
 }
 
 /// How many transports there are.
@@ -63,6 +65,9 @@ pub struct ListenerStats {
     pub transport_connections: [Counter; TRANSPORTS],
     /// Messages read, by transport.
     pub transport_calls: [Counter; TRANSPORTS],
+    /// TLS configuration reloads that took effect, and that failed.
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
     /// Whether the acceptor is paused: the one place this is kept. The
     /// control API sets it, the acceptor waits on it, the views read it.
     pub paused: watch::Sender<bool>,
@@ -84,6 +89,8 @@ impl Default for ListenerStats {
             closed_with_calls_in_flight: Counter::default(),
             transport_connections: Default::default(),
             transport_calls: Default::default(),
+            tls_reloads: Counter::default(),
+            tls_reload_failures: Counter::default(),
             paused: watch::Sender::new(false),
             warn_limit: LogLimiter::default(),
         }

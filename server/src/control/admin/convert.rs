@@ -148,7 +148,21 @@ pub fn listener_config(
         max_pipeline: or(s.max_pipeline, config::default_max_pipeline()),
         backlog: config::default_backlog(),
         paused: s.paused,
+        tls_cert: path(s.tls_cert),
+        tls_key: path(s.tls_key),
+        tls_client_ca: path(s.tls_client_ca),
     })
+}
+
+/// An optional path from the API (empty: none).
+fn path(p: String) -> Option<std::path::PathBuf> {
+    (!p.is_empty()).then(|| p.into())
+}
+
+fn shown_path(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 pub fn listener_pb(v: &ListenerView) -> pb::Listener {
@@ -169,6 +183,9 @@ pub fn listener_pb(v: &ListenerView) -> pb::Listener {
             idle_timeout_ms: ms(c.idle_timeout),
             max_pipeline: c.max_pipeline as u64,
             paused: c.paused,
+            tls_cert: shown_path(&c.tls_cert),
+            tls_key: shown_path(&c.tls_key),
+            tls_client_ca: shown_path(&c.tls_client_ca),
             transport: match c.transport {
                 TransportSetting::Auto => pb::Transport::Auto,
                 TransportSetting::Framed => pb::Transport::Framed,
@@ -316,6 +333,8 @@ fn listener_stats_pb(name: String, l: &ListenerStats) -> pb::ListenerStats {
         paused: l.is_paused(),
         unknown_service: l.unknown_service.get(),
         invalid_type: l.invalid_type.get(),
+        tls_reloads: l.tls_reloads.get(),
+        tls_reload_failures: l.tls_reload_failures.get(),
         ..Default::default()
     };
     for r in CloseReason::ALL {
@@ -328,6 +347,7 @@ fn listener_stats_pb(name: String, l: &ListenerStats) -> pb::ListenerStats {
             CloseReason::Shutdown => &mut out.closed_shutdown,
             CloseReason::IoError => &mut out.closed_io_error,
             CloseReason::WriteTimeout => &mut out.closed_write_timeout,
+            CloseReason::TlsError => &mut out.closed_tls_error,
         };
         *field = l.closed_for(r);
     }

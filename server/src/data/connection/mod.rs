@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::call::Completion;
 use super::dispatch::Command;
 use super::routes::Routes;
+use super::tls::{ListenerTls, HANDSHAKE_TIMEOUT};
 use crate::config::ProtocolSetting;
 use crate::telemetry::{CloseReason, ListenerStats};
 use crate::thrift::framed::FrameError;
@@ -57,6 +57,8 @@ pub struct ConnectionContext {
     pub protocol: ProtocolSetting,
     /// `None`: detect per connection (`auto`).
     pub transport: Option<Transport>,
+    /// `Some`: a TLS listener (its configuration, reloadable).
+    pub tls: Option<Arc<ListenerTls>>,
     pub max_frame_size: usize,
     pub max_pipeline: usize,
     pub idle_timeout: Duration,
@@ -76,22 +78,81 @@ pub struct ConnectionContext {
 /// (calls read before it are still answered), and during drain. Only a
 /// write error, the write timeout or an aborted drain close it with calls
 /// unanswered.
+///
+/// On a TLS listener the handshake comes first, in this connection's own
+/// task (bounded by `HANDSHAKE_TIMEOUT`); one that fails closes the
+/// connection, counted as `tls_error`.
 pub async fn serve(
     stream: TcpStream,
     ctx: Arc<ConnectionContext>,
     drain: CancellationToken,
     abort: CancellationToken,
 ) {
-    let mut conn = Connection::new(stream, ctx, drain.is_cancelled());
-    let reason = conn.run(&drain, &abort).await;
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = ctx.tls.clone() else {
+        let (read, write) = stream.into_split();
+        return run(
+            Connection::new(read, write, peer, ctx, &drain),
+            &drain,
+            &abort,
+        )
+        .await;
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let failed = |error: &dyn std::fmt::Display| {
+        ctx.stats.closed(CloseReason::TlsError);
+        if let Some(suppressed) = ctx.stats.warn_limit.allow() {
+            tracing::warn!(listener = %ctx.listener, ?peer, %error, suppressed, "closing connection: TLS handshake failed");
+        }
+    };
+    tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => {
+                let (read, write) = tokio::io::split(stream);
+                run(Connection::new(read, write, peer, ctx, &drain), &drain, &abort).await
+            }
+            Ok(Err(e)) => failed(&e),
+            Err(_) => failed(&format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
+        },
+        _ = abort.cancelled() => ctx.stats.closed(CloseReason::Shutdown),
+    }
+}
+
+async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut conn: Connection<R, W>,
+    drain: &CancellationToken,
+    abort: &CancellationToken,
+) {
+    let reason = conn.run(drain, abort).await;
     conn.close(reason).await;
 }
 
-struct Connection {
+/// What the connection's write branch did.
+enum WriteOp {
+    Wrote(usize),
+    Flushed,
+}
+
+/// Writes what `out` holds, or flushes when it holds nothing.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    out: &mut bytes::BytesMut,
+) -> std::io::Result<WriteOp> {
+    if out.is_empty() {
+        write.flush().await.map(|()| WriteOp::Flushed)
+    } else {
+        write.write_buf(out).await.map(WriteOp::Wrote)
+    }
+}
+
+/// A connection over its read and write halves: a TCP stream's, or a TLS
+/// stream's.
+struct Connection<R, W> {
     ctx: Arc<ConnectionContext>,
     peer: Option<SocketAddr>,
-    frames: FramedRead<OwnedReadHalf, MessageDecoder>,
-    write: OwnedWriteHalf,
+    frames: FramedRead<R, MessageDecoder>,
+    write: W,
     /// Answers from the dispatcher; `tx` is handed to every call.
     completions: mpsc::Receiver<Completion>,
     tx: mpsc::Sender<Completion>,
@@ -106,13 +167,20 @@ struct Connection {
     read_done: Option<CloseReason>,
     idle_deadline: Instant,
     write_deadline: Instant,
+    /// A TLS stream may keep encrypted bytes of a write it reported done;
+    /// they leave on flush. Set after each write on a TLS connection.
+    unflushed: bool,
 }
 
-impl Connection {
-    fn new(stream: TcpStream, ctx: Arc<ConnectionContext>, draining: bool) -> Connection {
-        let peer = stream.peer_addr().ok();
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+    fn new(
+        read: R,
+        write: W,
+        peer: Option<SocketAddr>,
+        ctx: Arc<ConnectionContext>,
+        drain: &CancellationToken,
+    ) -> Connection<R, W> {
+        let draining = drain.is_cancelled();
         // Buffers start small or empty: most connections are idle most of
         // the time, and RSS per idle connection is a target
         // (docs/benchmarks.md). The decoder reserves exactly what a larger
@@ -132,6 +200,7 @@ impl Connection {
             transport: None,
             draining,
             read_done: None,
+            unflushed: false,
             idle_deadline: now + ctx.idle_timeout,
             write_deadline: now + ctx.write_timeout,
             ctx,
@@ -173,14 +242,16 @@ impl Connection {
                 // Inside the select, so a client that does not read never
                 // stops the connection from taking answers, noticing drain
                 // or abort.
-                written = self.write.write_buf(self.pipeline.out()), if writing => match written {
-                    Ok(0) | Err(_) => {
+                // Answers to write, or (TLS) encrypted bytes to flush.
+                done = write_or_flush(&mut self.write, self.pipeline.out()), if writing || self.unflushed => match done {
+                    Ok(WriteOp::Wrote(0)) | Err(_) => {
                         self.debug(None, "write failed");
                         return CloseReason::IoError;
                     }
-                    Ok(_) => self.touch(),
+                    Ok(WriteOp::Wrote(_)) => self.wrote(),
+                    Ok(WriteOp::Flushed) => self.unflushed = false,
                 },
-                _ = sleep_until(self.write_deadline), if writing => {
+                _ = sleep_until(self.write_deadline), if writing || self.unflushed => {
                     if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
                         tracing::warn!(
                             listener = %self.ctx.listener,
@@ -342,10 +413,19 @@ impl Connection {
         }
         self.ctx.stats.bytes_out.add(added as u64);
         if was_empty {
-            match self.write.try_write(self.pipeline.out()) {
-                Ok(n) => self.pipeline.written(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
+            // One attempt, without waiting (what the socket does not take
+            // now, the select writes when it can).
+            match self.write.write(self.pipeline.out()).now_or_never() {
+                Some(Ok(0)) => {
+                    self.debug(None, "write failed");
+                    return Err(CloseReason::IoError);
+                }
+                Some(Ok(n)) => {
+                    self.pipeline.written(n);
+                    self.unflushed = self.ctx.tls.is_some();
+                }
+                None => {}
+                Some(Err(e)) => {
                     self.debug(Some(&e), "write failed");
                     return Err(CloseReason::IoError);
                 }
@@ -377,6 +457,12 @@ impl Connection {
                 "{what}",
             );
         }
+    }
+
+    /// A write went through: on TLS its records may still need a flush.
+    fn wrote(&mut self) {
+        self.unflushed = self.ctx.tls.is_some();
+        self.touch();
     }
 
     /// The client took bytes: it is neither idle nor failing to read.
