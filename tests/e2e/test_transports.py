@@ -85,7 +85,7 @@ def test_lax_binary_needs_an_unframed_listener(dataplane, worker):
         assert client.echo("compact unframed") == "compact unframed"
 
 
-def test_every_transport_at_once_on_one_auto_port(dataplane, worker):
+def test_every_transport_at_once_on_one_auto_port(dataplane, worker, thriftctl):
     dp = dataplane()
     worker()
     kinds = [(t, p) for t in ("framed", "buffered", "header") for p in ("binary", "compact")]
@@ -100,6 +100,10 @@ def test_every_transport_at_once_on_one_auto_port(dataplane, worker):
     assert results == [[f"{i}:{n}" for n in range(20)] for i in range(24)]
     for label in ("framed", "unframed", "header"):
         assert metric(dp, "thriftworker_listener_transport_connections_total", listener="echo", transport=label) == 8
+    # The admin API's view of the same counters.
+    stats = {entry["name"]: entry for entry in thriftctl(dp).ok("stats")["listeners"]}
+    assert stats["echo"]["transport_connections"] == {"framed": 8, "header": 8, "unframed": 8}
+    assert stats["echo"]["transport_calls"] == {"framed": 160, "header": 160, "unframed": 160}
 
 
 def test_rust_client_buffered_transport(dataplane, worker):

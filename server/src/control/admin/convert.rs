@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::control::{ControlError, ListenerView, ServiceView};
 use crate::telemetry::{CloseReason, ListenerStats, MethodStats, Outcome, ServiceStats, Stats};
+use crate::thrift::Transport;
 
 pub fn status(e: ControlError) -> Status {
     match e {
@@ -335,6 +336,19 @@ fn listener_stats_pb(name: String, l: &ListenerStats) -> pb::ListenerStats {
         invalid_type: l.invalid_type.get(),
         tls_reloads: l.tls_reloads.get(),
         tls_reload_failures: l.tls_reload_failures.get(),
+        transport_connections: Transport::ALL
+            .iter()
+            .map(|t| {
+                (
+                    t.label().to_string(),
+                    l.transport_connections[t.index()].get(),
+                )
+            })
+            .collect(),
+        transport_calls: Transport::ALL
+            .iter()
+            .map(|t| (t.label().to_string(), l.transport_calls[t.index()].get()))
+            .collect(),
         ..Default::default()
     };
     for r in CloseReason::ALL {
