@@ -341,24 +341,29 @@ impl Request {
     /// Encodes a REQUEST as its frames: four (version 1) or, with headers,
     /// five (version 2). The only allocation is the 13-byte meta frame;
     /// service, message and headers are reference-counted.
-    pub fn encode(self) -> impl Iterator<Item = Bytes> {
+    pub fn encode(mut self) -> impl Iterator<Item = Bytes> {
+        let headers = std::mem::take(&mut self.headers);
+        let v2 = !headers.is_empty();
+        let mut frames = self.encode_v1();
+        if v2 {
+            frames[0] = Bytes::from_static(&HDR_REQUEST_V2);
+        }
+        frames.into_iter().chain(v2.then_some(headers))
+    }
+
+    /// The four frames of a REQUEST without headers (version 1): what the
+    /// data plane sends for almost every call. `headers` is ignored.
+    pub fn encode_v1(self) -> [Bytes; 4] {
         let mut meta = BytesMut::with_capacity(13);
         meta.put_u64(self.id);
         meta.put_u32(self.timeout_ms);
         meta.put_u8(self.protocol as u8);
-        let (hdr, headers) = if self.headers.is_empty() {
-            (&HDR_REQUEST, None)
-        } else {
-            (&HDR_REQUEST_V2, Some(self.headers))
-        };
         [
-            Bytes::from_static(hdr),
+            Bytes::from_static(&HDR_REQUEST),
             meta.freeze(),
             self.service,
             self.message,
         ]
-        .into_iter()
-        .chain(headers)
     }
 }
 

@@ -92,6 +92,9 @@ class Supervisor:
                 self._spawn(slot, self.generation)
             while self.exit_status is None or self._alive():
                 self._turn()
+            # The last children may have exited after the last turn's reap
+            # (`_alive` sees them gone): log their exits too.
+            self._reap()
         finally:
             signal.set_wakeup_fd(-1)
             for s, h in old.items():

@@ -59,9 +59,10 @@ pub struct ReplyTo {
 pub struct Completion {
     pub slot: u32,
     pub message: Bytes,
-    /// Reply headers from the worker (a headers frame; empty: none),
-    /// written only on the header transport.
-    pub headers: Bytes,
+    /// Reply headers from the worker (a headers frame), written only on the
+    /// header transport; `None` for almost every reply (boxed: the
+    /// completion stays small on its way through the channel).
+    pub headers: Option<Box<Bytes>>,
 }
 
 #[cfg(test)]

@@ -67,14 +67,15 @@ impl ReplyFraming {
     /// Appends `message` to `out` in this framing. `headers` (a worker
     /// protocol headers frame from the worker; empty: none) go with it on
     /// the header transport and nowhere else; a malformed frame is dropped.
-    pub fn encode(&self, message: &[u8], headers: &Bytes, out: &mut BytesMut) {
+    #[inline]
+    pub fn encode(&self, message: &[u8], headers: Option<&Bytes>, out: &mut BytesMut) {
         match self {
             ReplyFraming::Framed => framed::encode(message, out),
             ReplyFraming::Unframed => out.extend_from_slice(message),
-            ReplyFraming::Header(reply) if headers.is_empty() => {
-                header::encode(message, reply, &[], out)
-            }
             ReplyFraming::Header(reply) => {
+                let Some(headers) = headers else {
+                    return header::encode(message, reply, &[], out);
+                };
                 let pairs = thriftworker_wire::decode_headers(headers).unwrap_or_default();
                 let pairs: Vec<(&[u8], &[u8])> =
                     pairs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
@@ -116,7 +117,7 @@ pub enum TransportError {
     },
     #[error("connection closed in the middle of an unframed message ({0} bytes buffered)")]
     UnframedTruncated(usize),
-    #[error("a {got} message on a connection that uses the {expected} transport")]
+    #[error("{got} message on a connection that uses the {expected} transport")]
     NotAllowed {
         got: &'static str,
         expected: &'static str,
@@ -218,8 +219,12 @@ impl MessageDecoder {
 
     fn decode_header(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, TransportError> {
         if src.len() >= 6 && src[4..6] != header::MAGIC {
+            // Name what it looks like: an unframed message's first bytes are
+            // its protocol's version, anything else reads as a frame length.
+            let unframed = matches!(src[..2], [binary::STRICT_FIRST_BYTE, 0x01])
+                || (src[0] == compact::PROTOCOL_ID && src[1] & 0x1f == 1);
             return Err(TransportError::NotAllowed {
-                got: "framed",
+                got: if unframed { "an unframed" } else { "a framed" },
                 expected: "header",
             });
         }
@@ -398,6 +403,14 @@ mod tests {
             d.decode(&mut framed_bytes),
             Err(TransportError::NotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn a_fixed_header_listener_names_what_it_refused() {
+        let mut unframed = BytesMut::from(&call(Protocol::Compact)[..]);
+        let mut d = MessageDecoder::new(Some(Transport::Header), 1 << 20);
+        let e = d.decode(&mut unframed).unwrap_err().to_string();
+        assert!(e.contains("an unframed message"), "{e}");
     }
 
     #[test]

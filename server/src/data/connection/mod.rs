@@ -119,13 +119,35 @@ pub async fn serve(
     }
 }
 
-async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+async fn run<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin>(
     mut conn: Connection<R, W>,
     drain: &CancellationToken,
     abort: &CancellationToken,
 ) {
     let reason = conn.run(drain, abort).await;
     conn.close(reason).await;
+}
+
+/// A write that never waits: `Ok(None)` when the stream takes nothing now.
+trait TryWriteNow {
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<Option<usize>>;
+}
+
+impl TryWriteNow for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<Option<usize>> {
+        match self.try_write(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TryWriteNow for tokio::io::WriteHalf<S> {
+    /// One poll of a write (a TLS stream has no `try_write`).
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<Option<usize>> {
+        self.write(buf).now_or_never().transpose()
+    }
 }
 
 /// What the connection's write branch did.
@@ -172,7 +194,7 @@ struct Connection<R, W> {
     unflushed: bool,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+impl<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin> Connection<R, W> {
     fn new(
         read: R,
         write: W,
@@ -415,17 +437,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         if was_empty {
             // One attempt, without waiting (what the socket does not take
             // now, the select writes when it can).
-            match self.write.write(self.pipeline.out()).now_or_never() {
-                Some(Ok(0)) => {
+            match self.write.try_write_now(self.pipeline.out()) {
+                Ok(Some(0)) => {
                     self.debug(None, "write failed");
                     return Err(CloseReason::IoError);
                 }
-                Some(Ok(n)) => {
+                Ok(Some(n)) => {
                     self.pipeline.written(n);
                     self.unflushed = self.ctx.tls.is_some();
                 }
-                None => {}
-                Some(Err(e)) => {
+                Ok(None) => {}
+                Err(e) => {
                     self.debug(Some(&e), "write failed");
                     return Err(CloseReason::IoError);
                 }

@@ -26,7 +26,7 @@ struct Slot {
     /// `Some` once the answer is here.
     answer: Option<Bytes>,
     /// Reply headers from the worker (header transport only).
-    headers: Bytes,
+    headers: Option<Box<Bytes>>,
     framing: ReplyFraming,
 }
 
@@ -61,13 +61,14 @@ impl Pipeline {
     pub fn push(&mut self, answer: Option<Bytes>, framing: ReplyFraming) {
         self.pending.push_back(Slot {
             answer,
-            headers: Bytes::new(),
+            headers: None,
             framing,
         });
     }
 
     /// The answer for `slot` arrived, with the worker's reply headers.
-    pub fn complete(&mut self, slot: u32, message: Bytes, headers: Bytes) {
+    #[inline]
+    pub fn complete(&mut self, slot: u32, message: Bytes, headers: Option<Box<Bytes>>) {
         let idx = slot.wrapping_sub(self.base) as usize;
         if let Some(entry) = self.pending.get_mut(idx) {
             entry.answer = Some(message);
@@ -90,7 +91,7 @@ impl Pipeline {
             }) = self.pending.pop_front()
             {
                 self.base = self.base.wrapping_add(1);
-                framing.encode(&msg, &headers, &mut self.out);
+                framing.encode(&msg, headers.as_deref(), &mut self.out);
             }
         }
         self.out.len() - before
@@ -158,11 +159,11 @@ mod tests {
         );
         p.push(None, ReplyFraming::Framed);
         assert_eq!((a, b, c), (u32::MAX - 1, u32::MAX, 0));
-        p.complete(c, Bytes::from_static(b"c"), Bytes::new());
-        p.complete(b, Bytes::from_static(b"b"), Bytes::new());
+        p.complete(c, Bytes::from_static(b"c"), None);
+        p.complete(b, Bytes::from_static(b"b"), None);
         assert_eq!(p.frame_ready(), 0, "a is not answered: nothing leaves");
         assert_eq!(p.unanswered(), 1);
-        p.complete(a, Bytes::from_static(b"a"), Bytes::new());
+        p.complete(a, Bytes::from_static(b"a"), None);
         assert_eq!(p.frame_ready(), 15);
         assert_eq!(frames(&mut p), ["a", "b", "c"]);
         assert!(p.is_idle());
@@ -175,8 +176,8 @@ mod tests {
         assert!(p.has_room());
         p.push(None, ReplyFraming::Framed);
         assert!(!p.has_room());
-        p.complete(0, Bytes::from(vec![0u8; WRITE_HIGH_WATER]), Bytes::new());
-        p.complete(1, Bytes::from_static(b"x"), Bytes::new());
+        p.complete(0, Bytes::from(vec![0u8; WRITE_HIGH_WATER]), None);
+        p.complete(1, Bytes::from_static(b"x"), None);
         p.frame_ready();
         assert!(!p.has_room(), "a full output buffer stops reading");
         let n = p.out().len();

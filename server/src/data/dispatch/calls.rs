@@ -300,7 +300,12 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 _ => Bytes::new(),
             },
         };
-        if let Err(e) = self.transport.send(&peer, request.encode()) {
+        let sent = if request.headers.is_empty() {
+            self.transport.send(&peer, request.encode_v1())
+        } else {
+            self.transport.send(&peer, request.encode())
+        };
+        if let Err(e) = sent {
             // A send to a peer that just died may also succeed and be lost;
             // either way the call is tracked in `in_flight` and answered when
             // the worker is declared dead.
@@ -456,7 +461,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
         let _ = reply.tx.try_send(Completion {
             slot: reply.slot,
             message,
-            headers: Bytes::new(),
+            headers: None,
         });
     }
 }

@@ -320,7 +320,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 let _ = reply.tx.try_send(Completion {
                     slot: reply.slot,
                     message,
-                    headers,
+                    headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 });
             }
             Err(outcome) => {
