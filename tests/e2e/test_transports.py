@@ -263,27 +263,19 @@ def test_unsupported_header_transforms_and_protocols_are_answered_then_closed(se
     assert_unharmed(dp, client)
 
 
-def test_fixed_transport_listeners_take_only_their_transport(dataplane, worker):
-    dp = dataplane(listeners={"echo": {"transport": "framed"}})
+@pytest.mark.parametrize("transport, protocol, foreign, reason", [
+    # An unframed call on a framed listener reads as a frame length of
+    # 0x80010001: negative.
+    ("framed", "binary", encode_message("echo", echo_args("unframed"), 1), "bad_frame"),
+    ("header", "compact", frame(encode_message("echo", echo_args("framed"), 1)), "protocol_error"),
+])
+def test_fixed_transport_listeners_take_only_their_transport(dataplane, worker, transport, protocol, foreign, reason):
+    dp = dataplane(listeners={"echo": {"transport": transport}})
     worker()
-    with thrift_client(dp.addr("echo"), "binary", transport="framed") as client:
-        assert client.echo("framed") == "framed"
+    with thrift_client(dp.addr("echo"), protocol, transport=transport) as client:
+        assert client.echo(transport) == transport
     with RawConnection(dp.addr("echo")) as conn:
-        # An unframed call on a framed listener reads as a frame length of
-        # 0x80010001: negative.
-        conn.send(encode_message("echo", echo_args("unframed"), 1))
+        conn.send(foreign)
         assert conn.closed_by_peer(5)
     wait_for(lambda: metric(dp, "thriftworker_listener_connections_closed_total",
-                            listener="echo", reason="bad_frame") == 1, 5, "counted as bad_frame")
-
-
-def test_header_listener_refuses_plain_frames(dataplane, worker):
-    dp = dataplane(listeners={"echo": {"transport": "header"}})
-    worker()
-    with thrift_client(dp.addr("echo"), "compact", transport="header") as client:
-        assert client.echo("header") == "header"
-    with RawConnection(dp.addr("echo")) as conn:
-        conn.send(frame(encode_message("echo", echo_args("framed"), 1)))
-        assert conn.closed_by_peer(5)
-    wait_for(lambda: metric(dp, "thriftworker_listener_connections_closed_total",
-                            listener="echo", reason="protocol_error") == 1, 5, "counted as protocol_error")
+                            listener="echo", reason=reason) == 1, 5, f"counted as {reason}")
