@@ -167,7 +167,7 @@ impl Built {
         let admin = self.admin.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(
-                addr = ?addr,
+                addr = addr.map(tracing::field::display),
                 token = self.config.admin.token.is_some(),
                 tls = self.config.admin.tls_cert.is_some(),
                 "admin API listening",
@@ -192,7 +192,7 @@ impl Built {
         let metrics = self.metrics.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(
-                addr = ?addr,
+                addr = addr.map(tracing::field::display),
                 "metrics and probes listening (/metrics, /healthz, /readyz)",
             );
             let serve = metrics::serve(listener, self.stats.clone(), stop.clone());

@@ -75,8 +75,14 @@ fn start_watchdog(stats: std::sync::Arc<Stats>) {
 fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid --log filter '{filter}'"))?;
+    // Colour only on a terminal (a log file or a pipe gets plain text), and
+    // never with NO_COLOR set (https://no-color.org).
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = std::io::stderr().is_terminal() && !no_color;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

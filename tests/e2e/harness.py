@@ -71,11 +71,16 @@ def wait_for(predicate, timeout=10.0, message="condition", context=None, interva
 
 def clean_env(**extra):
     """The environment for a child: ours without THRIFTWORKER_* settings (a
-    stray variable would change what the test means), no colours."""
+    stray variable would change what the test means), no colours. An extra
+    variable given as None is removed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTWORKER_")}
     env["NO_COLOR"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
-    env.update({k: str(v) for k, v in extra.items()})
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = str(v)
     return env
 
 

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from harness import RawConnection, TMessageType, encode_message, echo_args, frame, raw_echo
+from harness import RawConnection, TMessageType, encode_message, echo_args, frame, raw_echo, wait_for
 
 MAX_FRAME = 1024
 
@@ -66,3 +66,18 @@ def test_truncated_frame_then_close(setup):
         assert bad.closed_by_peer(5), f"connection not closed after EOF mid-frame\n{dp.tail()}"
     assert_unharmed(dp, good, 4)
 
+
+
+def test_logs_to_a_pipe_have_no_colour_codes_and_plain_fields(dataplane, worker):
+    """stderr is a pipe here (not a terminal) and NO_COLOR is unset: the log
+    has no ANSI escapes, and optional fields print their value, not Some(..)."""
+    dp = dataplane(env={"NO_COLOR": None}, listeners={"echo": {"max_frame_size": MAX_FRAME}})
+    worker()
+    with RawConnection(dp.addr("echo")) as bad:
+        bad.send(BAD_INPUTS["negative_length"])
+        assert bad.closed_by_peer(5)
+    wait_for(lambda: "closing connection: bad" in dp.stderr, 5, "the bad frame logged", dp.tail)
+    assert "\x1b[" not in dp.stderr, repr(dp.stderr[:300])
+    line = next(x for x in dp.stderr.splitlines() if "closing connection: bad" in x)
+    assert "peer=127.0.0.1:" in line and "Some(" not in line, line
+    assert "Some(" not in dp.stderr, [x for x in dp.stderr.splitlines() if "Some(" in x]

@@ -175,8 +175,12 @@ fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
             .with_context(|| format!("invalid RUST_LOG filter '{f}'"))?,
         _ => tracing_subscriber::EnvFilter::new("info,zeromq=error"),
     };
+    // Colour only on a terminal, and never with NO_COLOR set.
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -142,7 +142,7 @@ fn check_token(expected: Option<&[u8]>, req: &Request<()>) -> Result<(), Status>
         return Ok(());
     }
     tracing::warn!(
-        peer = ?req.remote_addr(),
+        peer = req.remote_addr().map(tracing::field::display),
         token_present = given.is_some(),
         "admin call rejected: missing or invalid bearer token"
     );

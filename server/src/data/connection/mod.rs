@@ -103,7 +103,7 @@ pub async fn serve(
     let failed = |error: &dyn std::fmt::Display| {
         ctx.stats.closed(CloseReason::TlsError);
         if let Some(suppressed) = ctx.stats.warn_limit.allow() {
-            tracing::warn!(listener = %ctx.listener, ?peer, %error, suppressed, "closing connection: TLS handshake failed");
+            tracing::warn!(listener = %ctx.listener, peer = peer.map(tracing::field::display), %error, suppressed, "closing connection: TLS handshake failed");
         }
     };
     tokio::select! {
@@ -277,7 +277,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin> Connection<R, W>
                     if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
                         tracing::warn!(
                             listener = %self.ctx.listener,
-                            peer = ?self.peer,
+                            peer = self.peer.map(tracing::field::display),
                             timeout = ?self.ctx.write_timeout,
                             suppressed,
                             "closing connection: the client does not read its answers",
@@ -461,7 +461,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin> Connection<R, W>
     fn debug(&self, error: Option<&dyn std::fmt::Display>, what: &str) {
         tracing::debug!(
             listener = %self.ctx.listener,
-            peer = ?self.peer,
+            peer = self.peer.map(tracing::field::display),
             error = error.map(tracing::field::display),
             "{what}",
         );
@@ -473,7 +473,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin> Connection<R, W>
         if let Some(suppressed) = self.ctx.stats.warn_limit.allow() {
             tracing::warn!(
                 listener = %self.ctx.listener,
-                peer = ?self.peer,
+                peer = self.peer.map(tracing::field::display),
                 error = %error,
                 suppressed,
                 "{what}",
