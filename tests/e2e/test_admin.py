@@ -618,14 +618,16 @@ def test_health_per_service(dataplane, worker, thriftctl, admin_channel):
     ctl.fails("NOT_FOUND", "health", "--service", "Nope")
 
 
-def test_reflection_lists_the_services(dataplane, admin_channel):
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_the_services(dataplane, admin_channel, version):
     from grpc_reflection.v1alpha import reflection_pb2
 
     dp = dataplane()
     ch = admin_channel(dp)
     # grpcio-reflection ships the v1alpha messages; v1's are the same on the wire.
+    # v1alpha is what older grpcurl and tooling speak.
     call = ch.stream_stream(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
         request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
         response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
     )

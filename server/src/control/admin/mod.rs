@@ -84,10 +84,18 @@ pub async fn serve(
     })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(health, ctx.clone()));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(thriftworker_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha for older grpcurl and
+    // tooling that only speak it.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(thriftworker_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| AdminError::Serve(e.to_string()))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| AdminError::Serve(e.to_string()))?;
     let token = config.token.clone().map(|t| t.0);
     let admin = pb::admin_server::AdminServer::with_interceptor(
@@ -119,6 +127,7 @@ pub async fn serve(
     builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
