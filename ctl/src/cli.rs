@@ -135,6 +135,14 @@ CLOSED-BAD: connections closed for a bad frame, a frame too large or a
 protocol error.")]
     Stats(StatsArgs),
 
+    /// Shows the data plane's log filter, or replaces it at run time (not
+    /// persisted: a restart uses --log again).
+    #[command(
+        name = "log-level",
+        after_help = "Examples:\n  thriftctl log-level\n  thriftctl log-level 'info,thriftworker::data=debug'\n  thriftctl log-level info"
+    )]
+    LogLevel(LogLevelArgs),
+
     /// Drains and stops thriftworker (like SIGTERM): stops accepting, lets
     /// calls in flight finish, then exits.
     #[command(after_help = "Examples:\n  thriftctl drain\n  thriftctl drain --timeout 1m")]
@@ -421,6 +429,14 @@ pub struct StatsArgs {
         requires = "watch"
     )]
     pub interval: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogLevelArgs {
+    /// The new filter (tracing EnvFilter syntax, as thriftworker --log);
+    /// without it, the filter in force is shown.
+    #[arg(value_name = "FILTER")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

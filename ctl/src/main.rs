@@ -23,8 +23,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
 use cli::{
-    Cli, Command, DrainArgs, HealthArgs, ListenerAddArgs, ListenerTarget, ListenersCmd, Output,
-    ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs, TransportArg, WorkersCmd,
+    Cli, Command, DrainArgs, HealthArgs, ListenerAddArgs, ListenerTarget, ListenersCmd,
+    LogLevelArgs, Output, ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs, TransportArg,
+    WorkersCmd,
 };
 use client::Conn;
 
@@ -123,6 +124,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Workers(cmd) => workers(&conn, output, cmd).await,
         Command::Stats(args) => stats(&conn, output, args).await,
         Command::Drain(args) => drain(&conn, output, args).await,
+        Command::LogLevel(args) => log_level(&conn, output, args).await,
         Command::Health(args) => health(&conn, output, args).await,
         Command::Completions(_) => unreachable!("handled above"),
     }
@@ -445,6 +447,32 @@ async fn stats(conn: &Conn, output: Output, args: StatsArgs) -> Result<()> {
 }
 
 // -- drain, health --------------------------------------------------------------
+
+async fn log_level(conn: &Conn, output: Output, args: LogLevelArgs) -> Result<()> {
+    let mut admin = conn.admin();
+    let level = match args.filter {
+        None => {
+            conn.call(
+                "get log level",
+                conn.timeout,
+                admin.get_log_level(conn.request(pb::GetLogLevelRequest {})),
+            )
+            .await?
+        }
+        Some(filter) => {
+            conn.call(
+                "set log level",
+                conn.timeout,
+                admin.set_log_level(conn.request(pb::SetLogLevelRequest { filter })),
+            )
+            .await?
+        }
+    };
+    let shown = model::LogLevel {
+        filter: level.filter,
+    };
+    show(output, &shown, |l| format!("{}\n", l.filter))
+}
 
 async fn drain(conn: &Conn, output: Output, args: DrainArgs) -> Result<()> {
     let mut admin = conn.admin();

@@ -32,6 +32,12 @@ pub struct Service {
     pub draining: bool,
 }
 
+/// The data plane's log filter.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogLevel {
+    pub filter: String,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServiceList {
     pub services: Vec<Service>,

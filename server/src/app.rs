@@ -22,6 +22,7 @@ use crate::data::service::ServiceInfo;
 use crate::data::transport::{self, TransportError, ZmqTransport};
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::http::{self as metrics, MetricsError};
+use crate::telemetry::log_filter::LogFilter;
 use crate::telemetry::Stats;
 
 /// Why the data plane could not start.
@@ -51,6 +52,16 @@ pub struct Built {
     admin: Option<std::net::TcpListener>,
     metrics: Option<std::net::TcpListener>,
     listeners: Vec<ListenerHandle>,
+    /// The log filter, if the binary made it reloadable.
+    log_filter: Option<Arc<LogFilter>>,
+}
+
+impl Built {
+    /// Lets the admin API read and replace the log filter at run time.
+    pub fn with_log_filter(mut self, filter: LogFilter) -> Built {
+        self.log_filter = Some(Arc::new(filter));
+        self
+    }
 }
 
 /// The addresses actually bound.
@@ -117,6 +128,7 @@ pub async fn build(mut config: Config) -> Result<Built, BuildError> {
         admin,
         metrics,
         listeners,
+        log_filter: None,
     })
 }
 
@@ -177,6 +189,7 @@ impl Built {
                 stats: self.stats.clone(),
                 lifecycle: lifecycle.clone(),
                 workers_changed,
+                log_filter: self.log_filter.clone(),
             };
             let config: AdminConfig = self.config.admin.clone();
             let (stop, lifecycle) = (stop.clone(), lifecycle.clone());

@@ -6,12 +6,13 @@ use clap::Parser;
 use thriftworker::app;
 use thriftworker::config::{Cli, Config, LogFormat};
 use thriftworker::lifecycle;
+use thriftworker::telemetry::log_filter::LogFilter;
 use thriftworker::telemetry::Stats;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
-    init_tracing(&cli.log, config.server.log_format)?;
+    let log_filter = init_tracing(&cli.log, config.server.log_format)?;
     lifecycle::install_panic_hook();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.server.threads > 0 {
@@ -23,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
-        let built = app::build(config).await?;
+        let built = app::build(config).await?.with_log_filter(log_filter);
         if let Some(path) = &cli.ready_file {
             write_ready_file(path, &built.addresses())?;
         }
@@ -72,7 +73,9 @@ fn start_watchdog(stats: std::sync::Arc<Stats>) {
     }
 }
 
-fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+/// Installs the subscriber; returns the handle that lets the admin API read
+/// and replace its filter at run time.
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogFilter> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid --log filter '{filter}'"))?;
     // Colour only on a terminal (a log file or a pipe gets plain text), and
@@ -84,11 +87,28 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    // Each format has its own subscriber type: its reload handle is wrapped
+    // in the same two closures.
+    macro_rules! reloadable {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            let get = handle.clone();
+            LogFilter::new(
+                move || get.with_current(|f| f.to_string()).unwrap_or_default(),
+                move |new| {
+                    let f =
+                        tracing_subscriber::EnvFilter::try_new(new).map_err(|e| e.to_string())?;
+                    handle.reload(f).map_err(|e| e.to_string())
+                },
+            )
+        }};
     }
-    Ok(())
+    Ok(match format {
+        LogFormat::Text => reloadable!(builder),
+        LogFormat::Json => reloadable!(builder.json()),
+    })
 }
 
 /// Writes the bound addresses as JSON, atomically (write + rename), so a

@@ -854,3 +854,42 @@ def test_counts_follow_workers_coming_and_going(dataplane, worker, thriftctl):
     wait_counts((1, 1, 1, 3), 10, "the worker that left to be gone")
     rude.signal(signal.SIGKILL)
     wait_counts((0, 0, 0, 0), 10, "the killed worker to be gone")
+
+
+# -- runtime log level ----------------------------------------------------------------
+
+
+def test_log_level_is_read_and_changed_at_run_time(dataplane, worker, thriftctl):
+    dp = dataplane(args=["--log", "info"])
+    worker()
+    ctl = thriftctl(dp)
+    assert ctl.ok("log-level") == {"filter": "info"}
+    r = ctl.run("--output", "table", "log-level")
+    assert (r.rc, r.stdout) == (0, "info\n"), r
+
+    def accepted_lines():
+        return dp.stderr.count("connection accepted")
+
+    # At info, connections are not logged.
+    with thrift_client(dp.addr("echo")) as client:
+        assert client.echo("quiet") == "quiet"
+    assert accepted_lines() == 0
+
+    new = "info,thriftworker::data::listener=debug"
+
+    def directives(filter_text):
+        # The filter in force is shown in tracing's own order.
+        return sorted(filter_text.split(","))
+
+    assert directives(ctl.ok("log-level", new)["filter"]) == directives(new)
+    wait_for(lambda: "log filter changed through the admin API" in dp.stderr, 5, "the change logged", dp.tail)
+    line = next(x for x in dp.stderr.splitlines() if "log filter changed" in x)
+    assert "peer=127.0.0.1:" in line and 'before=info' in line, line
+    with thrift_client(dp.addr("echo")) as client:
+        assert client.echo("loud") == "loud"
+    wait_for(lambda: accepted_lines() == 1, 5, "a connection logged at debug", dp.tail)
+
+    # An invalid filter is refused; the one in force stays.
+    err = ctl.fails("INVALID_ARGUMENT", "log-level", "thriftworker=notalevel")
+    assert "invalid log filter" in err, err
+    assert directives(ctl.ok("log-level")["filter"]) == directives(new)

@@ -4,6 +4,7 @@
 //! - [`counters`], [`histogram`]: lock-free counter kinds;
 //! - [`stats`]: the registry (per listener, service, method, worker);
 //! - [`health`]: the process's state behind the probes;
+//! - [`log_filter`]: the log filter, replaceable at run time;
 //! - [`exposition`]: the Prometheus text format; [`http`]: `/metrics`,
 //!   `/healthz` and `/readyz` on their own port.
 //!
@@ -43,6 +44,7 @@ pub mod exposition;
 pub mod health;
 pub mod histogram;
 pub mod http;
+pub mod log_filter;
 pub mod outcome;
 pub mod stats;
 

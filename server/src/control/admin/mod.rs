@@ -24,6 +24,7 @@ use tonic::{Request, Status};
 use crate::config::AdminConfig;
 use crate::control::Control;
 use crate::lifecycle::Lifecycle;
+use crate::telemetry::log_filter::LogFilter;
 use crate::telemetry::Stats;
 
 pub mod convert;
@@ -68,6 +69,8 @@ pub struct AdminContext {
     /// The Drain RPC asks it for a drain; health reads whether it drains.
     pub lifecycle: Arc<Lifecycle>,
     pub workers_changed: watch::Receiver<u64>,
+    /// `None`: the process cannot change its log filter (tests).
+    pub log_filter: Option<Arc<LogFilter>>,
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled.

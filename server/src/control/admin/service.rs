@@ -19,6 +19,15 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// The reloadable log filter, or why there is none.
+    fn log_filter(&self) -> Result<&crate::telemetry::log_filter::LogFilter, Status> {
+        self.ctx.log_filter.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this process cannot change its log filter (it was not started by the thriftworker binary)",
+            )
+        })
+    }
+
     async fn listener_list(&self) -> pb::ListListenersResponse {
         let listeners = self
             .ctx
@@ -211,6 +220,39 @@ impl pb::admin_server::Admin for AdminService {
         let timeout = (t > 0).then(|| Duration::from_millis(t));
         self.ctx.lifecycle.request_drain(timeout);
         Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn get_log_level(
+        &self,
+        _req: Request<pb::GetLogLevelRequest>,
+    ) -> Result<Response<pb::LogLevel>, Status> {
+        let filter = self.log_filter()?;
+        Ok(Response::new(pb::LogLevel {
+            filter: filter.current(),
+        }))
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::LogLevel>, Status> {
+        let peer = req.remote_addr();
+        let wanted = req.into_inner().filter;
+        let filter = self.log_filter()?;
+        let before = filter.current();
+        filter.replace(wanted.trim()).map_err(|e| {
+            Status::invalid_argument(format!(
+                "invalid log filter: {e} (examples: \"info\", \"info,thriftworker::data=debug\")"
+            ))
+        })?;
+        let now = filter.current();
+        tracing::warn!(
+            peer = peer.map(tracing::field::display),
+            before = %before,
+            now = %now,
+            "log filter changed through the admin API"
+        );
+        Ok(Response::new(pb::LogLevel { filter: now }))
     }
 
     async fn get_stats(
