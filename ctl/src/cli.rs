@@ -395,6 +395,14 @@ pub enum WorkersCmd {
         service: Option<String>,
     },
 
+    /// Cordons a worker: no new calls; its calls in flight finish, then it
+    /// is told to leave (a worker that reconnects registers anew).
+    #[command(after_help = "Example:\n  thriftctl workers drain w3")]
+    Drain {
+        /// Worker id, as in "thriftctl workers list".
+        id: String,
+    },
+
     /// Answers the worker's calls in flight ("worker died") and tells it to leave.
     #[command(after_help = "Example:\n  thriftctl workers evict 3")]
     Evict {

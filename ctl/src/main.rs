@@ -359,6 +359,23 @@ async fn workers(conn: &Conn, output: Output, cmd: WorkersCmd) -> Result<()> {
             };
             show(output, &list, |l| model::workers_table(&l.workers))
         }
+        WorkersCmd::Drain { id } => {
+            let what = format!("workers drain {id}");
+            let req = pb::DrainWorkerRequest { id: id.clone() };
+            let resp = conn
+                .call(&what, t, admin.drain_worker(conn.request(req)))
+                .await?;
+            let shown = model::DrainedWorker {
+                id: id.clone(),
+                in_flight: resp.in_flight,
+            };
+            show(output, &shown, |d| {
+                format!(
+                    "worker {} draining: no new calls; it leaves once its {} call(s) in flight are answered\n",
+                    d.id, d.in_flight
+                )
+            })
+        }
         WorkersCmd::Evict { id } => {
             let what = format!("workers evict {id}");
             let req = pb::EvictWorkerRequest { id: id.clone() };

@@ -32,6 +32,13 @@ pub struct Service {
     pub draining: bool,
 }
 
+/// A worker being drained.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DrainedWorker {
+    pub id: String,
+    pub in_flight: u64,
+}
+
 /// The data plane's log filter.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LogLevel {

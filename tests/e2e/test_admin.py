@@ -893,3 +893,34 @@ def test_log_level_is_read_and_changed_at_run_time(dataplane, worker, thriftctl)
     err = ctl.fails("INVALID_ARGUMENT", "log-level", "thriftworker=notalevel")
     assert "invalid log filter" in err, err
     assert directives(ctl.ok("log-level")["filter"]) == directives(new)
+
+
+# -- worker drain (cordon) ---------------------------------------------------------------
+
+
+def test_worker_drain_under_load_loses_no_call(dataplane, worker, thriftctl):
+    """`workers drain ID`: the worker gets no new call, finishes the ones it
+    holds, is told to leave and that registration is gone; the other worker
+    serves on. Calls are slow enough that the drained one holds some."""
+    from test_python_worker import SteadyLoad
+
+    dp = dataplane()
+    worker()
+    worker()
+    ctl = thriftctl(dp)
+    ids = sorted(w["id"] for w in ctl.ok("workers", "list")["workers"])
+    assert len(ids) == 2, ids
+    load = SteadyLoad(dp.addr("echo"), threads=4)
+    try:
+        load.wait_calls(200, "calls before the drain")
+        drained = ctl.ok("workers", "drain", ids[0])
+        assert drained["id"] == ids[0] and drained["in_flight"] >= 0, drained
+        wait_for(lambda: ids[0] not in {w["id"] for w in ctl.ok("workers", "list")["workers"]},
+                 10, f"worker {ids[0]} gone after its drain", dp.tail)
+        load.wait_calls(200, "calls after the drain")
+    finally:
+        failures = load.finish()
+    assert failures == [], failures[:5]
+    assert f"worker={ids[0]}" in dp.stderr and "worker drain requested" in dp.stderr
+    # Unknown ids are NOT_FOUND.
+    ctl.fails("NOT_FOUND", "workers", "drain", "w999")

@@ -454,6 +454,22 @@ impl Control {
             .map_err(|_| ControlError::Unavailable("the data plane is shutting down".into()))
     }
 
+    /// Cordons worker `id`; returns its calls in flight (they finish first).
+    pub async fn drain_worker(&self, id: &str) -> Result<usize, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::DrainWorker(id.to_string(), tx)).await?;
+        match rx.await {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(ControlError::NotFound(format!(
+                "no worker {}: see `thriftctl workers list`",
+                shown(id)
+            ))),
+            Err(_) => Err(ControlError::Unavailable(
+                "the data plane is shutting down".into(),
+            )),
+        }
+    }
+
     pub async fn evict(&self, id: &str) -> Result<(), ControlError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Evict(id.to_string(), tx)).await?;

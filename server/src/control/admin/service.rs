@@ -211,6 +211,25 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::EvictWorkerResponse {}))
     }
 
+    async fn drain_worker(
+        &self,
+        req: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        let peer = req.remote_addr();
+        let id = req.into_inner().id;
+        require_name(&id, "worker")?;
+        let in_flight = self.ctx.control.drain_worker(&id).await.map_err(status)?;
+        tracing::info!(
+            worker = %id,
+            in_flight,
+            peer = peer.map(tracing::field::display),
+            "worker drain requested through the admin API"
+        );
+        Ok(Response::new(pb::DrainWorkerResponse {
+            in_flight: in_flight as u64,
+        }))
+    }
+
     async fn drain(
         &self,
         req: Request<pb::DrainRequest>,

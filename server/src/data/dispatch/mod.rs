@@ -100,6 +100,10 @@ pub enum Command {
     Workers(oneshot::Sender<Vec<WorkerView>>),
     /// Evict the worker with this id; answers whether it existed.
     Evict(String, oneshot::Sender<bool>),
+    /// Cordon a worker by id: no new calls; when its calls in flight are
+    /// answered it is told to leave. Answers its calls in flight then, or
+    /// `None` if no such worker.
+    DrainWorker(String, oneshot::Sender<Option<usize>>),
 }
 
 /// A worker as the admin API shows it.
@@ -310,6 +314,9 @@ impl<T: WorkerTransport> Dispatcher<T> {
                     self.worker_dead(w, "evicted by an operator");
                 }
                 let _ = tx.send(found.is_some());
+            }
+            Command::DrainWorker(id, tx) => {
+                let _ = tx.send(self.drain_worker(&id));
             }
             Command::Shutdown(done) => {
                 self.shutdown();

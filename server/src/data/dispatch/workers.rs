@@ -110,6 +110,16 @@ impl<T: WorkerTransport> Dispatcher<T> {
         }
     }
 
+    /// An operator's graceful cordon (`thriftctl workers drain`): the same as
+    /// the worker's own DISCONNECT. Returns its calls in flight.
+    pub(super) fn drain_worker(&mut self, id: &str) -> Option<usize> {
+        let (w, state) = self.pool.iter().find(|(_, s)| s.id == id)?;
+        let in_flight = state.in_flight.len();
+        tracing::info!(worker = %id, in_flight, "worker drain requested by an operator");
+        self.on_leaving(w);
+        Some(in_flight)
+    }
+
     fn on_leaving(&mut self, w: WorkerIdx) {
         let Some(state) = self.pool.get_mut(w) else {
             return;
