@@ -287,6 +287,14 @@ Examples:
     )]
     Pause(ListenerTarget),
 
+    /// Pauses and drains: stops accepting, and every connection finishes
+    /// the calls it has read, then closes (idle ones at once). The listener
+    /// stays defined: resume brings it back.
+    #[command(
+        after_help = "Examples:\n  thriftctl listeners drain echo\n  thriftctl listeners drain --all\n  thriftctl listeners resume echo"
+    )]
+    Drain(ListenerTarget),
+
     /// Starts accepting again.
     #[command(
         after_help = "Examples:\n  thriftctl listeners resume echo\n  thriftctl listeners resume --all"

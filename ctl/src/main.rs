@@ -261,6 +261,7 @@ fn listener_list(resp: &pb::ListListenersResponse) -> model::ListenerList {
 async fn listeners(conn: &Conn, output: Output, cmd: ListenersCmd) -> Result<()> {
     let mut admin = conn.admin();
     let t = conn.timeout;
+    let cmd_is_drain = matches!(cmd, ListenersCmd::Drain(_));
     match cmd {
         ListenersCmd::List => {
             let resp = conn
@@ -305,11 +306,20 @@ async fn listeners(conn: &Conn, output: Output, cmd: ListenersCmd) -> Result<()>
                 format!("listener '{name}' removed\n")
             })
         }
-        ListenersCmd::Pause(target) => {
-            let what = target_what("listeners pause", &target);
+        ListenersCmd::Pause(target) | ListenersCmd::Drain(target) => {
+            let drain = cmd_is_drain;
+            let what = target_what(
+                if drain {
+                    "listeners drain"
+                } else {
+                    "listeners pause"
+                },
+                &target,
+            );
             let req = pb::PauseListenersRequest {
                 name: target.name.unwrap_or_default(),
                 all: target.all,
+                drain_connections: drain,
             };
             let resp = conn
                 .call(&what, t, admin.pause_listeners(conn.request(req)))

@@ -924,3 +924,41 @@ def test_worker_drain_under_load_loses_no_call(dataplane, worker, thriftctl):
     assert f"worker={ids[0]}" in dp.stderr and "worker drain requested" in dp.stderr
     # Unknown ids are NOT_FOUND.
     ctl.fails("NOT_FOUND", "workers", "drain", "w999")
+
+
+# -- listener drain (without removal) -------------------------------------------------------
+
+
+def test_listener_drain_closes_its_connections_gracefully_and_resume_brings_it_back(dataplane, worker, thriftctl):
+    import threading
+
+    dp = dataplane()
+    worker()
+    ctl = thriftctl(dp)
+    idle = RawConnection(dp.addr("echo"))
+    assert raw_echo(idle, "before", 1).value.success == "before"
+    busy = RawConnection(dp.addr("echo"))
+    other = RawConnection(dp.addr("mux"))  # another listener: untouched
+    answer = {}
+
+    def slow_call():
+        answer["reply"] = busy.call("slow", slow_args("slow one", 800), 2, result_cls=Echo.slow_result)
+
+    t = threading.Thread(target=slow_call)
+    t.start()
+    wait_for(lambda: ctl.ok("stats")["services"] and any(
+        s["in_flight"] > 0 for s in ctl.ok("stats")["services"]), 5, "the slow call in flight")
+    listeners = ctl.ok("listeners", "drain", "echo")["listeners"]
+    assert {entry["name"]: entry["paused"] for entry in listeners} == {"echo": True, "mux": False}
+    assert idle.closed_by_peer(5), "the idle connection was not closed by the drain"
+    t.join(10)
+    assert answer["reply"].value.success == "slow one", answer  # the call in flight finished
+    assert busy.closed_by_peer(5), "the busy connection was not closed after its call"
+    assert raw_echo(other, "mux", 3, name="Echo:echo").value.success == "mux"
+    # Still defined; resume brings it back.
+    assert "echo" in {entry["name"] for entry in ctl.ok("listeners", "list")["listeners"]}
+    ctl.ok("listeners", "resume", "echo")
+    with thrift_client(dp.addr("echo")) as client:
+        assert client.echo("after resume") == "after resume"
+    for c in (idle, busy, other):
+        c.close()

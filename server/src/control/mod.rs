@@ -415,21 +415,32 @@ impl Control {
         Ok(())
     }
 
-    /// Pauses (or resumes) one listener, or all when `name` is `None`.
-    pub async fn set_paused(&self, name: Option<&str>, paused: bool) -> Result<(), ControlError> {
+    /// Pauses (or resumes) one listener, or all when `name` is `None`;
+    /// with `drain_connections`, also drains the connections it has (a
+    /// listener drain: the listener stays defined, resume brings it back).
+    pub async fn set_paused(
+        &self,
+        name: Option<&str>,
+        paused: bool,
+        drain_connections: bool,
+    ) -> Result<(), ControlError> {
         let mut st = self.state.lock().await;
+        let apply = |e: &mut ListenerEntry| {
+            apply_pause(e, paused);
+            if paused && drain_connections {
+                e.handle.drain_connections();
+                tracing::info!(listener = %e.config.name, "listener draining: its connections finish their calls and close");
+            }
+        };
         match name {
             Some(n) => {
                 let e = st
                     .listeners
                     .get_mut(n)
                     .ok_or_else(|| not_found_listener(n))?;
-                apply_pause(e, paused);
+                apply(e);
             }
-            None => st
-                .listeners
-                .values_mut()
-                .for_each(|e| apply_pause(e, paused)),
+            None => st.listeners.values_mut().for_each(apply),
         }
         self.persist(&st);
         Ok(())

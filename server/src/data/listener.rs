@@ -9,7 +9,7 @@
 //! are served on resume); connections already accepted keep working.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
@@ -110,6 +110,16 @@ pub struct ListenerHandle {
     pub name: String,
     pub local_addr: SocketAddr,
     stats: Arc<ListenerStats>,
+    /// The drain token new connections get: the listener's stop token, and
+    /// the current "generation" under it (a child) that a listener drain
+    /// cancels and replaces.
+    generation: Arc<Mutex<Generation>>,
+}
+
+#[derive(Debug, Default)]
+struct Generation {
+    stop: CancellationToken,
+    current: CancellationToken,
 }
 
 impl ListenerHandle {
@@ -119,6 +129,25 @@ impl ListenerHandle {
     }
     pub fn is_paused(&self) -> bool {
         self.stats.is_paused()
+    }
+
+    /// Drains the connections accepted so far, as a shutdown does (each
+    /// finishes the calls it has read, then closes; idle ones close at
+    /// once), without removing the listener. Connections accepted later
+    /// (after a resume) are not affected.
+    pub fn drain_connections(&self) {
+        if let Ok(mut g) = self.generation.lock() {
+            g.current.cancel();
+            g.current = g.stop.child_token();
+        }
+    }
+
+    /// The token a connection accepted now is drained by.
+    fn connection_token(&self) -> CancellationToken {
+        self.generation
+            .lock()
+            .map(|g| g.current.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -149,6 +178,7 @@ impl Listener {
                 name: config.name.clone(),
                 local_addr,
                 stats,
+                generation: Arc::default(),
             },
             paused,
         })
@@ -169,6 +199,10 @@ impl Listener {
     ) {
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let stats = self.ctx.stats.clone();
+        if let Ok(mut g) = self.handle.generation.lock() {
+            g.current = drain.child_token();
+            g.stop = drain.clone();
+        }
         if let Some(tls) = self.ctx.tls.clone() {
             let name = self.handle.name.clone();
             tracker.spawn(watch_tls(tls, name, stats.clone(), drain.clone()));
@@ -220,7 +254,8 @@ impl Listener {
             stats.accepted.inc();
             let active = Active::new(stats.clone());
             let ctx = self.ctx.clone();
-            let drain = drain.clone();
+            // The listener's stop token, or a listener drain's (a child).
+            let drain = self.handle.connection_token();
             let abort = abort.clone();
             // One span per connection (debug level: free when disabled);
             // the dispatcher adds one per call.

@@ -20,7 +20,7 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
 
     let mut existing = client(dp.addr).await;
     wait_for("first connection accepted", || stats.accepted.get() == 1).await;
-    control.set_paused(Some("echo"), true).await.unwrap();
+    control.set_paused(Some("echo"), true, false).await.unwrap();
     assert!(control.listeners().await[0].handle.is_paused());
 
     // A new client waits in the backlog: never accepted, never answered.
@@ -56,7 +56,7 @@ async fn pause_stops_accepting_but_existing_connections_keep_working() {
         "a connection made while paused must not be served"
     );
 
-    control.set_paused(None, false).await.unwrap();
+    control.set_paused(None, false, false).await.unwrap();
     let ServerMsg::Request(r) = worker.recv_non_heartbeat().await else {
         panic!("expected REQUEST")
     };

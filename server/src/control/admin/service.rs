@@ -164,7 +164,8 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::PauseListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
         let r = req.into_inner();
-        self.set_paused(&r.name, r.all, true).await
+        self.set_paused(&r.name, r.all, true, r.drain_connections)
+            .await
     }
 
     async fn resume_listeners(
@@ -172,7 +173,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::ResumeListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
         let r = req.into_inner();
-        self.set_paused(&r.name, r.all, false).await
+        self.set_paused(&r.name, r.all, false, false).await
     }
 
     async fn list_workers(
@@ -319,6 +320,7 @@ impl AdminService {
         name: &str,
         all: bool,
         paused: bool,
+        drain_connections: bool,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
         if all != name.is_empty() {
             return Err(Status::invalid_argument(
@@ -327,7 +329,7 @@ impl AdminService {
         }
         self.ctx
             .control
-            .set_paused((!all).then_some(name), paused)
+            .set_paused((!all).then_some(name), paused, drain_connections)
             .await
             .map_err(status)?;
         Ok(Response::new(self.listener_list().await))
