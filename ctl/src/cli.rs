@@ -229,6 +229,11 @@ pub struct ServiceSettingsArgs {
     )]
     pub method_timeouts: Vec<(String, u64)>,
 
+    /// Drop the per-method deadlines (update; with --method-timeout, those
+    /// replace them instead).
+    #[arg(long)]
+    pub clear_method_timeouts: bool,
+
     /// Longest a call may wait for a free worker before it is answered
     /// "overloaded" [server default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_millis)]

@@ -136,6 +136,7 @@ fn service_settings(a: &cli::ServiceSettingsArgs) -> pb::ServiceSettings {
     pb::ServiceSettings {
         timeout_ms: a.timeout.unwrap_or(0),
         method_timeouts_ms: a.method_timeouts.iter().cloned().collect(),
+        clear_method_timeouts: a.clear_method_timeouts,
         queue_timeout_ms: a.queue_timeout.unwrap_or(0),
         max_queue: a.max_queue.unwrap_or(0),
         strip_service_prefix: if a.no_strip_prefix {

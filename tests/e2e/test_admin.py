@@ -202,6 +202,12 @@ def test_services_verbs(dataplane, worker, thriftctl):
     assert updated["settings"] == dict(extra["settings"], timeout_ms=6000, strip_service_prefix=True), updated
     assert ctl.ok("services", "get", "Extra")["settings"]["timeout_ms"] == 6000
     ctl.fails("NOT_FOUND", "services", "update", "Nope", "--timeout", "1s")
+    # Method timeouts: set, kept by an update that does not name them, cleared on request.
+    assert ctl.ok("services", "update", "Extra", "--method-timeout", "slow=9s")["settings"]["method_timeouts_ms"] == {
+        "slow": 9000}
+    assert ctl.ok("services", "update", "Extra", "--timeout", "7s")["settings"]["method_timeouts_ms"] == {"slow": 9000}
+    cleared = ctl.ok("services", "update", "Extra", "--clear-method-timeouts")
+    assert cleared["settings"]["method_timeouts_ms"] == {} and cleared["settings"]["timeout_ms"] == 7000, cleared
 
     assert ctl.ok("services", "unregister", "Extra") == {}
     assert ctl.ok("services", "unregister", "Plain") == {}

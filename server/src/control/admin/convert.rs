@@ -43,7 +43,7 @@ pub fn service_config(
     ServiceConfig {
         name,
         timeout: pick(s.timeout_ms, defaults.timeout),
-        method_timeouts: if s.method_timeouts_ms.is_empty() {
+        method_timeouts: if s.method_timeouts_ms.is_empty() && !s.clear_method_timeouts {
             defaults.method_timeouts
         } else {
             s.method_timeouts_ms
@@ -81,6 +81,7 @@ pub fn service_pb(v: &ServiceView) -> pb::Service {
             queue_timeout_ms: ms(v.config.queue_timeout),
             max_queue: v.config.max_queue as u64,
             strip_service_prefix: Some(v.config.strip_service_prefix),
+            clear_method_timeouts: false,
         }),
         live_workers: u32::try_from(st.live_workers.get()).unwrap_or(u32::MAX),
         total_credit: total,
