@@ -658,7 +658,7 @@ def test_workers_list_and_evict(dataplane, worker, thriftctl):
     assert first["identity"] and all(c in "0123456789abcdef" for c in first["identity"]), first
     assert first["last_heartbeat_ms"] < 5000, first
     assert [w["id"] for w in ctl.ok("workers", "list", "--service", "Calc")["workers"]] == [first["id"]]
-    assert ctl.ok("workers", "list", "--service", "Nope")["workers"] == []
+    ctl.fails("NOT_FOUND", "workers", "list", "--service", "Nope")  # not an empty list
 
     r = ctl.run("workers", "list")
     assert r.rc == 0 and r.stdout.splitlines()[0].split()[:2] == ["ID", "SERVICES"], r
@@ -968,3 +968,16 @@ def test_listener_drain_closes_its_connections_gracefully_and_resume_brings_it_b
         assert client.echo("after resume") == "after resume"
     for c in (idle, busy, other):
         c.close()
+
+
+def test_an_unknown_name_in_a_filter_is_not_found(dataplane, worker, thriftctl):
+    dp = dataplane()
+    worker()
+    ctl = thriftctl(dp)
+    assert len(ctl.ok("workers", "list", "--service", "Echo")["workers"]) == 1
+    ctl.fails("NOT_FOUND", "workers", "list", "--service", "Nope")
+    assert [s["name"] for s in ctl.ok("stats", "--service", "Echo")["services"]] == ["Echo"]
+    ctl.fails("NOT_FOUND", "stats", "--service", "Nope")
+    ctl.fails("NOT_FOUND", "stats", "--listener", "nope")
+    r = ctl.run("stats", "--watch", "--service", "Nope", "--interval", "100ms", timeout=10)
+    assert r.rc == 1 and "NOT_FOUND" in r.stderr, r

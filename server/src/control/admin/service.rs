@@ -19,6 +19,38 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// A stats filter naming a service or listener that does not exist is an
+    /// error (NOT_FOUND), not an empty result.
+    fn check_stats_filter(&self, filter: &pb::GetStatsRequest) -> Result<(), Status> {
+        let services: Vec<String> = self
+            .ctx
+            .stats
+            .services()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        if let Some(s) = filter.services.iter().find(|s| !services.contains(s)) {
+            return Err(Status::not_found(format!(
+                "no service {}: see `thriftctl services list`",
+                crate::config::shown(s)
+            )));
+        }
+        let listeners: Vec<String> = self
+            .ctx
+            .stats
+            .listeners()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        if let Some(l) = filter.listeners.iter().find(|l| !listeners.contains(l)) {
+            return Err(Status::not_found(format!(
+                "no listener {}: see `thriftctl listeners list`",
+                crate::config::shown(l)
+            )));
+        }
+        Ok(())
+    }
+
     /// The reloadable log filter, or why there is none.
     fn log_filter(&self) -> Result<&crate::telemetry::log_filter::LogFilter, Status> {
         self.ctx.log_filter.as_deref().ok_or_else(|| {
@@ -181,6 +213,10 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let service = req.into_inner().service;
+        if !service.is_empty() {
+            // An unknown service is an error, not an empty list.
+            self.ctx.control.service(&service).await.map_err(status)?;
+        }
         let workers = self
             .ctx
             .control
@@ -280,7 +316,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
         // A snapshot of the registry: the same atomics `/metrics` reads.
-        let snapshot = stats_snapshot(&self.ctx.stats, &req.into_inner());
+        let filter = req.into_inner();
+        self.check_stats_filter(&filter)?;
+        let snapshot = stats_snapshot(&self.ctx.stats, &filter);
         Ok(Response::new(snapshot))
     }
 
@@ -292,6 +330,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<StatsStream>, Status> {
         let r = req.into_inner();
         let filter = r.filter.unwrap_or_default();
+        self.check_stats_filter(&filter)?;
         let interval = Duration::from_millis(if r.interval_ms == 0 {
             1000
         } else {
