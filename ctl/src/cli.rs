@@ -135,6 +135,13 @@ CLOSED-BAD: connections closed for a bad frame, a frame too large or a
 protocol error.")]
     Stats(StatsArgs),
 
+    /// What just happened: workers, listeners, services, drain, log level
+    /// (the last 1,000 events); --watch then follows new ones.
+    #[command(
+        after_help = "Examples:\n  thriftctl events\n  thriftctl events --watch\n  thriftctl -o json events --watch   # one JSON object per line"
+    )]
+    Events(EventsArgs),
+
     /// Shows the data plane's log filter, or replaces it at run time (not
     /// persisted: a restart uses --log again).
     #[command(
@@ -450,6 +457,13 @@ pub struct StatsArgs {
         requires = "watch"
     )]
     pub interval: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// After the kept events, print each new one as it happens (Ctrl-C to stop).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -23,7 +23,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
 use cli::{
-    Cli, Command, DrainArgs, HealthArgs, ListenerAddArgs, ListenerTarget, ListenersCmd,
+    Cli, Command, DrainArgs, EventsArgs, HealthArgs, ListenerAddArgs, ListenerTarget, ListenersCmd,
     LogLevelArgs, Output, ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs, TransportArg,
     WorkersCmd,
 };
@@ -125,6 +125,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => stats(&conn, output, args).await,
         Command::Drain(args) => drain(&conn, output, args).await,
         Command::LogLevel(args) => log_level(&conn, output, args).await,
+        Command::Events(args) => events(&conn, output, args).await,
         Command::Health(args) => health(&conn, output, args).await,
         Command::Completions(_) => unreachable!("handled above"),
     }
@@ -475,6 +476,69 @@ async fn stats(conn: &Conn, output: Output, args: StatsArgs) -> Result<()> {
 }
 
 // -- drain, health --------------------------------------------------------------
+
+async fn events(conn: &Conn, output: Output, args: EventsArgs) -> Result<()> {
+    let mut admin = conn.admin();
+    if !args.watch {
+        let resp = conn
+            .call(
+                "events",
+                conn.timeout,
+                admin.list_events(conn.request(pb::ListEventsRequest {})),
+            )
+            .await?;
+        let list = model::EventList {
+            events: resp.events.iter().map(Into::into).collect(),
+        };
+        return show(output, &list, |l| model::events_table(&l.events));
+    }
+    let what = "events --watch";
+    // The deadline covers opening the stream, not the stream itself.
+    let req = pb::WatchEventsRequest {
+        include_history: true,
+    };
+    let mut stream = conn
+        .call(
+            what,
+            conn.timeout,
+            admin.watch_events(tonic::Request::new(req)),
+        )
+        .await?;
+    if output == Output::Table {
+        emit(&model::events_table(&[]))?;
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let next = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            next = stream.message() => next,
+        };
+        let event = match next {
+            Ok(Some(e)) => model::Event::from(&e),
+            Ok(None) => {
+                return Err(Failure::error(format!(
+                    "{what}: the server ended the stream (is it draining?)"
+                )))
+            }
+            Err(status) => {
+                return Err(Failure::error(client::status_line(
+                    what, &conn.peer, &status,
+                )))
+            }
+        };
+        let line = match output {
+            Output::Json => {
+                let mut line = serde_json::to_string(&event)
+                    .map_err(|e| Failure::error(format!("cannot encode JSON: {e}")))?;
+                line.push('\n');
+                line
+            }
+            Output::Table => model::event_line(&event),
+        };
+        emit(&line)?;
+    }
+}
 
 async fn log_level(conn: &Conn, output: Output, args: LogLevelArgs) -> Result<()> {
     let mut admin = conn.admin();

@@ -32,6 +32,88 @@ pub struct Service {
     pub draining: bool,
 }
 
+/// One event (see `thriftctl events`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub kind: String,
+    pub subject: String,
+    pub reason: String,
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventList {
+    pub events: Vec<Event>,
+}
+
+impl From<&pb::Event> for Event {
+    fn from(e: &pb::Event) -> Self {
+        Event {
+            seq: e.seq,
+            time_ms: e.time_ms,
+            kind: e.kind.clone(),
+            subject: e.subject.clone(),
+            reason: e.reason.clone(),
+            peer: e.peer.clone(),
+        }
+    }
+}
+
+/// The time of day of `ms` since the Unix epoch, UTC.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+fn event_columns() -> Table {
+    Table::new(&[
+        ("TIME", Align::Left),
+        ("KIND", Align::Left),
+        ("SUBJECT", Align::Left),
+        ("BY", Align::Left),
+        ("REASON", Align::Left),
+    ])
+}
+
+fn event_row(t: &mut Table, e: &Event) {
+    t.row(vec![
+        clock(e.time_ms),
+        e.kind.clone(),
+        table::or_dash(&e.subject),
+        table::or_dash(&e.peer),
+        e.reason.clone(),
+    ]);
+}
+
+pub fn events_table(events: &[Event]) -> String {
+    let mut t = event_columns();
+    for e in events {
+        event_row(&mut t, e);
+    }
+    t.render()
+}
+
+/// One event as a table line under [`events_table`]'s header (watch mode:
+/// columns are not aligned across lines).
+pub fn event_line(e: &Event) -> String {
+    format!(
+        "{}  {}  {}  {}  {}\n",
+        clock(e.time_ms),
+        e.kind,
+        table::or_dash(&e.subject),
+        table::or_dash(&e.peer),
+        e.reason
+    )
+}
+
 /// A worker being drained.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DrainedWorker {

@@ -318,6 +318,12 @@ impl Running {
             ?timeout,
             "draining: no new connections; finishing calls in flight"
         );
+        self.stats.events.record(
+            crate::telemetry::events::EventKind::DrainStarted,
+            "",
+            format!("draining for at most {timeout:?}: no new connections; calls in flight finish"),
+            None,
+        );
         // /readyz turns 503 with it, so load balancers stop sending.
         self.lifecycle.start_drain();
         if tokio::time::timeout(timeout, self.control.wait_connections())

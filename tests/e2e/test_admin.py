@@ -981,3 +981,53 @@ def test_an_unknown_name_in_a_filter_is_not_found(dataplane, worker, thriftctl):
     ctl.fails("NOT_FOUND", "stats", "--listener", "nope")
     r = ctl.run("stats", "--watch", "--service", "Nope", "--interval", "100ms", timeout=10)
     assert r.rc == 1 and "NOT_FOUND" in r.stderr, r
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def test_events_record_each_kind_of_change_in_order_with_who_asked(dataplane, worker, thriftctl, processes):
+    import json as _json
+
+    dp = dataplane()
+    ctl = thriftctl(dp)
+    # A watcher from the start: it must see the same events, in the same order.
+    watcher = processes.start("thriftctl-events", ctl.argv("-o", "json", "events", "--watch"), ctl.env_for())
+    w = worker()
+    ids = [x["id"] for x in ctl.ok("workers", "list")["workers"]]
+    ctl.ok("services", "register", "Extra", "--timeout", "2s")
+    ctl.ok("services", "update", "Extra", "--timeout", "3s")
+    ctl.ok("listeners", "add", "extra", "--address", "127.0.0.1:0", "--service", "Extra")
+    ctl.ok("listeners", "pause", "extra")
+    ctl.ok("listeners", "resume", "extra")
+    ctl.ok("listeners", "drain", "extra")
+    ctl.ok("listeners", "remove", "extra")
+    ctl.ok("services", "unregister", "Extra")
+    ctl.ok("log-level", "info,zeromq=error")
+    ctl.ok("workers", "drain", ids[0])
+    wait_for(lambda: any(e["kind"] == "worker_left" for e in ctl.ok("events")["events"]), 10, "the drained worker left")
+    w.process.kill()
+
+    events = ctl.ok("events")["events"]
+    kinds = [e["kind"] for e in events]
+    expected = ["worker_joined", "service_registered", "service_updated", "listener_added", "listener_paused",
+                "listener_resumed", "listener_draining", "listener_removed", "service_unregistered",
+                "log_level_changed", "worker_draining", "worker_left"]
+    assert [k for k in kinds if k in expected] == expected, kinds
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    by_kind = {e["kind"]: e for e in events}
+    for kind in expected[1:11]:
+        assert by_kind[kind]["peer"].startswith("127.0.0.1:"), by_kind[kind]
+    assert by_kind["worker_joined"]["subject"] == ids[0] and by_kind["worker_joined"]["peer"] == ""
+    assert by_kind["listener_added"]["subject"] == "extra"
+    assert "->" in by_kind["log_level_changed"]["reason"]
+
+    # The watcher saw the same sequence.
+    wait_for(lambda: watcher.stdout.count("\n") >= len(events), 10, "the watcher's lines", watcher.tail)
+    watched = [_json.loads(line) for line in watcher.stdout.splitlines()[:len(events)]]
+    assert [e["seq"] for e in watched] == [e["seq"] for e in events]
+    assert [e["kind"] for e in watched] == kinds
+    watcher.kill()
+
+    r = ctl.run("--output", "table", "events")
+    assert r.rc == 0 and r.stdout.splitlines()[0].split() == ["TIME", "KIND", "SUBJECT", "BY", "REASON"], r

@@ -466,9 +466,18 @@ impl Control {
     }
 
     /// Cordons worker `id`; returns its calls in flight (they finish first).
-    pub async fn drain_worker(&self, id: &str) -> Result<usize, ControlError> {
+    pub async fn drain_worker(
+        &self,
+        id: &str,
+        peer: Option<String>,
+    ) -> Result<usize, ControlError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::DrainWorker(id.to_string(), tx)).await?;
+        self.send(Command::DrainWorker {
+            id: id.to_string(),
+            peer,
+            tx,
+        })
+        .await?;
         match rx.await {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Err(ControlError::NotFound(format!(

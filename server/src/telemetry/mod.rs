@@ -4,6 +4,7 @@
 //! - [`counters`], [`histogram`]: lock-free counter kinds;
 //! - [`stats`]: the registry (per listener, service, method, worker);
 //! - [`health`]: the process's state behind the probes;
+//! - [`events`]: what just happened (history and watchers);
 //! - [`log_filter`]: the log filter, replaceable at run time;
 //! - [`exposition`]: the Prometheus text format; [`http`]: `/metrics`,
 //!   `/healthz` and `/readyz` on their own port.
@@ -40,6 +41,7 @@ macro_rules! labelled_enum {
 pub(crate) use labelled_enum;
 
 pub mod counters;
+pub mod events;
 pub mod exposition;
 pub mod health;
 pub mod histogram;

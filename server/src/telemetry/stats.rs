@@ -325,6 +325,8 @@ pub struct Stats {
     method_cap: usize,
     /// Whether the core tasks can serve: see [`CoreHealth`].
     pub core: CoreHealth,
+    /// What just happened (workers, listeners, services, drain, log level).
+    pub events: super::events::EventLog,
 }
 
 impl Default for Stats {
@@ -349,6 +351,7 @@ impl Stats {
                 .map_or(0.0, |d| d.as_secs_f64()),
             method_cap,
             core: CoreHealth::default(),
+            events: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ use super::convert::{
     status,
 };
 use super::AdminContext;
+use crate::telemetry::events::EventKind;
 
 pub struct AdminService {
     pub ctx: AdminContext,
@@ -60,6 +61,21 @@ impl AdminService {
         })
     }
 
+    /// An admin change: logged with who asked, and recorded as an event.
+    fn changed(&self, kind: EventKind, subject: &str, reason: String, peer: &Option<String>) {
+        tracing::info!(
+            event = kind.label(),
+            subject,
+            reason = %reason,
+            peer = peer.as_deref().unwrap_or("-"),
+            "admin change"
+        );
+        self.ctx
+            .stats
+            .events
+            .record(kind, subject, reason, peer.clone());
+    }
+
     async fn listener_list(&self) -> pb::ListListenersResponse {
         let listeners = self
             .ctx
@@ -74,6 +90,23 @@ impl AdminService {
 }
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+fn event_pb(e: &crate::telemetry::events::Event) -> pb::Event {
+    pb::Event {
+        seq: e.seq,
+        time_ms: e.time_ms,
+        kind: e.kind.label().into(),
+        subject: e.subject.clone(),
+        reason: e.reason.clone(),
+        peer: e.peer.clone(),
+    }
+}
+
+/// The caller's address, for the log and the event of an admin change.
+fn peer_of<T>(req: &Request<T>) -> Option<String> {
+    req.remote_addr().map(|a| a.to_string())
+}
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
@@ -106,6 +139,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "service")?;
         let config = service_config(r.name, r.settings, None);
@@ -115,6 +149,12 @@ impl pb::admin_server::Admin for AdminService {
             .register_service(config)
             .await
             .map_err(status)?;
+        self.changed(
+            EventKind::ServiceRegistered,
+            &v.config.name,
+            "registered through the admin API".into(),
+            &peer,
+        );
         Ok(Response::new(service_pb(&v)))
     }
 
@@ -122,6 +162,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UpdateServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "service")?;
         let current = self.ctx.control.service(&r.name).await.map_err(status)?;
@@ -132,6 +173,12 @@ impl pb::admin_server::Admin for AdminService {
             .update_service(config)
             .await
             .map_err(status)?;
+        self.changed(
+            EventKind::ServiceUpdated,
+            &v.config.name,
+            "settings updated through the admin API".into(),
+            &peer,
+        );
         Ok(Response::new(service_pb(&v)))
     }
 
@@ -139,6 +186,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UnregisterServiceRequest>,
     ) -> Result<Response<pb::UnregisterServiceResponse>, Status> {
+        let peer = peer_of(&req);
         let name = req.into_inner().name;
         require_name(&name, "service")?;
         self.ctx
@@ -146,6 +194,12 @@ impl pb::admin_server::Admin for AdminService {
             .unregister_service(&name)
             .await
             .map_err(status)?;
+        self.changed(
+            EventKind::ServiceUnregistered,
+            &name,
+            "unregistered through the admin API".into(),
+            &peer,
+        );
         Ok(Response::new(pb::UnregisterServiceResponse {}))
     }
 
@@ -160,6 +214,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::AddListenerRequest>,
     ) -> Result<Response<pb::Listener>, Status> {
+        let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "listener")?;
         let config = listener_config(r.name, r.settings)?;
@@ -169,6 +224,12 @@ impl pb::admin_server::Admin for AdminService {
             .add_listener(config)
             .await
             .map_err(status)?;
+        self.changed(
+            EventKind::ListenerAdded,
+            &v.config.name,
+            format!("bound {}", v.handle.local_addr),
+            &peer,
+        );
         Ok(Response::new(listener_pb(&v)))
     }
 
@@ -176,6 +237,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveListenerRequest>,
     ) -> Result<Response<pb::RemoveListenerResponse>, Status> {
+        let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "listener")?;
         let timeout = if r.drain_timeout_ms == 0 {
@@ -188,6 +250,12 @@ impl pb::admin_server::Admin for AdminService {
             .remove_listener(&r.name, timeout)
             .await
             .map_err(status)?;
+        self.changed(
+            EventKind::ListenerRemoved,
+            &r.name,
+            "removed through the admin API; its connections were drained".into(),
+            &peer,
+        );
         Ok(Response::new(pb::RemoveListenerResponse {}))
     }
 
@@ -195,8 +263,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::PauseListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        let peer = peer_of(&req);
         let r = req.into_inner();
-        self.set_paused(&r.name, r.all, true, r.drain_connections)
+        self.set_paused(&r.name, r.all, true, r.drain_connections, &peer)
             .await
     }
 
@@ -204,8 +273,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ResumeListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        let peer = peer_of(&req);
         let r = req.into_inner();
-        self.set_paused(&r.name, r.all, false, false).await
+        self.set_paused(&r.name, r.all, false, false, &peer).await
     }
 
     async fn list_workers(
@@ -242,9 +312,17 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::EvictWorkerRequest>,
     ) -> Result<Response<pb::EvictWorkerResponse>, Status> {
+        let peer = peer_of(&req);
         let id = req.into_inner().id;
         require_name(&id, "worker")?;
         self.ctx.control.evict(&id).await.map_err(status)?;
+        self.changed(
+            EventKind::WorkerEvicted,
+            &id,
+            "evicted through the admin API; its calls in flight were answered \"worker died\""
+                .into(),
+            &peer,
+        );
         Ok(Response::new(pb::EvictWorkerResponse {}))
     }
 
@@ -255,13 +333,13 @@ impl pb::admin_server::Admin for AdminService {
         let peer = req.remote_addr();
         let id = req.into_inner().id;
         require_name(&id, "worker")?;
-        let in_flight = self.ctx.control.drain_worker(&id).await.map_err(status)?;
-        tracing::info!(
-            worker = %id,
-            in_flight,
-            peer = peer.map(tracing::field::display),
-            "worker drain requested through the admin API"
-        );
+        // The dispatcher records the event (before the worker may leave).
+        let in_flight = self
+            .ctx
+            .control
+            .drain_worker(&id, peer.map(|p| p.to_string()))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::DrainWorkerResponse {
             in_flight: in_flight as u64,
         }))
@@ -271,11 +349,75 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        let peer = peer_of(&req);
         let t = req.into_inner().timeout_ms;
-        tracing::info!("drain requested through the admin API");
+        self.changed(
+            EventKind::DrainStarted,
+            "",
+            "drain requested through the admin API".into(),
+            &peer,
+        );
         let timeout = (t > 0).then(|| Duration::from_millis(t));
         self.ctx.lifecycle.request_drain(timeout);
         Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn list_events(
+        &self,
+        _req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let events = self
+            .ctx
+            .stats
+            .events
+            .history()
+            .iter()
+            .map(event_pb)
+            .collect();
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let include_history = req.into_inner().include_history;
+        let (past, mut live) = self.ctx.stats.events.subscribe();
+        // Bounded: a watcher that does not read holds at most this many here
+        // (and the broadcast channel's history beyond, reported as missed).
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            if include_history {
+                for e in &past {
+                    if tx.send(Ok(event_pb(e))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    e = live.recv() => e,
+                    _ = tx.closed() => return,
+                };
+                let msg = match next {
+                    Ok(e) => event_pb(&e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => pb::Event {
+                        kind: "events_missed".into(),
+                        reason: format!("{n} events were missed: this watcher read too slowly"),
+                        ..Default::default()
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get_log_level(
@@ -307,6 +449,12 @@ impl pb::admin_server::Admin for AdminService {
             before = %before,
             now = %now,
             "log filter changed through the admin API"
+        );
+        self.ctx.stats.events.record(
+            EventKind::LogLevelChanged,
+            "",
+            format!("{before} -> {now}"),
+            peer.map(|p| p.to_string()),
         );
         Ok(Response::new(pb::LogLevel { filter: now }))
     }
@@ -360,6 +508,7 @@ impl AdminService {
         all: bool,
         paused: bool,
         drain_connections: bool,
+        peer: &Option<String>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
         if all != name.is_empty() {
             return Err(Status::invalid_argument(
@@ -371,6 +520,13 @@ impl AdminService {
             .set_paused((!all).then_some(name), paused, drain_connections)
             .await
             .map_err(status)?;
+        let kind = match (paused, drain_connections) {
+            (false, _) => EventKind::ListenerResumed,
+            (true, false) => EventKind::ListenerPaused,
+            (true, true) => EventKind::ListenerDraining,
+        };
+        let subject = if all { "*" } else { name };
+        self.changed(kind, subject, "through the admin API".into(), peer);
         Ok(Response::new(self.listener_list().await))
     }
 }

@@ -103,7 +103,12 @@ pub enum Command {
     /// Cordon a worker by id: no new calls; when its calls in flight are
     /// answered it is told to leave. Answers its calls in flight then, or
     /// `None` if no such worker.
-    DrainWorker(String, oneshot::Sender<Option<usize>>),
+    DrainWorker {
+        id: String,
+        /// Who asked (for the event).
+        peer: Option<String>,
+        tx: oneshot::Sender<Option<usize>>,
+    },
 }
 
 /// A worker as the admin API shows it.
@@ -315,8 +320,8 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 }
                 let _ = tx.send(found.is_some());
             }
-            Command::DrainWorker(id, tx) => {
-                let _ = tx.send(self.drain_worker(&id));
+            Command::DrainWorker { id, peer, tx } => {
+                let _ = tx.send(self.drain_worker(&id, peer));
             }
             Command::Shutdown(done) => {
                 self.shutdown();

@@ -13,6 +13,7 @@ use super::calls::{trace_call, Entry, Phase};
 use super::pool::WorkerIdx;
 use super::{Completion, Dispatcher, WorkerTransport, WorkerView};
 use crate::config::shown;
+use crate::telemetry::events::EventKind;
 use crate::telemetry::{Outcome, WorkerStats};
 use crate::thrift::check_reply;
 
@@ -112,10 +113,17 @@ impl<T: WorkerTransport> Dispatcher<T> {
 
     /// An operator's graceful cordon (`thriftctl workers drain`): the same as
     /// the worker's own DISCONNECT. Returns its calls in flight.
-    pub(super) fn drain_worker(&mut self, id: &str) -> Option<usize> {
+    pub(super) fn drain_worker(&mut self, id: &str, peer: Option<String>) -> Option<usize> {
         let (w, state) = self.pool.iter().find(|(_, s)| s.id == id)?;
         let in_flight = state.in_flight.len();
-        tracing::info!(worker = %id, in_flight, "worker drain requested by an operator");
+        tracing::info!(worker = %id, in_flight, peer = peer.as_deref().unwrap_or("-"), "worker drain requested by an operator");
+        // Recorded here, before it may leave at once (`worker_left` follows).
+        self.stats.events.record(
+            EventKind::WorkerDraining,
+            id,
+            format!("drain requested through the admin API: no new calls; {in_flight} in flight finish first"),
+            peer,
+        );
         self.on_leaving(w);
         Some(in_flight)
     }
@@ -172,6 +180,16 @@ impl<T: WorkerTransport> Dispatcher<T> {
             .map(|&s| self.services[s].info.name.as_str())
             .collect();
         tracing::info!(worker = %state.id, services = ?names, credit, version = state.version, "worker registered");
+        self.stats.events.record(
+            EventKind::WorkerJoined,
+            state.id.as_str(),
+            format!(
+                "services {}, credit {credit}, protocol version {}",
+                names.join(","),
+                state.version
+            ),
+            None,
+        );
         let ack = ServerMsg::ReadyAck {
             version: state.version,
             heartbeat_interval_ms: u32::try_from(self.settings.heartbeat.as_millis())
@@ -351,6 +369,12 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 self.stats.remove_worker(&state.id);
                 self.update_worker_gauges();
                 tracing::info!(worker = %state.id, "worker left");
+                self.stats.events.record(
+                    EventKind::WorkerLeft,
+                    state.id.as_str(),
+                    "left gracefully: every call it held was answered",
+                    None,
+                );
                 self.disconnect(&state.peer, "bye".into());
             }
         }
@@ -372,6 +396,15 @@ impl<T: WorkerTransport> Dispatcher<T> {
         self.stats.remove_worker(&state.id);
         self.update_worker_gauges();
         self.stats.dispatch.workers_dead.inc();
+        self.stats.events.record(
+            EventKind::WorkerDead,
+            state.id.as_str(),
+            format!(
+                "{why}; {} call(s) in flight answered \"worker died\"",
+                state.in_flight.len()
+            ),
+            None,
+        );
         if let Some(suppressed) = self.dead_limit.allow() {
             tracing::warn!(
                 worker = %state.id,
