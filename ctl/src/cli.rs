@@ -135,6 +135,14 @@ CLOSED-BAD: connections closed for a bad frame, a frame too large or a
 protocol error.")]
     Stats(StatsArgs),
 
+    /// The effective configuration (TOML, loadable as a config file; with
+    /// -o json, JSON), what changed at run time, and whether tokens are set.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  thriftctl config dump > effective.toml\n  thriftctl -o json config dump | jq .runtime_changes"
+    )]
+    Config(ConfigCmd),
+
     /// What just happened: workers, listeners, services, drain, log level
     /// (the last 1,000 events); --watch then follows new ones.
     #[command(
@@ -457,6 +465,13 @@ pub struct StatsArgs {
         requires = "watch"
     )]
     pub interval: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigCmd {
+    /// Prints the effective configuration. Secrets are never printed: only
+    /// whether a token is set.
+    Dump,
 }
 
 #[derive(Debug, Clone, Args)]

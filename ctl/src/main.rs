@@ -23,9 +23,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
 use cli::{
-    Cli, Command, DrainArgs, EventsArgs, HealthArgs, ListenerAddArgs, ListenerTarget, ListenersCmd,
-    LogLevelArgs, Output, ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs, TransportArg,
-    WorkersCmd,
+    Cli, Command, ConfigCmd, DrainArgs, EventsArgs, HealthArgs, ListenerAddArgs, ListenerTarget,
+    ListenersCmd, LogLevelArgs, Output, ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs,
+    TransportArg, WorkersCmd,
 };
 use client::Conn;
 
@@ -126,6 +126,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Drain(args) => drain(&conn, output, args).await,
         Command::LogLevel(args) => log_level(&conn, output, args).await,
         Command::Events(args) => events(&conn, output, args).await,
+        Command::Config(ConfigCmd::Dump) => config_dump(&conn, output).await,
         Command::Health(args) => health(&conn, output, args).await,
         Command::Completions(_) => unreachable!("handled above"),
     }
@@ -476,6 +477,59 @@ async fn stats(conn: &Conn, output: Output, args: StatsArgs) -> Result<()> {
 }
 
 // -- drain, health --------------------------------------------------------------
+
+async fn config_dump(conn: &Conn, output: Output) -> Result<()> {
+    let mut admin = conn.admin();
+    let dump = conn
+        .call(
+            "config dump",
+            conn.timeout,
+            admin.get_config(conn.request(pb::GetConfigRequest {})),
+        )
+        .await?;
+    let set = |b: bool| if b { "set" } else { "unset" };
+    match output {
+        Output::Json => {
+            let config: serde_json::Value = serde_json::from_str(&dump.json).map_err(|e| {
+                Failure::error(format!("config dump: bad JSON from the server: {e}"))
+            })?;
+            let shown = serde_json::json!({
+                "config": config,
+                "runtime_changes": dump.runtime_changes,
+                "state_file": dump.state_file,
+                "admin_token": set(dump.admin_token_set),
+                "worker_token": set(dump.worker_token_set),
+            });
+            let mut text = serde_json::to_string_pretty(&shown)
+                .map_err(|e| Failure::error(format!("cannot encode JSON: {e}")))?;
+            text.push('\n');
+            emit(&text)
+        }
+        Output::Table => {
+            let mut text = String::from(
+                "# The effective configuration of thriftworker (thriftctl config dump).\n",
+            );
+            if dump.runtime_changes.is_empty() {
+                text.push_str("# No change at run time since start.\n");
+            } else {
+                for c in &dump.runtime_changes {
+                    text.push_str(&format!("# {c}\n"));
+                }
+            }
+            match dump.state_file.as_str() {
+                "" => text.push_str("# Runtime changes are not persisted (no state file).\n"),
+                f => text.push_str(&format!("# Runtime changes are persisted in {f}.\n")),
+            }
+            text.push_str(&format!(
+                "# Admin token: {}; worker token: {} (never printed).\n\n",
+                set(dump.admin_token_set),
+                set(dump.worker_token_set)
+            ));
+            text.push_str(&dump.toml);
+            emit(&text)
+        }
+    }
+}
 
 async fn events(conn: &Conn, output: Output, args: EventsArgs) -> Result<()> {
     let mut admin = conn.admin();

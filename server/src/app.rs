@@ -190,6 +190,7 @@ impl Built {
                 lifecycle: lifecycle.clone(),
                 workers_changed,
                 log_filter: self.log_filter.clone(),
+                config: Arc::new(self.config.clone()),
             };
             let config: AdminConfig = self.config.admin.clone();
             let (stop, lifecycle) = (stop.clone(), lifecycle.clone());

@@ -1031,3 +1031,45 @@ def test_events_record_each_kind_of_change_in_order_with_who_asked(dataplane, wo
 
     r = ctl.run("--output", "table", "events")
     assert r.rc == 0 and r.stdout.splitlines()[0].split() == ["TIME", "KIND", "SUBJECT", "BY", "REASON"], r
+
+
+# -- config dump ----------------------------------------------------------------------------
+
+
+def test_config_dump_round_trips_marks_runtime_changes_and_hides_secrets(dataplane, thriftctl, short_tmp):
+    import tomllib
+
+    token_file = short_tmp / "admin.token"
+    token_file.write_text("s3cret-admin\n")
+    env = {"THRIFTWORKER_WORKER_TOKEN": "s3cret-worker"}
+    dp = dataplane(admin={"address": "127.0.0.1:0", "token_file": str(token_file)}, env=env)
+    ctl = thriftctl(dp, token="s3cret-admin")
+    first = ctl.ok("config", "dump")
+    assert first["runtime_changes"] == [] and first["admin_token"] == "set" and first["worker_token"] == "set", first
+    assert first["state_file"] == ""
+    assert {s["name"] for s in first["config"]["services"]} == {"Echo", "Calc"}
+    # Defaults are filled in.
+    assert first["config"]["listeners"][0]["max_frame_size"] == 16384000, first["config"]["listeners"][0]
+
+    ctl.ok("services", "register", "Extra", "--timeout", "2s")
+    ctl.ok("services", "update", "Echo", "--timeout", "9s")
+    r = ctl.run("--output", "table", "config", "dump")
+    assert r.rc == 0, r
+    text = r.stdout
+    assert "# service Extra added at run time" in text and "# service Echo changed at run time" in text, text
+    for secret in ("s3cret-admin", "s3cret-worker"):
+        assert secret not in text and secret not in str(ctl.ok("config", "dump")), secret
+
+    # Loaded as a config file, the dump gives the same effective configuration.
+    config = tomllib.loads(text)
+    dp.terminate()
+    assert dp.wait_exit() == 0
+    dp2 = dataplane(config=config, env=env)
+    ctl2 = thriftctl(dp2, token="s3cret-admin")
+    assert ctl2.ok("config", "dump")["runtime_changes"] == []
+    r2 = ctl2.run("--output", "table", "config", "dump")
+
+    def body(dump_text):
+        return [line for line in dump_text.splitlines() if not line.startswith("#")]
+
+    assert body(r2.stdout) == body(text), (r2.stdout, text)

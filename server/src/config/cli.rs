@@ -74,7 +74,9 @@ pub struct Cli {
     pub ready_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]

@@ -30,7 +30,7 @@ pub use secret::Secret;
 use crate::thrift::{HeaderError, Protocol, Transport};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct Config {
 /// The Prometheus endpoint and the HTTP health probes. Read-only (counts and
 /// service names, no secrets), so it listens on every interface by default:
 /// Prometheus and the kubelet must reach it from outside the pod.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub enabled: bool,
@@ -77,7 +77,7 @@ impl Default for MetricsConfig {
 /// The gRPC admin API. It can reconfigure the data plane, so it listens on
 /// loopback by default; a bearer token and TLS (optionally with client
 /// certificates) protect it when it must be reachable from elsewhere.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub enabled: bool,
@@ -117,7 +117,7 @@ pub struct RuntimeState {
     pub listeners: Vec<ListenerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
@@ -142,7 +142,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConfig {
     /// Empty: one ipc endpoint in a private runtime directory.

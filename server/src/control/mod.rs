@@ -446,6 +446,11 @@ impl Control {
         Ok(())
     }
 
+    /// Where runtime changes are persisted, if anywhere.
+    pub fn state_file(&self) -> Option<&std::path::Path> {
+        self.state_file.as_deref()
+    }
+
     pub async fn listeners(&self) -> Vec<ListenerView> {
         let st = self.state.lock().await;
         st.listeners

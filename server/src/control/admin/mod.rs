@@ -71,6 +71,8 @@ pub struct AdminContext {
     pub workers_changed: watch::Receiver<u64>,
     /// `None`: the process cannot change its log filter (tests).
     pub log_filter: Option<Arc<LogFilter>>,
+    /// The configuration the process started with (defaults filled in).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled.

@@ -103,6 +103,29 @@ fn event_pb(e: &crate::telemetry::events::Event) -> pb::Event {
     }
 }
 
+/// What differs between the start-up and current lists, by name.
+fn diff<T>(
+    what: &str,
+    start: &[T],
+    now: &[T],
+    name: impl Fn(&T) -> String,
+    same: impl Fn(&T, &T) -> bool,
+    out: &mut Vec<String>,
+) {
+    for n in now {
+        match start.iter().find(|s| name(s) == name(n)) {
+            None => out.push(format!("{what} {} added at run time", name(n))),
+            Some(s) if !same(s, n) => out.push(format!("{what} {} changed at run time", name(n))),
+            Some(_) => {}
+        }
+    }
+    for s in start {
+        if !now.iter().any(|n| name(n) == name(s)) {
+            out.push(format!("{what} {} removed at run time", name(s)));
+        }
+    }
+}
+
 /// The caller's address, for the log and the event of an admin change.
 fn peer_of<T>(req: &Request<T>) -> Option<String> {
     req.remote_addr().map(|a| a.to_string())
@@ -418,6 +441,67 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn get_config(
+        &self,
+        _req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::ConfigDump>, Status> {
+        let start = &self.ctx.config;
+        let services: Vec<_> = self
+            .ctx
+            .control
+            .services()
+            .await
+            .into_iter()
+            .map(|v| v.config)
+            .collect();
+        let listeners: Vec<_> = self
+            .ctx
+            .control
+            .listeners()
+            .await
+            .into_iter()
+            .map(|v| v.config)
+            .collect();
+        let mut changes = Vec::new();
+        diff(
+            "service",
+            &start.services,
+            &services,
+            |s| s.name.clone(),
+            |a, b| toml::to_string(a).ok() == toml::to_string(b).ok(),
+            &mut changes,
+        );
+        diff(
+            "listener",
+            &start.listeners,
+            &listeners,
+            |l| l.name.clone(),
+            |a, b| toml::to_string(a).ok() == toml::to_string(b).ok(),
+            &mut changes,
+        );
+        let effective = crate::config::Config {
+            services,
+            listeners,
+            ..(**start).clone()
+        };
+        let internal = |e: &dyn std::fmt::Display| {
+            Status::internal(format!("cannot encode the configuration: {e}"))
+        };
+        Ok(Response::new(pb::ConfigDump {
+            toml: toml::to_string_pretty(&effective).map_err(|e| internal(&e))?,
+            json: serde_json::to_string_pretty(&effective).map_err(|e| internal(&e))?,
+            runtime_changes: changes,
+            state_file: self
+                .ctx
+                .control
+                .state_file()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            admin_token_set: start.admin.token.is_some(),
+            worker_token_set: start.workers.token.is_some(),
+        }))
     }
 
     async fn get_log_level(
