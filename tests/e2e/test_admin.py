@@ -1073,3 +1073,35 @@ def test_config_dump_round_trips_marks_runtime_changes_and_hides_secrets(datapla
         return [line for line in dump_text.splitlines() if not line.startswith("#")]
 
     assert body(r2.stdout) == body(text), (r2.stdout, text)
+
+
+# -- read-only token ---------------------------------------------------------------------
+
+
+def test_a_read_only_token_can_read_but_not_change(dataplane, worker, thriftctl, short_tmp):
+    admin_file = short_tmp / "admin.token"
+    admin_file.write_text("writer-token\n")
+    reader_file = short_tmp / "reader.token"
+    reader_file.write_text("reader-token\n")
+    dp = dataplane(admin={"address": "127.0.0.1:0", "token_file": str(admin_file),
+                          "read_only_token_file": str(reader_file)})
+    worker()
+    reader = thriftctl(dp, token="reader-token")
+    for verb in (["services", "list"], ["listeners", "list"], ["workers", "list"], ["stats"], ["events"],
+                 ["config", "dump"], ["log-level"]):
+        reader.ok(*verb)
+    worker_id = reader.ok("workers", "list")["workers"][0]["id"]
+    for verb in (["services", "register", "X"], ["services", "update", "Echo", "--timeout", "1s"],
+                 ["services", "unregister", "Calc"],
+                 ["listeners", "add", "x", "--address", "127.0.0.1:0", "--service", "Echo"],
+                 ["listeners", "pause", "echo"], ["listeners", "resume", "echo"], ["listeners", "drain", "echo"],
+                 ["listeners", "remove", "mux"], ["workers", "evict", worker_id], ["workers", "drain", worker_id],
+                 ["log-level", "debug"], ["drain"]):
+        line = reader.fails("PERMISSION_DENIED", *verb)
+        assert "read-only" in line, line
+    # Nothing changed; the admin token still may.
+    writer = thriftctl(dp, token="writer-token")
+    assert {s["name"] for s in writer.ok("services", "list")["services"]} == {"Echo", "Calc"}
+    writer.ok("listeners", "pause", "echo")
+    assert thriftctl(dp, token="nobody").run("services", "list").rc == 1
+    assert dp.alive()

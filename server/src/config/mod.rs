@@ -86,6 +86,12 @@ pub struct AdminConfig {
     /// Filled from token_file or THRIFTWORKER_ADMIN_TOKEN; never logged.
     #[serde(skip)]
     pub token: Option<Secret>,
+    /// A second token that may only read (list, get, stats, events, config
+    /// dump, log level); a change with it is PERMISSION_DENIED.
+    pub read_only_token_file: Option<PathBuf>,
+    /// Filled from read_only_token_file or THRIFTWORKER_ADMIN_READ_ONLY_TOKEN.
+    #[serde(skip)]
+    pub read_only_token: Option<Secret>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA.
@@ -101,6 +107,8 @@ impl Default for AdminConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token_file: None,
             token: None,
+            read_only_token_file: None,
+            read_only_token: None,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -441,6 +449,21 @@ impl Config {
             "THRIFTWORKER_ADMIN_TOKEN",
             "admin",
         )?;
+        admin.read_only_token = Secret::load(
+            admin.read_only_token_file.as_deref(),
+            "THRIFTWORKER_ADMIN_READ_ONLY_TOKEN",
+            "admin read-only",
+        )?;
+        if admin.read_only_token.is_some() && admin.token.is_none() {
+            return Err(ConfigError::Invalid(
+                "[admin] a read-only token needs the admin token too (token_file or THRIFTWORKER_ADMIN_TOKEN): without it every caller may change everything".into(),
+            ));
+        }
+        if admin.read_only_token.is_some() && admin.read_only_token == admin.token {
+            return Err(ConfigError::Invalid(
+                "[admin] the read-only token must differ from the admin token".into(),
+            ));
+        }
         if admin.tls_cert.is_some() != admin.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "[admin] tls_cert and tls_key must be set together".into(),

@@ -103,10 +103,11 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| AdminError::Serve(e.to_string()))?;
     let token = config.token.clone().map(|t| t.0);
+    let read_only = config.read_only_token.clone().map(|t| t.0);
     let admin = pb::admin_server::AdminServer::with_interceptor(
         AdminService { ctx },
-        move |req: Request<()>| {
-            check_token(token.as_deref(), &req)?;
+        move |mut req: Request<()>| {
+            check_token(token.as_deref(), read_only.as_deref(), &mut req)?;
             Ok(req)
         },
     );
@@ -139,7 +140,16 @@ pub async fn serve(
         .map_err(|e| AdminError::Serve(e.to_string()))
 }
 
-fn check_token(expected: Option<&[u8]>, req: &Request<()>) -> Result<(), Status> {
+/// Marks a call made with the read-only token (a request extension the
+/// changing RPCs check, see `service::AdminService::require_write`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOnly;
+
+fn check_token(
+    expected: Option<&[u8]>,
+    read_only: Option<&[u8]>,
+    req: &mut Request<()>,
+) -> Result<(), Status> {
     let Some(expected) = expected else {
         return Ok(());
     };
@@ -149,10 +159,16 @@ fn check_token(expected: Option<&[u8]>, req: &Request<()>) -> Result<(), Status>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
-    let ok = given.is_some_and(|g| {
-        g.len() == expected.len() && g.iter().zip(expected).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-    });
-    if ok {
+    let same = |e: &[u8]| {
+        given.is_some_and(|g| {
+            g.len() == e.len() && g.iter().zip(e).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        })
+    };
+    if same(expected) {
+        return Ok(());
+    }
+    if read_only.is_some_and(same) {
+        req.extensions_mut().insert(ReadOnly);
         return Ok(());
     }
     tracing::warn!(

@@ -126,6 +126,16 @@ fn diff<T>(
     }
 }
 
+/// Refuses a change made with the read-only admin token.
+fn require_write<T>(req: &Request<T>) -> Result<(), Status> {
+    if req.extensions().get::<super::ReadOnly>().is_some() {
+        return Err(Status::permission_denied(
+            "the read-only admin token may only read: use the admin token to change anything",
+        ));
+    }
+    Ok(())
+}
+
 /// The caller's address, for the log and the event of an admin change.
 fn peer_of<T>(req: &Request<T>) -> Option<String> {
     req.remote_addr().map(|a| a.to_string())
@@ -162,6 +172,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "service")?;
@@ -185,6 +196,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UpdateServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "service")?;
@@ -209,6 +221,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UnregisterServiceRequest>,
     ) -> Result<Response<pb::UnregisterServiceResponse>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let name = req.into_inner().name;
         require_name(&name, "service")?;
@@ -237,6 +250,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::AddListenerRequest>,
     ) -> Result<Response<pb::Listener>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "listener")?;
@@ -260,6 +274,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveListenerRequest>,
     ) -> Result<Response<pb::RemoveListenerResponse>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
         require_name(&r.name, "listener")?;
@@ -286,6 +301,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::PauseListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
         self.set_paused(&r.name, r.all, true, r.drain_connections, &peer)
@@ -296,6 +312,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ResumeListenersRequest>,
     ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
         self.set_paused(&r.name, r.all, false, false, &peer).await
@@ -335,6 +352,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::EvictWorkerRequest>,
     ) -> Result<Response<pb::EvictWorkerResponse>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let id = req.into_inner().id;
         require_name(&id, "worker")?;
@@ -353,6 +371,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        require_write(&req)?;
         let peer = req.remote_addr();
         let id = req.into_inner().id;
         require_name(&id, "worker")?;
@@ -372,6 +391,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        require_write(&req)?;
         let peer = peer_of(&req);
         let t = req.into_inner().timeout_ms;
         self.changed(
@@ -518,6 +538,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::SetLogLevelRequest>,
     ) -> Result<Response<pb::LogLevel>, Status> {
+        require_write(&req)?;
         let peer = req.remote_addr();
         let wanted = req.into_inner().filter;
         let filter = self.log_filter()?;
