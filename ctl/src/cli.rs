@@ -92,12 +92,18 @@ pub struct GlobalArgs {
         default_value_t = Output::Table
     )]
     pub output: Output,
+
+    /// Tables without their header line (for scripts that cut columns).
+    #[arg(long, global = true)]
+    pub no_headers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
     Json,
+    /// The JSON document as YAML.
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,13 +277,36 @@ pub struct ServiceSettingsArgs {
 
 // -- listeners ----------------------------------------------------------------
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListenerState {
+    Accepting,
+    Paused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkerState {
+    Ready,
+    Leaving,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ListenersCmd {
     /// Lists listeners, their bound address and connections.
     #[command(
         after_help = "Examples:\n  thriftctl listeners list\n  thriftctl listeners list -o json"
     )]
-    List,
+    List {
+        /// Only listeners in this state.
+        #[arg(long, value_enum)]
+        state: Option<ListenerState>,
+    },
+
+    /// One listener, all its settings (NOT_FOUND if there is none).
+    #[command(after_help = "Example:\n  thriftctl listeners get echo")]
+    Get {
+        /// Listener name.
+        name: String,
+    },
 
     /// Binds a new listener at once; a failed add changes nothing.
     #[command(after_help = "\
@@ -418,9 +447,20 @@ pub enum WorkersCmd {
         after_help = "Examples:\n  thriftctl workers list\n  thriftctl workers list --service Echo"
     )]
     List {
-        /// Only workers serving this service.
+        /// Only workers serving this service (NOT_FOUND if there is none).
         #[arg(long, value_name = "SERVICE")]
         service: Option<String>,
+
+        /// Only workers in this state.
+        #[arg(long, value_enum)]
+        state: Option<WorkerState>,
+    },
+
+    /// One worker (NOT_FOUND if there is none).
+    #[command(after_help = "Example:\n  thriftctl workers get w3")]
+    Get {
+        /// Worker id, as in "thriftctl workers list".
+        id: String,
     },
 
     /// Cordons a worker: no new calls; its calls in flight finish, then it

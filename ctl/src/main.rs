@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod model;
 mod table;
+mod yaml;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -23,9 +24,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
 use cli::{
-    Cli, Command, ConfigCmd, DrainArgs, EventsArgs, HealthArgs, ListenerAddArgs, ListenerTarget,
-    ListenersCmd, LogLevelArgs, Output, ProtocolArg, ServiceArgs, ServicesCmd, StatsArgs,
-    TransportArg, WorkersCmd,
+    Cli, Command, ConfigCmd, DrainArgs, EventsArgs, HealthArgs, ListenerAddArgs, ListenerState,
+    ListenerTarget, ListenersCmd, LogLevelArgs, Output, ProtocolArg, ServiceArgs, ServicesCmd,
+    StatsArgs, TransportArg, WorkerState, WorkersCmd,
 };
 use client::Conn;
 
@@ -98,6 +99,13 @@ fn emit(text: &str) -> Result<()> {
 }
 
 /// Prints `value` as pretty JSON or as the table `render` makes of it.
+/// One YAML document of a stream (`---` first).
+fn yaml_document<T: Serialize>(value: &T) -> Result<String> {
+    let v = serde_json::to_value(value)
+        .map_err(|e| Failure::error(format!("cannot encode YAML: {e}")))?;
+    Ok(format!("---\n{}", yaml::to_string(&v)))
+}
+
 fn show<T: Serialize>(output: Output, value: &T, render: impl FnOnce(&T) -> String) -> Result<()> {
     match output {
         Output::Json => {
@@ -106,12 +114,18 @@ fn show<T: Serialize>(output: Output, value: &T, render: impl FnOnce(&T) -> Stri
             text.push('\n');
             emit(&text)
         }
+        Output::Yaml => {
+            let v = serde_json::to_value(value)
+                .map_err(|e| Failure::error(format!("cannot encode YAML: {e}")))?;
+            emit(&yaml::to_string(&v))
+        }
         Output::Table => emit(&render(value)),
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let output = cli.global.output;
+    table::set_no_headers(cli.global.no_headers);
     if let Command::Completions(args) = &cli.command {
         let mut buf = Vec::new();
         clap_complete::generate(args.shell, &mut Cli::command(), "thriftctl", &mut buf);
@@ -266,7 +280,7 @@ async fn listeners(conn: &Conn, output: Output, cmd: ListenersCmd) -> Result<()>
     let t = conn.timeout;
     let cmd_is_drain = matches!(cmd, ListenersCmd::Drain(_));
     match cmd {
-        ListenersCmd::List => {
+        ListenersCmd::List { state } => {
             let resp = conn
                 .call(
                     "listeners list",
@@ -274,9 +288,32 @@ async fn listeners(conn: &Conn, output: Output, cmd: ListenersCmd) -> Result<()>
                     admin.list_listeners(conn.request(pb::ListListenersRequest {})),
                 )
                 .await?;
-            show(output, &listener_list(&resp), |l| {
-                model::listeners_table(&l.listeners)
-            })
+            let mut list = listener_list(&resp);
+            if let Some(state) = state {
+                list.listeners
+                    .retain(|l| l.paused == (state == ListenerState::Paused));
+            }
+            show(output, &list, |l| model::listeners_table(&l.listeners))
+        }
+        ListenersCmd::Get { name } => {
+            let what = format!("listeners get {name}");
+            let resp = conn
+                .call(
+                    &what,
+                    t,
+                    admin.list_listeners(conn.request(pb::ListListenersRequest {})),
+                )
+                .await?;
+            let Some(found) = listener_list(&resp)
+                .listeners
+                .into_iter()
+                .find(|l| l.name == name)
+            else {
+                return Err(Failure::error(format!(
+                    "{what}: NOT_FOUND: no listener '{name}': see `thriftctl listeners list`"
+                )));
+            };
+            show(output, &found, model::listener_detail)
         }
         ListenersCmd::Add(args) => {
             let what = format!("listeners add {}", args.name);
@@ -360,17 +397,39 @@ async fn workers(conn: &Conn, output: Output, cmd: WorkersCmd) -> Result<()> {
     let mut admin = conn.admin();
     let t = conn.timeout;
     match cmd {
-        WorkersCmd::List { service } => {
+        WorkersCmd::List { service, state } => {
             let req = pb::ListWorkersRequest {
                 service: service.unwrap_or_default(),
             };
             let resp = conn
                 .call("workers list", t, admin.list_workers(conn.request(req)))
                 .await?;
-            let list = model::WorkerList {
+            let mut list = model::WorkerList {
                 workers: resp.workers.iter().map(Into::into).collect(),
             };
+            if let Some(state) = state {
+                list.workers
+                    .retain(|w| w.leaving == (state == WorkerState::Leaving));
+            }
             show(output, &list, |l| model::workers_table(&l.workers))
+        }
+        WorkersCmd::Get { id } => {
+            let what = format!("workers get {id}");
+            let req = pb::ListWorkersRequest::default();
+            let resp = conn
+                .call(&what, t, admin.list_workers(conn.request(req)))
+                .await?;
+            let Some(found) = resp
+                .workers
+                .iter()
+                .map(model::Worker::from)
+                .find(|w| w.id == id)
+            else {
+                return Err(Failure::error(format!(
+                    "{what}: NOT_FOUND: no worker '{id}': see `thriftctl workers list`"
+                )));
+            };
+            show(output, &found, model::worker_detail)
         }
         WorkersCmd::Drain { id } => {
             let what = format!("workers drain {id}");
@@ -460,6 +519,7 @@ async fn stats(conn: &Conn, output: Output, args: StatsArgs) -> Result<()> {
                 line.push('\n');
                 emit(&line)?;
             }
+            Output::Yaml => emit(&yaml_document(&cur)?)?,
             Output::Table => {
                 let view = model::stats_view(prev.as_ref(), &cur);
                 if terminal {
@@ -489,7 +549,7 @@ async fn config_dump(conn: &Conn, output: Output) -> Result<()> {
         .await?;
     let set = |b: bool| if b { "set" } else { "unset" };
     match output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let config: serde_json::Value = serde_json::from_str(&dump.json).map_err(|e| {
                 Failure::error(format!("config dump: bad JSON from the server: {e}"))
             })?;
@@ -500,6 +560,9 @@ async fn config_dump(conn: &Conn, output: Output) -> Result<()> {
                 "admin_token": set(dump.admin_token_set),
                 "worker_token": set(dump.worker_token_set),
             });
+            if output == Output::Yaml {
+                return emit(&yaml::to_string(&shown));
+            }
             let mut text = serde_json::to_string_pretty(&shown)
                 .map_err(|e| Failure::error(format!("cannot encode JSON: {e}")))?;
             text.push('\n');
@@ -588,6 +651,7 @@ async fn events(conn: &Conn, output: Output, args: EventsArgs) -> Result<()> {
                 line.push('\n');
                 line
             }
+            Output::Yaml => yaml_document(&event)?,
             Output::Table => model::event_line(&event),
         };
         emit(&line)?;

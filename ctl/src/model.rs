@@ -690,6 +690,21 @@ pub fn listener_detail(l: &Listener) -> String {
     ])
 }
 
+pub fn worker_detail(w: &Worker) -> String {
+    fields(&[
+        ("id", w.id.clone()),
+        ("services", table::list(&w.services)),
+        ("credit", w.credit.to_string()),
+        ("in flight", w.in_flight.to_string()),
+        ("last seen", format!("{}ms ago", w.last_heartbeat_ms)),
+        ("identity", table::or_dash(&w.identity)),
+        (
+            "state",
+            if w.leaving { "leaving" } else { "ready" }.to_string(),
+        ),
+    ])
+}
+
 pub fn workers_table(workers: &[Worker]) -> String {
     let mut t = Table::new(&[
         ("ID", Align::Left),

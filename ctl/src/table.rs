@@ -2,7 +2,16 @@
 //! numbers right-aligned, no trailing spaces. Plus the few formatters the
 //! tables share (durations, latencies, rates).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// `--no-headers`: tables print their rows only (for scripts that cut
+/// columns). Set once from the command line.
+static NO_HEADERS: AtomicBool = AtomicBool::new(false);
+
+pub fn set_no_headers(on: bool) {
+    NO_HEADERS.store(on, Ordering::Relaxed);
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Align {
@@ -45,7 +54,8 @@ impl Table {
             }
         }
         let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
+        let skip = usize::from(NO_HEADERS.load(Ordering::Relaxed));
+        for row in std::iter::once(&self.headers).chain(&self.rows).skip(skip) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
                 if i > 0 {

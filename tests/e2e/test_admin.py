@@ -1105,3 +1105,34 @@ def test_a_read_only_token_can_read_but_not_change(dataplane, worker, thriftctl,
     writer.ok("listeners", "pause", "echo")
     assert thriftctl(dp, token="nobody").run("services", "list").rc == 1
     assert dp.alive()
+
+
+# -- listing like kubectl --------------------------------------------------------------------
+
+
+def test_listing_get_state_filters_no_headers_and_yaml(dataplane, worker, thriftctl):
+    dp = dataplane()
+    worker()
+    ctl = thriftctl(dp)
+    ctl.ok("listeners", "pause", "mux")
+    assert [entry["name"] for entry in ctl.ok("listeners", "list", "--state", "paused")["listeners"]] == ["mux"]
+    assert [entry["name"] for entry in ctl.ok("listeners", "list", "--state", "accepting")["listeners"]] == ["echo"]
+    got = ctl.ok("listeners", "get", "echo")
+    assert got["name"] == "echo" and got["settings"]["transport"] == "auto", got
+    ctl.fails("NOT_FOUND", "listeners", "get", "nope")
+    wid = ctl.ok("workers", "list")["workers"][0]["id"]
+    assert ctl.ok("workers", "get", wid)["id"] == wid
+    assert ctl.ok("workers", "list", "--state", "leaving")["workers"] == []
+    ctl.fails("NOT_FOUND", "workers", "get", "w999")
+
+    r = ctl.run("--output", "table", "--no-headers", "listeners", "list")
+    assert r.rc == 0 and [line.split()[0] for line in r.stdout.splitlines()] == ["echo", "mux"], r
+    r = ctl.run("--output", "table", "workers", "get", wid)
+    assert r.rc == 0 and "id:" in r.stdout and wid in r.stdout, r
+
+    import yaml  # PyYAML, in tests/requirements.txt
+
+    r = ctl.run("--output", "yaml", "listeners", "get", "echo")
+    assert r.rc == 0 and yaml.safe_load(r.stdout) == got, r
+    r = ctl.run("--output", "yaml", "stats")
+    assert r.rc == 0 and {s["name"] for s in yaml.safe_load(r.stdout)["services"]} == {"Echo", "Calc"}, r
