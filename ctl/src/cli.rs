@@ -104,6 +104,21 @@ pub enum Output {
     Json,
     /// The JSON document as YAML.
     Yaml,
+    /// Tables with more columns (every setting).
+    Wide,
+}
+
+/// `--watch` for the list verbs.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Print the list again every --interval (Ctrl-C to stop); on a
+    /// terminal the screen is redrawn, otherwise each list follows the last.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// How often --watch refreshes.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_millis)]
+    pub interval: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,7 +209,10 @@ pub enum ServicesCmd {
     #[command(
         after_help = "Examples:\n  thriftctl services list\n  thriftctl services list -o json"
     )]
-    List,
+    List {
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
 
     /// Shows one service.
     #[command(after_help = "Example:\n  thriftctl services get Echo")]
@@ -299,6 +317,9 @@ pub enum ListenersCmd {
         /// Only listeners in this state.
         #[arg(long, value_enum)]
         state: Option<ListenerState>,
+
+        #[command(flatten)]
+        watch: WatchArgs,
     },
 
     /// One listener, all its settings (NOT_FOUND if there is none).
@@ -454,6 +475,9 @@ pub enum WorkersCmd {
         /// Only workers in this state.
         #[arg(long, value_enum)]
         state: Option<WorkerState>,
+
+        #[command(flatten)]
+        watch: WatchArgs,
     },
 
     /// One worker (NOT_FOUND if there is none).

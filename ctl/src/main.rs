@@ -119,8 +119,69 @@ fn show<T: Serialize>(output: Output, value: &T, render: impl FnOnce(&T) -> Stri
                 .map_err(|e| Failure::error(format!("cannot encode YAML: {e}")))?;
             emit(&yaml::to_string(&v))
         }
-        Output::Table => emit(&render(value)),
+        Output::Table | Output::Wide => emit(&render(value)),
     }
+}
+
+/// A list: `wide` renders the `-o wide` table.
+fn show_list<T: Serialize>(
+    output: Output,
+    value: &T,
+    narrow: impl FnOnce(&T) -> String,
+    wide: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    match output {
+        Output::Wide => emit(&wide(value)),
+        _ => show(output, value, narrow),
+    }
+}
+
+/// Shows a list once, or, with `--watch`, again every interval until
+/// Ctrl-C (a terminal is redrawn; JSON is one object per line, YAML one
+/// document per list). `$fetch` is an expression giving the list.
+macro_rules! list_maybe_watching {
+    ($output:expr, $watch:expr, $fetch:expr, $narrow:expr, $wide:expr) => {{
+        let (output, watch): (Output, &cli::WatchArgs) = ($output, $watch);
+        if !watch.watch {
+            let list = $fetch;
+            return show_list(output, &list, $narrow, $wide);
+        }
+        let terminal = std::io::stdout().is_terminal();
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let every = Duration::from_millis(watch.interval.max(100));
+        loop {
+            let list = $fetch;
+            match output {
+                Output::Json => {
+                    let mut line = serde_json::to_string(&list)
+                        .map_err(|e| Failure::error(format!("cannot encode JSON: {e}")))?;
+                    line.push('\n');
+                    emit(&line)?;
+                }
+                Output::Yaml => emit(&yaml_document(&list)?)?,
+                Output::Table | Output::Wide => {
+                    let text = if output == Output::Wide {
+                        ($wide)(&list)
+                    } else {
+                        ($narrow)(&list)
+                    };
+                    if terminal {
+                        emit(&format!(
+                            "\x1b[H\x1b[2J{text}\n(every {}, Ctrl-C to stop)\n",
+                            table::ms(watch.interval)
+                        ))?;
+                    } else {
+                        emit(&format!("{text}\n"))?;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }};
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -169,19 +230,24 @@ async fn services(conn: &Conn, output: Output, cmd: ServicesCmd) -> Result<()> {
     let mut admin = conn.admin();
     let t = conn.timeout;
     match cmd {
-        ServicesCmd::List => {
-            let resp = conn
-                .call(
-                    "services list",
-                    t,
-                    admin.list_services(conn.request(pb::ListServicesRequest {})),
-                )
-                .await?;
-            let list = model::ServiceList {
-                services: resp.services.iter().map(Into::into).collect(),
-            };
-            show(output, &list, |l| model::services_table(&l.services))
-        }
+        ServicesCmd::List { watch } => list_maybe_watching!(
+            output,
+            &watch,
+            {
+                let resp = conn
+                    .call(
+                        "services list",
+                        t,
+                        admin.list_services(conn.request(pb::ListServicesRequest {})),
+                    )
+                    .await?;
+                model::ServiceList {
+                    services: resp.services.iter().map(Into::into).collect(),
+                }
+            },
+            |l: &model::ServiceList| model::services_table(&l.services),
+            |l: &model::ServiceList| model::services_table_wide(&l.services)
+        ),
         ServicesCmd::Get { name } => {
             let what = format!("services get {name}");
             let s = conn
@@ -280,21 +346,27 @@ async fn listeners(conn: &Conn, output: Output, cmd: ListenersCmd) -> Result<()>
     let t = conn.timeout;
     let cmd_is_drain = matches!(cmd, ListenersCmd::Drain(_));
     match cmd {
-        ListenersCmd::List { state } => {
-            let resp = conn
-                .call(
-                    "listeners list",
-                    t,
-                    admin.list_listeners(conn.request(pb::ListListenersRequest {})),
-                )
-                .await?;
-            let mut list = listener_list(&resp);
-            if let Some(state) = state {
-                list.listeners
-                    .retain(|l| l.paused == (state == ListenerState::Paused));
-            }
-            show(output, &list, |l| model::listeners_table(&l.listeners))
-        }
+        ListenersCmd::List { state, watch } => list_maybe_watching!(
+            output,
+            &watch,
+            {
+                let resp = conn
+                    .call(
+                        "listeners list",
+                        t,
+                        admin.list_listeners(conn.request(pb::ListListenersRequest {})),
+                    )
+                    .await?;
+                let mut list = listener_list(&resp);
+                if let Some(state) = state {
+                    list.listeners
+                        .retain(|l| l.paused == (state == ListenerState::Paused));
+                }
+                list
+            },
+            |l: &model::ListenerList| model::listeners_table(&l.listeners),
+            |l: &model::ListenerList| model::listeners_table_wide(&l.listeners)
+        ),
         ListenersCmd::Get { name } => {
             let what = format!("listeners get {name}");
             let resp = conn
@@ -397,22 +469,32 @@ async fn workers(conn: &Conn, output: Output, cmd: WorkersCmd) -> Result<()> {
     let mut admin = conn.admin();
     let t = conn.timeout;
     match cmd {
-        WorkersCmd::List { service, state } => {
-            let req = pb::ListWorkersRequest {
-                service: service.unwrap_or_default(),
-            };
-            let resp = conn
-                .call("workers list", t, admin.list_workers(conn.request(req)))
-                .await?;
-            let mut list = model::WorkerList {
-                workers: resp.workers.iter().map(Into::into).collect(),
-            };
-            if let Some(state) = state {
-                list.workers
-                    .retain(|w| w.leaving == (state == WorkerState::Leaving));
-            }
-            show(output, &list, |l| model::workers_table(&l.workers))
-        }
+        WorkersCmd::List {
+            service,
+            state,
+            watch,
+        } => list_maybe_watching!(
+            output,
+            &watch,
+            {
+                let req = pb::ListWorkersRequest {
+                    service: service.clone().unwrap_or_default(),
+                };
+                let resp = conn
+                    .call("workers list", t, admin.list_workers(conn.request(req)))
+                    .await?;
+                let mut list = model::WorkerList {
+                    workers: resp.workers.iter().map(Into::into).collect(),
+                };
+                if let Some(state) = state {
+                    list.workers
+                        .retain(|w| w.leaving == (state == WorkerState::Leaving));
+                }
+                list
+            },
+            |l: &model::WorkerList| model::workers_table(&l.workers),
+            |l: &model::WorkerList| model::workers_table(&l.workers)
+        ),
         WorkersCmd::Get { id } => {
             let what = format!("workers get {id}");
             let req = pb::ListWorkersRequest::default();
@@ -520,7 +602,7 @@ async fn stats(conn: &Conn, output: Output, args: StatsArgs) -> Result<()> {
                 emit(&line)?;
             }
             Output::Yaml => emit(&yaml_document(&cur)?)?,
-            Output::Table => {
+            Output::Table | Output::Wide => {
                 let view = model::stats_view(prev.as_ref(), &cur);
                 if terminal {
                     emit(&format!(
@@ -568,7 +650,7 @@ async fn config_dump(conn: &Conn, output: Output) -> Result<()> {
             text.push('\n');
             emit(&text)
         }
-        Output::Table => {
+        Output::Table | Output::Wide => {
             let mut text = String::from(
                 "# The effective configuration of thriftworker (thriftctl config dump).\n",
             );
@@ -621,7 +703,7 @@ async fn events(conn: &Conn, output: Output, args: EventsArgs) -> Result<()> {
             admin.watch_events(tonic::Request::new(req)),
         )
         .await?;
-    if output == Output::Table {
+    if matches!(output, Output::Table | Output::Wide) {
         emit(&model::events_table(&[]))?;
     }
     let ctrl_c = tokio::signal::ctrl_c();
@@ -652,7 +734,7 @@ async fn events(conn: &Conn, output: Output, args: EventsArgs) -> Result<()> {
                 line
             }
             Output::Yaml => yaml_document(&event)?,
-            Output::Table => model::event_line(&event),
+            Output::Table | Output::Wide => model::event_line(&event),
         };
         emit(&line)?;
     }

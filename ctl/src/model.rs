@@ -596,6 +596,45 @@ pub fn services_table(services: &[Service]) -> String {
     t.render()
 }
 
+/// `-o wide`: with the per-method deadlines.
+pub fn services_table_wide(services: &[Service]) -> String {
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("WORKERS", Align::Right),
+        ("CREDIT", Align::Right),
+        ("IN-FLIGHT", Align::Right),
+        ("QUEUE", Align::Right),
+        ("TIMEOUT", Align::Left),
+        ("METHOD-TIMEOUTS", Align::Left),
+        ("QUEUE-TIMEOUT", Align::Left),
+        ("MAX-QUEUE", Align::Right),
+        ("STRIP", Align::Left),
+        ("STATE", Align::Left),
+    ]);
+    for s in services {
+        let methods: Vec<String> = s
+            .settings
+            .method_timeouts_ms
+            .iter()
+            .map(|(m, v)| format!("{m}={}", table::ms(*v)))
+            .collect();
+        t.row(vec![
+            s.name.clone(),
+            s.live_workers.to_string(),
+            format!("{}/{}", s.free_credit, s.total_credit),
+            s.in_flight.to_string(),
+            s.queue_depth.to_string(),
+            table::ms(s.settings.timeout_ms),
+            table::list(&methods),
+            table::ms(s.settings.queue_timeout_ms),
+            s.settings.max_queue.to_string(),
+            strip(&s.settings),
+            service_state(s),
+        ]);
+    }
+    t.render()
+}
+
 pub fn service_detail(s: &Service) -> String {
     let methods = if s.settings.method_timeouts_ms.is_empty() {
         "-".to_string()
@@ -623,6 +662,46 @@ pub fn service_detail(s: &Service) -> String {
         ("in flight", s.in_flight.to_string()),
         ("queued", s.queue_depth.to_string()),
     ])
+}
+
+/// `-o wide`: every listener setting.
+pub fn listeners_table_wide(listeners: &[Listener]) -> String {
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("ADDRESS", Align::Left),
+        ("BOUND", Align::Left),
+        ("SERVICES", Align::Left),
+        ("DEFAULT", Align::Left),
+        ("PROTOCOL", Align::Left),
+        ("TRANSPORT", Align::Left),
+        ("TLS", Align::Left),
+        ("MAX-FRAME", Align::Right),
+        ("MAX-CONNS", Align::Right),
+        ("IDLE", Align::Left),
+        ("PIPELINE", Align::Right),
+        ("ACTIVE", Align::Right),
+        ("STATE", Align::Left),
+    ]);
+    for l in listeners {
+        let s = &l.settings;
+        t.row(vec![
+            l.name.clone(),
+            s.address.clone(),
+            table::or_dash(&l.bound_address),
+            table::list(&s.services),
+            table::or_dash(&s.default_service),
+            s.protocol.to_string(),
+            s.transport.to_string(),
+            s.tls_state().to_string(),
+            s.max_frame_size.to_string(),
+            s.max_connections.to_string(),
+            table::ms(s.idle_timeout_ms),
+            s.max_pipeline.to_string(),
+            l.active_connections.to_string(),
+            if l.paused { "paused" } else { "accepting" }.to_string(),
+        ]);
+    }
+    t.render()
 }
 
 pub fn listeners_table(listeners: &[Listener]) -> String {

@@ -1136,3 +1136,23 @@ def test_listing_get_state_filters_no_headers_and_yaml(dataplane, worker, thrift
     assert r.rc == 0 and yaml.safe_load(r.stdout) == got, r
     r = ctl.run("--output", "yaml", "stats")
     assert r.rc == 0 and {s["name"] for s in yaml.safe_load(r.stdout)["services"]} == {"Echo", "Calc"}, r
+
+
+def test_list_watch_and_wide(dataplane, worker, thriftctl, processes):
+    import json as _json
+
+    dp = dataplane()
+    ctl = thriftctl(dp)
+    r = ctl.run("--output", "wide", "listeners", "list")
+    assert r.rc == 0 and "MAX-FRAME" in r.stdout.splitlines()[0] and "16384000" in r.stdout, r
+    r = ctl.run("--output", "wide", "services", "list")
+    assert r.rc == 0 and "METHOD-TIMEOUTS" in r.stdout and "slow=30s" in r.stdout, r
+    # --watch: a new list every interval; a worker that joins shows up in a later one.
+    watcher = processes.start("thriftctl-watch", ctl.argv("-o", "json", "workers", "list", "--watch",
+                                                         "--interval", "100ms"), ctl.env_for())
+    wait_for(lambda: watcher.stdout.count("\n") >= 2, 10, "two lists", watcher.tail)
+    assert _json.loads(watcher.stdout.splitlines()[0]) == {"workers": []}
+    worker()
+    wait_for(lambda: any(_json.loads(line)["workers"] for line in watcher.stdout.splitlines()), 10,
+             "a later list with the worker", watcher.tail)
+    watcher.kill()
