@@ -829,6 +829,11 @@ def test_tls_with_client_certificates(dataplane, thriftctl, short_tmp):
     r = Thriftctl(f"http://{dp.admin_addr}").run(*tls, "services", "list")
     assert r.rc == 2 and "https" in r.stderr, r
 
+    # Who did what: a change names the client certificate's subject.
+    ctl.ok(*tls, "listeners", "pause", "echo")
+    paused = [e for e in ctl.ok(*tls, "events")["events"] if e["kind"] == "listener_paused"]
+    assert paused and paused[-1]["peer"].startswith("127.0.0.1:") and paused[-1]["peer"].endswith("(CN=client)"), paused
+
 
 def test_counts_follow_workers_coming_and_going(dataplane, worker, thriftctl):
     """stats.workers, services' live_workers and credit, after a worker

@@ -27,6 +27,7 @@ use crate::lifecycle::Lifecycle;
 use crate::telemetry::log_filter::LogFilter;
 use crate::telemetry::Stats;
 
+mod cert;
 pub mod convert;
 mod service;
 

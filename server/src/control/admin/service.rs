@@ -67,7 +67,7 @@ impl AdminService {
             event = kind.label(),
             subject,
             reason = %reason,
-            peer = peer.as_deref().unwrap_or("-"),
+            peer = peer.as_deref().map(tracing::field::display),
             "admin change"
         );
         self.ctx
@@ -137,8 +137,17 @@ fn require_write<T>(req: &Request<T>) -> Result<(), Status> {
 }
 
 /// The caller's address, for the log and the event of an admin change.
+/// With a client certificate (mTLS), its subject too: `ADDR (CN=...)`.
 fn peer_of<T>(req: &Request<T>) -> Option<String> {
-    req.remote_addr().map(|a| a.to_string())
+    let addr = req.remote_addr().map(|a| a.to_string());
+    let subject = req
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| super::cert::subject(c)));
+    match (addr, subject) {
+        (Some(a), Some(s)) => Some(format!("{a} ({s})")),
+        (a, None) => a,
+        (None, Some(s)) => Some(s),
+    }
 }
 
 #[tonic::async_trait]
@@ -372,14 +381,14 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
         require_write(&req)?;
-        let peer = req.remote_addr();
+        let peer = peer_of(&req);
         let id = req.into_inner().id;
         require_name(&id, "worker")?;
         // The dispatcher records the event (before the worker may leave).
         let in_flight = self
             .ctx
             .control
-            .drain_worker(&id, peer.map(|p| p.to_string()))
+            .drain_worker(&id, peer)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DrainWorkerResponse {
@@ -539,7 +548,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::SetLogLevelRequest>,
     ) -> Result<Response<pb::LogLevel>, Status> {
         require_write(&req)?;
-        let peer = req.remote_addr();
+        let peer = peer_of(&req);
         let wanted = req.into_inner().filter;
         let filter = self.log_filter()?;
         let before = filter.current();
@@ -550,7 +559,7 @@ impl pb::admin_server::Admin for AdminService {
         })?;
         let now = filter.current();
         tracing::warn!(
-            peer = peer.map(tracing::field::display),
+            peer = peer.as_deref().map(tracing::field::display),
             before = %before,
             now = %now,
             "log filter changed through the admin API"
@@ -559,7 +568,7 @@ impl pb::admin_server::Admin for AdminService {
             EventKind::LogLevelChanged,
             "",
             format!("{before} -> {now}"),
-            peer.map(|p| p.to_string()),
+            peer,
         );
         Ok(Response::new(pb::LogLevel { filter: now }))
     }

@@ -116,7 +116,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
     pub(super) fn drain_worker(&mut self, id: &str, peer: Option<String>) -> Option<usize> {
         let (w, state) = self.pool.iter().find(|(_, s)| s.id == id)?;
         let in_flight = state.in_flight.len();
-        tracing::info!(worker = %id, in_flight, peer = peer.as_deref().unwrap_or("-"), "worker drain requested by an operator");
+        tracing::info!(worker = %id, in_flight, peer = peer.as_deref().map(tracing::field::display), "worker drain requested by an operator");
         // Recorded here, before it may leave at once (`worker_left` follows).
         self.stats.events.record(
             EventKind::WorkerDraining,
