@@ -99,6 +99,29 @@ fn emit(text: &str) -> Result<()> {
 }
 
 /// Prints `value` as pretty JSON or as the table `render` makes of it.
+/// The next message of a server stream; `None` once Ctrl-C is pressed. The
+/// stream ending or failing is an error naming `what`.
+async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    ctrl_c: std::pin::Pin<&mut impl std::future::Future>,
+    what: &str,
+    conn: &Conn,
+) -> Result<Option<T>> {
+    let next = tokio::select! {
+        _ = ctrl_c => return Ok(None),
+        next = stream.message() => next,
+    };
+    match next {
+        Ok(Some(m)) => Ok(Some(m)),
+        Ok(None) => Err(Failure::error(format!(
+            "{what}: the server ended the stream (is it draining?)"
+        ))),
+        Err(status) => Err(Failure::error(client::status_line(
+            what, &conn.peer, &status,
+        ))),
+    }
+}
+
 /// One YAML document of a stream (`---` first).
 fn yaml_document<T: Serialize>(value: &T) -> Result<String> {
     let v = serde_json::to_value(value)
@@ -577,23 +600,10 @@ async fn stats(conn: &Conn, output: Output, args: StatsArgs) -> Result<()> {
     tokio::pin!(ctrl_c);
     let mut prev: Option<model::Stats> = None;
     loop {
-        let next = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            next = stream.message() => next,
+        let Some(s) = next_message(&mut stream, ctrl_c.as_mut(), what, conn).await? else {
+            return Ok(());
         };
-        let cur = match next {
-            Ok(Some(s)) => model::Stats::from(&s),
-            Ok(None) => {
-                return Err(Failure::error(format!(
-                    "{what}: the server ended the stream (is it draining?)"
-                )))
-            }
-            Err(status) => {
-                return Err(Failure::error(client::status_line(
-                    what, &conn.peer, &status,
-                )))
-            }
-        };
+        let cur = model::Stats::from(&s);
         match output {
             Output::Json => {
                 let mut line = serde_json::to_string(&cur)
@@ -709,23 +719,10 @@ async fn events(conn: &Conn, output: Output, args: EventsArgs) -> Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let next = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            next = stream.message() => next,
+        let Some(e) = next_message(&mut stream, ctrl_c.as_mut(), what, conn).await? else {
+            return Ok(());
         };
-        let event = match next {
-            Ok(Some(e)) => model::Event::from(&e),
-            Ok(None) => {
-                return Err(Failure::error(format!(
-                    "{what}: the server ended the stream (is it draining?)"
-                )))
-            }
-            Err(status) => {
-                return Err(Failure::error(client::status_line(
-                    what, &conn.peer, &status,
-                )))
-            }
-        };
+        let event = model::Event::from(&e);
         let line = match output {
             Output::Json => {
                 let mut line = serde_json::to_string(&event)

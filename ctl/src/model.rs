@@ -566,73 +566,182 @@ fn strip(s: &ServiceSettings) -> String {
     table::yes_no(s.strip_service_prefix.unwrap_or(true))
 }
 
-pub fn services_table(services: &[Service]) -> String {
-    let mut t = Table::new(&[
-        ("NAME", Align::Left),
-        ("WORKERS", Align::Right),
-        ("CREDIT", Align::Right),
-        ("IN-FLIGHT", Align::Right),
-        ("QUEUE", Align::Right),
-        ("TIMEOUT", Align::Left),
-        ("QUEUE-TIMEOUT", Align::Left),
-        ("MAX-QUEUE", Align::Right),
-        ("STRIP", Align::Left),
-        ("STATE", Align::Left),
-    ]);
-    for s in services {
-        t.row(vec![
-            s.name.clone(),
-            s.live_workers.to_string(),
-            format!("{}/{}", s.free_credit, s.total_credit),
-            s.in_flight.to_string(),
-            s.queue_depth.to_string(),
-            table::ms(s.settings.timeout_ms),
-            table::ms(s.settings.queue_timeout_ms),
-            s.settings.max_queue.to_string(),
-            strip(&s.settings),
-            service_state(s),
-        ]);
+/// A table column: header, alignment, the cell of a row, and whether only
+/// `-o wide` shows it. Each list's columns are one table that both views
+/// read.
+type Column<T> = (&'static str, Align, fn(&T) -> String, bool);
+
+fn render_columns<T>(columns: &[Column<T>], rows: &[T], wide: bool) -> String {
+    let shown: Vec<&Column<T>> = columns.iter().filter(|c| wide || !c.3).collect();
+    let header: Vec<(&str, Align)> = shown.iter().map(|c| (c.0, c.1)).collect();
+    let mut t = Table::new(&header);
+    for r in rows {
+        t.row(shown.iter().map(|c| (c.2)(r)).collect());
     }
     t.render()
 }
 
+const SERVICE_COLUMNS: &[Column<Service>] = &[
+    ("NAME", Align::Left, |s| s.name.clone(), false),
+    (
+        "WORKERS",
+        Align::Right,
+        |s| s.live_workers.to_string(),
+        false,
+    ),
+    (
+        "CREDIT",
+        Align::Right,
+        |s| format!("{}/{}", s.free_credit, s.total_credit),
+        false,
+    ),
+    (
+        "IN-FLIGHT",
+        Align::Right,
+        |s| s.in_flight.to_string(),
+        false,
+    ),
+    ("QUEUE", Align::Right, |s| s.queue_depth.to_string(), false),
+    (
+        "TIMEOUT",
+        Align::Left,
+        |s| table::ms(s.settings.timeout_ms),
+        false,
+    ),
+    (
+        "METHOD-TIMEOUTS",
+        Align::Left,
+        |s| {
+            let methods: Vec<String> = s
+                .settings
+                .method_timeouts_ms
+                .iter()
+                .map(|(m, v)| format!("{m}={}", table::ms(*v)))
+                .collect();
+            table::list(&methods)
+        },
+        true,
+    ),
+    (
+        "QUEUE-TIMEOUT",
+        Align::Left,
+        |s| table::ms(s.settings.queue_timeout_ms),
+        false,
+    ),
+    (
+        "MAX-QUEUE",
+        Align::Right,
+        |s| s.settings.max_queue.to_string(),
+        false,
+    ),
+    ("STRIP", Align::Left, |s| strip(&s.settings), false),
+    ("STATE", Align::Left, service_state, false),
+];
+
+pub fn services_table(services: &[Service]) -> String {
+    render_columns(SERVICE_COLUMNS, services, false)
+}
+
 /// `-o wide`: with the per-method deadlines.
 pub fn services_table_wide(services: &[Service]) -> String {
-    let mut t = Table::new(&[
-        ("NAME", Align::Left),
-        ("WORKERS", Align::Right),
-        ("CREDIT", Align::Right),
-        ("IN-FLIGHT", Align::Right),
-        ("QUEUE", Align::Right),
-        ("TIMEOUT", Align::Left),
-        ("METHOD-TIMEOUTS", Align::Left),
-        ("QUEUE-TIMEOUT", Align::Left),
-        ("MAX-QUEUE", Align::Right),
-        ("STRIP", Align::Left),
-        ("STATE", Align::Left),
-    ]);
-    for s in services {
-        let methods: Vec<String> = s
-            .settings
-            .method_timeouts_ms
-            .iter()
-            .map(|(m, v)| format!("{m}={}", table::ms(*v)))
-            .collect();
-        t.row(vec![
-            s.name.clone(),
-            s.live_workers.to_string(),
-            format!("{}/{}", s.free_credit, s.total_credit),
-            s.in_flight.to_string(),
-            s.queue_depth.to_string(),
-            table::ms(s.settings.timeout_ms),
-            table::list(&methods),
-            table::ms(s.settings.queue_timeout_ms),
-            s.settings.max_queue.to_string(),
-            strip(&s.settings),
-            service_state(s),
-        ]);
-    }
-    t.render()
+    render_columns(SERVICE_COLUMNS, services, true)
+}
+
+const LISTENER_COLUMNS: &[Column<Listener>] = &[
+    ("NAME", Align::Left, |l| l.name.clone(), false),
+    (
+        "ADDRESS",
+        Align::Left,
+        |l| {
+            if l.bound_address.is_empty() {
+                l.settings.address.clone()
+            } else {
+                l.bound_address.clone()
+            }
+        },
+        false,
+    ),
+    (
+        "CONFIGURED",
+        Align::Left,
+        |l| l.settings.address.clone(),
+        true,
+    ),
+    (
+        "SERVICES",
+        Align::Left,
+        |l| table::list(&l.settings.services),
+        false,
+    ),
+    (
+        "DEFAULT",
+        Align::Left,
+        |l| table::or_dash(&l.settings.default_service),
+        false,
+    ),
+    (
+        "PROTOCOL",
+        Align::Left,
+        |l| l.settings.protocol.to_string(),
+        false,
+    ),
+    (
+        "TRANSPORT",
+        Align::Left,
+        |l| l.settings.transport.to_string(),
+        false,
+    ),
+    (
+        "TLS",
+        Align::Left,
+        |l| l.settings.tls_state().to_string(),
+        false,
+    ),
+    (
+        "MAX-FRAME",
+        Align::Right,
+        |l| l.settings.max_frame_size.to_string(),
+        true,
+    ),
+    (
+        "MAX-CONNS",
+        Align::Right,
+        |l| l.settings.max_connections.to_string(),
+        true,
+    ),
+    (
+        "IDLE",
+        Align::Left,
+        |l| table::ms(l.settings.idle_timeout_ms),
+        true,
+    ),
+    (
+        "PIPELINE",
+        Align::Right,
+        |l| l.settings.max_pipeline.to_string(),
+        true,
+    ),
+    (
+        "ACTIVE",
+        Align::Right,
+        |l| l.active_connections.to_string(),
+        false,
+    ),
+    (
+        "STATE",
+        Align::Left,
+        |l| if l.paused { "paused" } else { "accepting" }.to_string(),
+        false,
+    ),
+];
+
+pub fn listeners_table(listeners: &[Listener]) -> String {
+    render_columns(LISTENER_COLUMNS, listeners, false)
+}
+
+/// `-o wide`: every listener setting.
+pub fn listeners_table_wide(listeners: &[Listener]) -> String {
+    render_columns(LISTENER_COLUMNS, listeners, true)
 }
 
 pub fn service_detail(s: &Service) -> String {
@@ -662,79 +771,6 @@ pub fn service_detail(s: &Service) -> String {
         ("in flight", s.in_flight.to_string()),
         ("queued", s.queue_depth.to_string()),
     ])
-}
-
-/// `-o wide`: every listener setting.
-pub fn listeners_table_wide(listeners: &[Listener]) -> String {
-    let mut t = Table::new(&[
-        ("NAME", Align::Left),
-        ("ADDRESS", Align::Left),
-        ("BOUND", Align::Left),
-        ("SERVICES", Align::Left),
-        ("DEFAULT", Align::Left),
-        ("PROTOCOL", Align::Left),
-        ("TRANSPORT", Align::Left),
-        ("TLS", Align::Left),
-        ("MAX-FRAME", Align::Right),
-        ("MAX-CONNS", Align::Right),
-        ("IDLE", Align::Left),
-        ("PIPELINE", Align::Right),
-        ("ACTIVE", Align::Right),
-        ("STATE", Align::Left),
-    ]);
-    for l in listeners {
-        let s = &l.settings;
-        t.row(vec![
-            l.name.clone(),
-            s.address.clone(),
-            table::or_dash(&l.bound_address),
-            table::list(&s.services),
-            table::or_dash(&s.default_service),
-            s.protocol.to_string(),
-            s.transport.to_string(),
-            s.tls_state().to_string(),
-            s.max_frame_size.to_string(),
-            s.max_connections.to_string(),
-            table::ms(s.idle_timeout_ms),
-            s.max_pipeline.to_string(),
-            l.active_connections.to_string(),
-            if l.paused { "paused" } else { "accepting" }.to_string(),
-        ]);
-    }
-    t.render()
-}
-
-pub fn listeners_table(listeners: &[Listener]) -> String {
-    let mut t = Table::new(&[
-        ("NAME", Align::Left),
-        ("ADDRESS", Align::Left),
-        ("SERVICES", Align::Left),
-        ("DEFAULT", Align::Left),
-        ("PROTOCOL", Align::Left),
-        ("TRANSPORT", Align::Left),
-        ("TLS", Align::Left),
-        ("ACTIVE", Align::Right),
-        ("STATE", Align::Left),
-    ]);
-    for l in listeners {
-        let address = if l.bound_address.is_empty() {
-            l.settings.address.clone()
-        } else {
-            l.bound_address.clone()
-        };
-        t.row(vec![
-            l.name.clone(),
-            address,
-            table::list(&l.settings.services),
-            table::or_dash(&l.settings.default_service),
-            l.settings.protocol.to_string(),
-            l.settings.transport.to_string(),
-            l.settings.tls_state().to_string(),
-            l.active_connections.to_string(),
-            if l.paused { "paused" } else { "accepting" }.to_string(),
-        ]);
-    }
-    t.render()
 }
 
 pub fn listener_detail(l: &Listener) -> String {

@@ -30,32 +30,12 @@ fn scalar(v: &Value) -> String {
     }
 }
 
-/// Whether `v` is written on the line of its key (scalars, empty collections).
-fn inline(v: &Value) -> bool {
-    match v {
-        Value::Array(a) => a.is_empty(),
-        Value::Object(m) => m.is_empty(),
-        _ => true,
-    }
-}
-
 fn object(out: &mut String, m: &serde_json::Map<String, Value>, indent: usize) {
     for (k, v) in m {
         out.push_str(&" ".repeat(indent));
         out.push_str(&Value::String(k.clone()).to_string());
         out.push(':');
-        if inline(v) {
-            out.push(' ');
-            out.push_str(&scalar(v));
-            out.push('\n');
-        } else {
-            out.push('\n');
-            match v {
-                Value::Object(inner) => object(out, inner, indent + 2),
-                Value::Array(items) => array(out, items, indent + 2),
-                _ => unreachable!("scalars are inline"),
-            }
-        }
+        after_key(out, v, indent);
     }
 }
 
@@ -63,17 +43,26 @@ fn array(out: &mut String, items: &[Value], indent: usize) {
     for v in items {
         out.push_str(&" ".repeat(indent));
         out.push('-');
-        if inline(v) {
+        after_key(out, v, indent);
+    }
+}
+
+/// A value after its `key:` or `-`: on the same line if a scalar or empty,
+/// else on the next lines, two spaces deeper.
+fn after_key(out: &mut String, v: &Value, indent: usize) {
+    match v {
+        Value::Object(inner) if !inner.is_empty() => {
+            out.push('\n');
+            object(out, inner, indent + 2);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            array(out, items, indent + 2);
+        }
+        scalar_or_empty => {
             out.push(' ');
-            out.push_str(&scalar(v));
+            out.push_str(&scalar(scalar_or_empty));
             out.push('\n');
-        } else {
-            out.push('\n');
-            match v {
-                Value::Object(inner) => object(out, inner, indent + 2),
-                Value::Array(inner) => array(out, inner, indent + 2),
-                _ => unreachable!("scalars are inline"),
-            }
         }
     }
 }
