@@ -92,7 +92,7 @@ pub fn field_id(message: &[u8], at: usize) -> Option<Option<i16>> {
 }
 
 /// Reads an unsigned LEB128 varint of at most 32 bits.
-fn varint(b: &[u8], mut at: usize) -> Result<(u32, usize), HeaderError> {
+pub(super) fn varint(b: &[u8], mut at: usize) -> Result<(u32, usize), HeaderError> {
     let mut value: u32 = 0;
     for shift in (0..35).step_by(7) {
         let byte = *b.get(at).ok_or(HeaderError::Truncated)?;
@@ -108,7 +108,7 @@ fn varint(b: &[u8], mut at: usize) -> Result<(u32, usize), HeaderError> {
     Err(HeaderError::BadVarint)
 }
 
-fn put_varint(buf: &mut BytesMut, mut v: u32) {
+pub(super) fn put_varint(buf: &mut BytesMut, mut v: u32) {
     while v >= 0x80 {
         buf.put_u8((v & 0x7f) as u8 | 0x80);
         v >>= 7;

@@ -24,6 +24,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::compact::{put_varint, varint};
 use super::Protocol;
 
 /// The two bytes after the frame length that mark a header frame.
@@ -36,6 +37,9 @@ pub const MAX_TRANSFORMS: usize = 8;
 const INFO_PADDING: u32 = 0;
 const INFO_KEY_VALUE: u32 = 1;
 const INFO_PERSISTENT_KEY_VALUE: u32 = 2;
+/// The largest header area a frame can name: its size is a `u16` count of
+/// 4-byte words.
+pub const MAX_HEADER_LEN: usize = u16::MAX as usize * 4;
 /// At most this many info headers per frame are kept (more are an error).
 pub const MAX_HEADERS: usize = 128;
 
@@ -223,35 +227,10 @@ pub fn decode(
 
 /// Appends `message` to `out` as a header frame answering `reply`:
 /// same sequence number, flags and protocol, compressed if the call was,
-/// with `headers` as key/value info headers.
+/// with `headers` as key/value info headers. Headers that would not fit the
+/// header area a frame can name ([`MAX_HEADER_LEN`]) are left out: the
+/// answer itself always goes.
 pub fn encode(message: &[u8], reply: &HeaderReply, headers: &[(&[u8], &[u8])], out: &mut BytesMut) {
-    let mut header = [0u8; 64];
-    let mut h = Writer {
-        buf: &mut header,
-        len: 0,
-    };
-    h.varint(reply.protocol as u32);
-    if reply.zlib {
-        h.varint(1);
-        h.varint(TRANSFORM_ZLIB);
-    } else {
-        h.varint(0);
-    }
-    let fixed_len = h.len;
-    let info_len: usize = if headers.is_empty() {
-        0
-    } else {
-        varint_len(INFO_KEY_VALUE as u64)
-            + varint_len(headers.len() as u64)
-            + headers
-                .iter()
-                .map(|(k, v)| {
-                    varint_len(k.len() as u64) + k.len() + varint_len(v.len() as u64) + v.len()
-                })
-                .sum::<usize>()
-    };
-    let unpadded = fixed_len + info_len;
-    let header_len = unpadded.div_ceil(4) * 4;
     let compressed;
     let payload: &[u8] = if reply.zlib {
         compressed = deflate(message);
@@ -259,26 +238,50 @@ pub fn encode(message: &[u8], reply: &HeaderReply, headers: &[(&[u8], &[u8])], o
     } else {
         message
     };
-    let frame_len = 10 + header_len + payload.len();
-    out.reserve(4 + frame_len);
-    out.put_u32(u32::try_from(frame_len).unwrap_or(u32::MAX));
+    let start = out.len();
+    out.reserve(4 + 10 + 8 + payload.len());
+    out.put_u32(0); // LENGTH, written below
     out.put_slice(&MAGIC);
     out.put_u16(reply.flags);
     out.put_u32(reply.seq_id);
-    out.put_u16(u16::try_from(header_len / 4).unwrap_or(u16::MAX));
-    out.put_slice(&header[..fixed_len]);
+    out.put_u16(0); // HEADER SIZE, written below
+    let header_start = out.len();
+    put_varint(out, reply.protocol as u32);
+    if reply.zlib {
+        put_varint(out, 1);
+        put_varint(out, TRANSFORM_ZLIB);
+    } else {
+        put_varint(out, 0);
+    }
+    let fixed_end = out.len();
     if !headers.is_empty() {
-        put_varint(out, u64::from(INFO_KEY_VALUE));
-        put_varint(out, headers.len() as u64);
+        put_varint(out, INFO_KEY_VALUE);
+        put_varint(out, len32(headers.len()));
         for (k, v) in headers {
-            put_varint(out, k.len() as u64);
+            put_varint(out, len32(k.len()));
             out.put_slice(k);
-            put_varint(out, v.len() as u64);
+            put_varint(out, len32(v.len()));
             out.put_slice(v);
         }
+        if out.len() - header_start > MAX_HEADER_LEN {
+            out.truncate(fixed_end);
+        }
     }
+    let unpadded = out.len() - header_start;
+    let header_len = unpadded.div_ceil(4) * 4;
     out.put_bytes(0, header_len - unpadded);
     out.put_slice(payload);
+    let frame_len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&frame_len.to_be_bytes());
+    // At most MAX_HEADER_LEN / 4 = u16::MAX words.
+    let words = (header_len / 4) as u16;
+    out[header_start - 2..header_start].copy_from_slice(&words.to_be_bytes());
+}
+
+/// A length as a varint's value (every length written here is far below
+/// 4 GiB: replies are at most `max_frame_size`).
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Inflates a zlib stream into at most `max` bytes.
@@ -327,18 +330,11 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// A varint of at most 32 bits.
+    /// A varint of at most 32 bits (the compact protocol's).
     fn varint(&mut self) -> Option<u32> {
-        let mut value: u64 = 0;
-        for i in 0..5 {
-            let b = *self.buf.get(self.at)?;
-            self.at += 1;
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return u32::try_from(value).ok();
-            }
-        }
-        None
+        let (v, next) = varint(self.buf, self.at).ok()?;
+        self.at = next;
+        Some(v)
     }
 
     /// A varint-length string, as its range in the frame.
@@ -349,35 +345,6 @@ impl Reader<'_> {
         self.at = end;
         Some(start..end)
     }
-}
-
-struct Writer<'a> {
-    buf: &'a mut [u8; 64],
-    len: usize,
-}
-
-impl Writer<'_> {
-    fn varint(&mut self, mut v: u32) {
-        while v >= 0x80 {
-            self.buf[self.len] = (v & 0x7f) as u8 | 0x80;
-            self.len += 1;
-            v >>= 7;
-        }
-        self.buf[self.len] = v as u8;
-        self.len += 1;
-    }
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_varint(out: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v & 0x7f) as u8 | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
 }
 
 #[cfg(test)]
@@ -418,15 +385,6 @@ mod tests {
                 assert_eq!(f.header(b"traceparent").unwrap(), &b"00-ab-cd-01"[..]);
                 assert_eq!(f.headers.len(), 2);
             }
-        }
-    }
-
-    #[test]
-    fn varint_len_matches_put_varint() {
-        for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64] {
-            let mut b = BytesMut::new();
-            put_varint(&mut b, v);
-            assert_eq!(varint_len(v), b.len(), "{v}");
         }
     }
 
@@ -510,6 +468,35 @@ mod tests {
         // Exactly max inflates fine.
         let f = python_style(0, &[1], &[], &deflate(&[7u8; 4096]));
         assert_eq!(decode(f, 4096).unwrap().payload.len(), 4096);
+    }
+
+    #[test]
+    fn reply_headers_beyond_the_header_area_are_left_out_not_corrupting_the_frame() {
+        let value = vec![b'v'; 4096];
+        let many: Vec<(&[u8], &[u8])> = (0..100).map(|_| (&b"k"[..], &value[..])).collect();
+        for zlib in [false, true] {
+            let reply = HeaderReply {
+                seq_id: 9,
+                flags: 0,
+                protocol: HeaderProtocol::Binary,
+                zlib,
+            };
+            let mut out = BytesMut::from(&b"earlier answer"[..]);
+            encode(b"the answer", &reply, &many, &mut out);
+            let f = decode(frame_of_at(&out, 14), 1 << 20).unwrap();
+            assert_eq!(f.reply, reply);
+            assert_eq!(&f.payload[..], b"the answer");
+            assert!(f.headers.is_empty());
+            // What fits still goes.
+            let mut out = BytesMut::new();
+            encode(b"x", &reply, &many[..10], &mut out);
+            assert_eq!(decode(frame_of(&out), 1 << 20).unwrap().headers.len(), 10);
+        }
+    }
+
+    /// The frame that starts at `at` in `out` (after earlier answers).
+    fn frame_of_at(out: &BytesMut, at: usize) -> Bytes {
+        frame_of(&BytesMut::from(&out[at..]))
     }
 
     #[test]
