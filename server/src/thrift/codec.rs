@@ -64,6 +64,15 @@ pub enum ReplyFraming {
 }
 
 impl ReplyFraming {
+    /// The transport the call came in (and its answer goes back in).
+    pub fn transport(&self) -> Transport {
+        match self {
+            ReplyFraming::Framed => Transport::Framed,
+            ReplyFraming::Unframed => Transport::Unframed,
+            ReplyFraming::Header(_) => Transport::Header,
+        }
+    }
+
     /// Appends `message` to `out` in this framing. `headers` (a worker
     /// protocol headers frame from the worker; empty: none) go with it on
     /// the header transport and nowhere else; a malformed frame is dropped.

@@ -324,18 +324,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin> Connection<R, W>
             }
             Some(Ok(inbound)) => inbound,
         };
+        let transport = inbound.framing.transport();
         if self.transport.is_none() {
-            let transport = self
-                .frames
-                .decoder()
-                .transport()
-                .unwrap_or(Transport::Framed);
             self.transport = Some(transport);
             self.ctx.stats.transport_connections[transport.index()].inc();
         }
-        if let Some(t) = self.transport {
-            self.ctx.stats.transport_calls[t.index()].inc();
-        }
+        self.ctx.stats.transport_calls[transport.index()].inc();
         self.ctx.stats.bytes_in.add(inbound.wire_len as u64);
         self.idle_deadline = Instant::now() + self.ctx.idle_timeout;
         let slot = self.pipeline.next_slot();
@@ -362,18 +356,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + TryWriteNow + Unpin> Connection<R, W>
         let mut decoder =
             std::mem::replace(self.frames.decoder_mut(), MessageDecoder::placeholder());
         let mut reason = None;
-        while self.read_done.is_none() && !self.draining && self.pipeline.has_room() {
+        while reason.is_none()
+            && self.read_done.is_none()
+            && !self.draining
+            && self.pipeline.has_room()
+        {
             // `None`: a partial message (or nothing) is left; `frames.next()`
             // reads the rest, and handles end of stream inside a message.
             let Some(frame) = decoder.decode(self.frames.read_buffer_mut()).transpose() else {
                 break;
             };
-            *self.frames.decoder_mut() = decoder;
             reason = self.on_frame(Some(frame)).await;
-            decoder = std::mem::replace(self.frames.decoder_mut(), MessageDecoder::placeholder());
-            if reason.is_some() {
-                break;
-            }
         }
         *self.frames.decoder_mut() = decoder;
         reason
