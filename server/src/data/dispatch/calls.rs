@@ -32,6 +32,12 @@ pub(super) struct Entry {
 }
 
 /// Every call the dispatcher holds (queued or at a worker), with its timer.
+/// Whether a timer entry `(at, id)` is still call `id`'s timer (its call is
+/// in the table and has not moved its timer since).
+fn is_live(calls: &IdMap<Entry>, id: u64, at: Instant) -> bool {
+    calls.get(&id).is_some_and(|e| e.timer == at)
+}
+
 #[derive(Default)]
 pub(super) struct CallTable {
     calls: IdMap<Entry>,
@@ -51,7 +57,7 @@ impl CallTable {
         std::future::poll_fn(|cx| {
             let calls = &self.calls;
             self.timers
-                .poll_expired(cx, |id, at| calls.get(&id).is_some_and(|e| e.timer == at))
+                .poll_expired(cx, |id, at| is_live(calls, id, at))
         })
         .await
     }
@@ -60,9 +66,8 @@ impl CallTable {
         self.next_id += 1;
         let id = self.next_id;
         let calls = &self.calls;
-        self.timers.compact(calls.len(), |id, at| {
-            calls.get(&id).is_some_and(|e| e.timer == at)
-        });
+        self.timers
+            .compact(calls.len(), |id, at| is_live(calls, id, at));
         self.timers.insert(id, at);
         let entry = Entry {
             call,

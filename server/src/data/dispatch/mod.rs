@@ -314,7 +314,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 let _ = tx.send(self.worker_views());
             }
             Command::Evict(id, tx) => {
-                let found = self.pool.iter().find(|(_, s)| s.id == id).map(|(w, _)| w);
+                let found = self.pool.by_id(&id).map(|(w, _)| w);
                 if let Some(w) = found {
                     self.worker_dead(w, "evicted by an operator");
                 }

@@ -78,6 +78,11 @@ impl WorkerPool {
         self.by_peer.get(peer).copied()
     }
 
+    /// The worker with this id (as the admin API names it).
+    pub fn by_id(&self, id: &str) -> Option<(WorkerIdx, &WorkerState)> {
+        self.iter().find(|(_, s)| s.id == id)
+    }
+
     pub fn get(&self, idx: WorkerIdx) -> Option<&WorkerState> {
         self.slots.get(idx).and_then(Option::as_ref)
     }

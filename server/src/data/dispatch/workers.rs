@@ -114,7 +114,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
     /// An operator's graceful cordon (`thriftctl workers drain`): the same as
     /// the worker's own DISCONNECT. Returns its calls in flight.
     pub(super) fn drain_worker(&mut self, id: &str, peer: Option<String>) -> Option<usize> {
-        let (w, state) = self.pool.iter().find(|(_, s)| s.id == id)?;
+        let (w, state) = self.pool.by_id(id)?;
         let in_flight = state.in_flight.len();
         tracing::info!(worker = %id, in_flight, peer = peer.as_deref().map(tracing::field::display), "worker drain requested by an operator");
         // Recorded here, before it may leave at once (`worker_left` follows).
