@@ -485,10 +485,7 @@ impl Control {
         .await?;
         match rx.await {
             Ok(Some(n)) => Ok(n),
-            Ok(None) => Err(ControlError::NotFound(format!(
-                "no worker {}: see `thriftctl workers list`",
-                shown(id)
-            ))),
+            Ok(None) => Err(not_found_worker(id)),
             Err(_) => Err(ControlError::Unavailable(
                 "the data plane is shutting down".into(),
             )),
@@ -500,10 +497,7 @@ impl Control {
         self.send(Command::Evict(id.to_string(), tx)).await?;
         match rx.await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(ControlError::NotFound(format!(
-                "no worker {}: see `thriftctl workers list`",
-                shown(id)
-            ))),
+            Ok(false) => Err(not_found_worker(id)),
             Err(_) => Err(ControlError::Unavailable(
                 "the data plane is shutting down".into(),
             )),
@@ -572,14 +566,21 @@ impl ListenerEntry {
     }
 }
 
-fn not_found_service(name: &str) -> ControlError {
+fn not_found_worker(id: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "no worker {}: see `thriftctl workers list`",
+        shown(id)
+    ))
+}
+
+pub(crate) fn not_found_service(name: &str) -> ControlError {
     ControlError::NotFound(format!(
         "no service {}: see `thriftctl services list`",
         shown(name)
     ))
 }
 
-fn not_found_listener(name: &str) -> ControlError {
+pub(crate) fn not_found_listener(name: &str) -> ControlError {
     ControlError::NotFound(format!(
         "no listener {}: see `thriftctl listeners list`",
         shown(name)

@@ -23,31 +23,15 @@ impl AdminService {
     /// A stats filter naming a service or listener that does not exist is an
     /// error (NOT_FOUND), not an empty result.
     fn check_stats_filter(&self, filter: &pb::GetStatsRequest) -> Result<(), Status> {
-        let services: Vec<String> = self
-            .ctx
-            .stats
-            .services()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        if let Some(s) = filter.services.iter().find(|s| !services.contains(s)) {
-            return Err(Status::not_found(format!(
-                "no service {}: see `thriftctl services list`",
-                crate::config::shown(s)
-            )));
+        /// The first name wanted that is not among the `known`.
+        fn unknown<'a, V>(wanted: &'a [String], known: &[(String, V)]) -> Option<&'a String> {
+            wanted.iter().find(|w| !known.iter().any(|(n, _)| n == *w))
         }
-        let listeners: Vec<String> = self
-            .ctx
-            .stats
-            .listeners()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        if let Some(l) = filter.listeners.iter().find(|l| !listeners.contains(l)) {
-            return Err(Status::not_found(format!(
-                "no listener {}: see `thriftctl listeners list`",
-                crate::config::shown(l)
-            )));
+        if let Some(s) = unknown(&filter.services, &self.ctx.stats.services()) {
+            return Err(status(crate::control::not_found_service(s)));
+        }
+        if let Some(l) = unknown(&filter.listeners, &self.ctx.stats.listeners()) {
+            return Err(status(crate::control::not_found_listener(l)));
         }
         Ok(())
     }
@@ -103,15 +87,16 @@ fn event_pb(e: &crate::telemetry::events::Event) -> pb::Event {
     }
 }
 
-/// What differs between the start-up and current lists, by name.
-fn diff<T>(
+/// What differs between the start-up and current lists, by name; an entry
+/// changed if its settings serialize differently.
+fn diff<T: serde::Serialize>(
     what: &str,
     start: &[T],
     now: &[T],
     name: impl Fn(&T) -> String,
-    same: impl Fn(&T, &T) -> bool,
     out: &mut Vec<String>,
 ) {
+    let same = |a: &T, b: &T| toml::to_string(a).ok() == toml::to_string(b).ok();
     for n in now {
         match start.iter().find(|s| name(s) == name(n)) {
             None => out.push(format!("{what} {} added at run time", name(n))),
@@ -499,7 +484,6 @@ impl pb::admin_server::Admin for AdminService {
             &start.services,
             &services,
             |s| s.name.clone(),
-            |a, b| toml::to_string(a).ok() == toml::to_string(b).ok(),
             &mut changes,
         );
         diff(
@@ -507,7 +491,6 @@ impl pb::admin_server::Admin for AdminService {
             &start.listeners,
             &listeners,
             |l| l.name.clone(),
-            |a, b| toml::to_string(a).ok() == toml::to_string(b).ok(),
             &mut changes,
         );
         let effective = crate::config::Config {
