@@ -464,16 +464,13 @@ impl Config {
                 "[admin] the read-only token must differ from the admin token".into(),
             ));
         }
-        if admin.tls_cert.is_some() != admin.tls_key.is_some() {
-            return Err(ConfigError::Invalid(
-                "[admin] tls_cert and tls_key must be set together".into(),
-            ));
-        }
-        if admin.tls_client_ca.is_some() && admin.tls_cert.is_none() {
-            return Err(ConfigError::Invalid(
-                "[admin] tls_client_ca needs tls_cert and tls_key".into(),
-            ));
-        }
+        check_tls_files(
+            "[admin]",
+            &admin.tls_cert,
+            &admin.tls_key,
+            &admin.tls_client_ca,
+        )
+        .map_err(ConfigError::Invalid)?;
         if let Some(path) = admin.state_file.clone() {
             if path.exists() {
                 let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -665,6 +662,23 @@ impl ServiceConfig {
     }
 }
 
+/// The TLS files of the admin API or a listener (`what` names it): cert
+/// and key together, a client CA only with them.
+fn check_tls_files(
+    what: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+) -> Result<(), String> {
+    if cert.is_some() != key.is_some() {
+        return Err(format!("{what} tls_cert and tls_key must be set together"));
+    }
+    if client_ca.is_some() && cert.is_none() {
+        return Err(format!("{what} tls_client_ca needs tls_cert and tls_key"));
+    }
+    Ok(())
+}
+
 impl ListenerConfig {
     /// Checks one listener's settings against the services that exist.
     pub fn validate(&self, service_exists: impl Fn(&str) -> bool) -> Result<(), String> {
@@ -694,18 +708,12 @@ impl ListenerConfig {
                 ));
             }
         }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(format!(
-                "listener '{}': tls_cert and tls_key must be set together",
-                self.name
-            ));
-        }
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            return Err(format!(
-                "listener '{}': tls_client_ca needs tls_cert and tls_key",
-                self.name
-            ));
-        }
+        check_tls_files(
+            &format!("listener '{}':", self.name),
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_client_ca,
+        )?;
         check_count(
             &at("max_frame_size"),
             self.max_frame_size,
