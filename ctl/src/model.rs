@@ -172,6 +172,8 @@ pub struct Worker {
     pub in_flight: u32,
     pub last_heartbeat_ms: u64,
     pub identity: String,
+    /// The identity as text (HOST/PID/N for our libraries), or empty.
+    pub name: String,
     pub leaving: bool,
 }
 
@@ -434,6 +436,7 @@ impl From<&pb::Worker> for Worker {
             in_flight: w.in_flight,
             last_heartbeat_ms: w.last_heartbeat_ms,
             identity: w.identity.clone(),
+            name: w.name.clone(),
             leaving: w.leaving,
         }
     }
@@ -813,6 +816,7 @@ pub fn worker_detail(w: &Worker) -> String {
         ("in flight", w.in_flight.to_string()),
         ("last seen", format!("{}ms ago", w.last_heartbeat_ms)),
         ("identity", table::or_dash(&w.identity)),
+        ("name", table::or_dash(&w.name)),
         (
             "state",
             if w.leaving { "leaving" } else { "ready" }.to_string(),
@@ -837,7 +841,12 @@ pub fn workers_table(workers: &[Worker]) -> String {
             w.credit.to_string(),
             w.in_flight.to_string(),
             format!("{}ms ago", w.last_heartbeat_ms),
-            table::or_dash(&w.identity),
+            // The name when it has one: which process this is, across data planes.
+            table::or_dash(if w.name.is_empty() {
+                &w.identity
+            } else {
+                &w.name
+            }),
             if w.leaving { "leaving" } else { "ready" }.to_string(),
         ]);
     }
@@ -1589,12 +1598,24 @@ mod tests {
             in_flight: 1,
             last_heartbeat_ms: 250,
             identity: "00ab".into(),
+            name: String::new(),
             leaving: false,
         });
+        let named = Worker::from(&pb::Worker {
+            id: "8".into(),
+            services: vec!["Echo".into()],
+            credit: 130,
+            in_flight: 0,
+            last_heartbeat_ms: 5,
+            identity: "682f312f32".into(),
+            name: "h/1/2".into(),
+            leaving: true,
+        });
         assert_eq!(
-            workers_table(&[w]),
+            workers_table(&[w, named]),
             "ID  SERVICES  CREDIT  IN-FLIGHT  LAST-SEEN  IDENTITY  STATE\n\
-             7   Echo           4          1  250ms ago  00ab      ready\n"
+             7   Echo           4          1  250ms ago  00ab      ready\n\
+             8   Echo         130          0    5ms ago  h/1/2     leaving\n"
         );
     }
 }

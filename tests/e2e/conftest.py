@@ -253,6 +253,7 @@ def worker(processes, dataplane):
                 argv += ["--token-file", token_file]
             if token is not None:
                 extra_env["THRIFTWORKER_WORKER_TOKEN"] = token
+            argv += list(args)
         elif kind == "py":
             argv = [sys.executable, harness.PYWORKER, "--endpoint", endpoint]
             if concurrency is not None:

@@ -603,3 +603,52 @@ __all__ = [
     "TApplicationException",
     "TMessageType",
 ]
+
+
+# -- load ---------------------------------------------------------------------
+
+
+class SteadyLoad:
+    """`threads` clients calling echo in a loop until stopped; every failure
+    (exception or wrong answer) is kept."""
+
+    def __init__(self, addr, threads=4, slow_ms=0):
+        self.slow_ms = slow_ms
+        self.addr = addr
+        self.stop_flag = threading.Event()
+        self.calls = 0
+        self.failures = []
+        self.pids = set()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, i):
+        n = 0
+        while not self.stop_flag.is_set() and len(self.failures) < 100:
+            try:
+                with thrift_client(self.addr) as client:
+                    for _ in range(20):
+                        n += 1
+                        msg = f"{i}-{n}"
+                        got = client.slow(msg, self.slow_ms) if self.slow_ms else client.echo(msg)
+                        who = client.whoami()
+                        with self.lock:
+                            self.calls += 2
+                            self.pids.add(who)
+                            if got != msg:
+                                self.failures.append(f"wrong answer {got!r} for {msg!r}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with self.lock:
+                    self.failures.append(repr(e))
+
+    def wait_calls(self, n, what):
+        start = self.calls
+        wait_for(lambda: self.calls >= start + n, 20, what, lambda: "\n".join(self.failures[-5:]))
+
+    def finish(self):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(30)
+        return self.failures

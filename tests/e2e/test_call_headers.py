@@ -5,6 +5,7 @@ span; version 1 workers and data planes keep working."""
 
 import struct
 import threading
+import time
 
 import pytest
 import zmq
@@ -89,8 +90,9 @@ def test_a_version_1_worker_serves_header_clients_without_headers(dataplane, wor
 
 def test_a_rust_worker_falls_back_to_version_1_with_an_old_data_plane(processes, tmp_path):
     """A data plane that speaks version 1 only (a pyzmq ROUTER answering as
-    thriftworker 0.1 did) refuses READY version 2; the worker then registers
-    as version 1 on the same connection and is served calls without headers."""
+    thriftworker 0.1 did) refuses READY version 3, then 2; the worker then
+    registers as version 1 on the same connection and is served calls
+    without headers."""
     from harness import binary, clean_env
 
     ctx = zmq.Context.instance()
@@ -101,9 +103,11 @@ def test_a_rust_worker_falls_back_to_version_1_with_an_old_data_plane(processes,
     w = processes.start("rust-worker#old-dp", [str(binary("echo-worker")), "--endpoint", endpoint,
                                                 "--services", "Echo"], clean_env())
     try:
-        peer, hdr, *rest = router.recv_multipart()
-        assert hdr == b"\x02\x01", hdr  # READY, version 2
-        router.send_multipart([peer, b"\x01\x05", b"refused: unsupported worker protocol version 2 (this side speaks version 1)"])
+        for version in (3, 2):
+            peer, hdr, *rest = router.recv_multipart()
+            assert hdr == bytes([version, 1]), hdr  # READY, version 3 then 2
+            reason = f"refused: unsupported worker protocol version {version} (this side speaks version 1)"
+            router.send_multipart([peer, b"\x01\x05", reason.encode()])
         peer, hdr, *rest = router.recv_multipart()
         assert hdr == b"\x01\x01", hdr  # READY again, version 1
         router.send_multipart([peer, b"\x01\x01", struct.pack(">I", 1000), b"w1"])
@@ -118,6 +122,54 @@ def test_a_rust_worker_falls_back_to_version_1_with_an_old_data_plane(processes,
         assert struct.unpack(">Q", rest[0])[0] == 1
         assert len(rest) == 2 and b"hi" in rest[1], rest
         wait_for(lambda: "protocol_version=1" in w.stderr or "version 1" in w.stderr, 5, "the fallback logged", w.tail)
+    finally:
+        w.kill()
+        router.close(linger=0)
+
+
+def test_a_version_2_data_plane_is_registered_again_to_share_credit(processes, dataplane, tmp_path):
+    """A data plane of the previous release (version 2: headers, no CREDIT)
+    refuses READY version 3 and gets the worker as version 2, with its whole
+    credit while it is alone. When a second data plane (this release)
+    appears, the worker cannot send the old one a CREDIT: it leaves it
+    gracefully (DISCONNECT, calls finished, goodbye awaited) and registers
+    again with half the credit, and the new one gets the other half."""
+    from harness import binary, clean_env
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    old = f"ipc://{tmp_path}/v2.sock"
+    router.bind(old)
+    router.setsockopt(zmq.RCVTIMEO, int(MAX_WAIT * 1000))
+    new = f"ipc://{tmp_path}/v3.sock"
+    w = processes.start("rust-worker#v2-dp", [str(binary("echo-worker")), "--endpoint", f"{old},{new}",
+                                               "--services", "Echo", "--prefetch", "0"], clean_env())
+
+    def ready_v2(expect_credit):
+        peer, hdr, *rest = router.recv_multipart()
+        assert hdr == b"\x03\x01", hdr
+        router.send_multipart([peer, b"\x01\x05", b"refused: unsupported worker protocol version 3 (this side speaks versions 1 to 2)"])
+        peer, hdr, credit, *rest = router.recv_multipart()
+        assert hdr == b"\x02\x01" and struct.unpack(">I", credit)[0] == expect_credit, (hdr, credit)
+        router.send_multipart([peer, b"\x02\x01", struct.pack(">I", 200), b"w1"])
+        return peer
+
+    try:
+        peer = ready_v2(4)
+        wait_for(lambda: "protocol_version=2" in w.stderr, 5, "registered as version 2", w.tail)
+        dp = dataplane(endpoint=new)
+        deadline = time.monotonic() + MAX_WAIT
+        while True:  # heartbeats, then DISCONNECT: never a CREDIT
+            assert time.monotonic() < deadline, "the worker never left the version-2 data plane"
+            router.send_multipart([peer, b"\x01\x04"])
+            _, hdr, *rest = router.recv_multipart()
+            assert hdr[1] in (4, 5), hdr
+            if hdr[1] == 5:
+                break
+        router.send_multipart([peer, b"\x01\x05", b"bye"])
+        ready_v2(2)
+        dp.wait_registered(1, context=processes.tails)
+        wait_for(lambda: "thriftworker_worker_credit{worker=\"w1\"} 2" in dp.metrics(), 5, "credit 2 at the new data plane", processes.tails)
     finally:
         w.kill()
         router.close(linger=0)

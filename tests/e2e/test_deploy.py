@@ -501,6 +501,11 @@ def test_network_policies(rendered, overlay):
         assert len(wp) == 1 and not wp[0]["spec"].get("ingress"), "worker pods should admit no ingress"
         ws = m.get("Service", "thriftworker-workers")
         assert ws["spec"]["publishNotReadyAddresses"] is True
+        # Headless: the name resolves to every data-plane pod, so every
+        # worker attaches to each; rollouts may then surge.
+        assert ws["spec"]["clusterIP"] == "None"
+        rolling = m.deployment("thriftworker")["spec"]["strategy"]["rollingUpdate"]
+        assert rolling["maxSurge"] >= 1 and rolling["maxUnavailable"] == 0, rolling
         assert [p["targetPort"] for p in ws["spec"]["ports"]] == ["workers"]
     else:
         assert "workers" not in ports

@@ -1,6 +1,8 @@
 //! The worker protocol spoken between the data plane (ZeroMQ ROUTER) and its
-//! workers (ZeroMQ DEALER), versions 1 and 2 (2 adds call headers: a
-//! trailing frame on REQUEST and REPLY, negotiated by READY). `docs/worker-protocol.md` is the
+//! workers (ZeroMQ DEALER), versions 1 to 3 (2 adds call headers: a
+//! trailing frame on REQUEST and REPLY; 3 adds CREDIT, so a worker attached
+//! to several data planes can move its credit between them; both are
+//! negotiated by READY). `docs/worker-protocol.md` is the
 //! normative description; this crate is its only implementation in Rust, used
 //! by both sides so they cannot drift apart.
 //!
@@ -17,9 +19,15 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 /// and is then sent each call's headers (a trailing frame of REQUEST), and
 /// may send reply headers (a trailing frame of REPLY). HEARTBEAT and
 /// DISCONNECT are the same in both and go as version 1.
-pub const VERSION: u8 = 2;
+/// Version 3 is version 2 plus CREDIT: a worker changes its credit at a
+/// data plane without registering again, and the data plane confirms.
+pub const VERSION: u8 = 3;
 /// The first version (no headers); every peer speaks it.
 pub const VERSION_1: u8 = 1;
+/// Call headers (trailing frames on REQUEST and REPLY).
+pub const VERSION_2: u8 = 2;
+/// CREDIT, both ways.
+pub const VERSION_3: u8 = 3;
 
 /// At most this many headers in a headers frame.
 pub const MAX_HEADERS: usize = 128;
@@ -32,16 +40,22 @@ const CMD_REQUEST: u8 = 0x02;
 const CMD_REPLY: u8 = 0x03;
 const CMD_HEARTBEAT: u8 = 0x04;
 const CMD_DISCONNECT: u8 = 0x05;
+const CMD_CREDIT: u8 = 0x06;
 
-static HDR_READY: [u8; 2] = [VERSION_1, CMD_READY];
-static HDR_READY_V2: [u8; 2] = [2, CMD_READY];
+static HDR_READY: [[u8; 2]; 3] = [[1, CMD_READY], [2, CMD_READY], [3, CMD_READY]];
 static HDR_REQUEST: [u8; 2] = [VERSION_1, CMD_REQUEST];
 static HDR_REQUEST_V2: [u8; 2] = [2, CMD_REQUEST];
 static HDR_REPLY: [u8; 2] = [VERSION_1, CMD_REPLY];
 static HDR_REPLY_V2: [u8; 2] = [2, CMD_REPLY];
 static HDR_HEARTBEAT: [u8; 2] = [VERSION_1, CMD_HEARTBEAT];
 static HDR_DISCONNECT: [u8; 2] = [VERSION_1, CMD_DISCONNECT];
+static HDR_CREDIT: [u8; 2] = [VERSION_3, CMD_CREDIT];
 
+/// The READY header of `version` (clamped to the versions this side speaks).
+fn ready_header(version: u8) -> Bytes {
+    let i = usize::from(version.clamp(VERSION_1, VERSION) - 1);
+    Bytes::from_static(&HDR_READY[i])
+}
 /// How a Thrift message is encoded. The worker must answer in the same one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -76,7 +90,7 @@ impl Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerMsg {
     Ready {
-        /// The newest version the worker speaks (1 or 2).
+        /// The newest version the worker speaks (1 to 3).
         version: u8,
         credit: u32,
         token: Bytes,
@@ -94,13 +108,18 @@ pub enum WorkerMsg {
     Disconnect {
         reason: Bytes,
     },
+    /// Version 3: the worker's credit at this data plane is now `credit`
+    /// (1..=[`MAX_CREDIT`]), in place of READY's.
+    Credit {
+        credit: u32,
+    },
 }
 
 /// Messages the data plane sends to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
     ReadyAck {
-        /// The version both sides speak from now on (1 or 2).
+        /// The version both sides speak from now on (1 to 3).
         version: u8,
         heartbeat_interval_ms: u32,
         worker_id: Bytes,
@@ -109,6 +128,12 @@ pub enum ServerMsg {
     Heartbeat,
     Disconnect {
         reason: Bytes,
+    },
+    /// Version 3: the answer to a worker's CREDIT, sent once it applies.
+    /// Every REQUEST sent after it respects `credit`; every one sent before
+    /// it reached the worker before it (one connection keeps order).
+    CreditAck {
+        credit: u32,
     },
 }
 
@@ -151,7 +176,7 @@ pub enum WireError {
         got: usize,
         expected: usize,
     },
-    #[error("READY: credit {0} out of range 1..={MAX_CREDIT}")]
+    #[error("credit {0} out of range 1..={MAX_CREDIT}")]
     Credit(u32),
     #[error("READY: no service named")]
     NoServices,
@@ -172,11 +197,7 @@ impl WorkerMsg {
                 services,
             } => {
                 let mut frames = Vec::with_capacity(3 + services.len());
-                frames.push(Bytes::from_static(if version >= 2 {
-                    &HDR_READY_V2
-                } else {
-                    &HDR_READY
-                }));
+                frames.push(ready_header(version));
                 frames.push(Bytes::copy_from_slice(&credit.to_be_bytes()));
                 frames.push(token);
                 frames.extend(services);
@@ -196,6 +217,7 @@ impl WorkerMsg {
             }
             WorkerMsg::Heartbeat => vec![Bytes::from_static(&HDR_HEARTBEAT)],
             WorkerMsg::Disconnect { reason } => disconnect_frames(reason),
+            WorkerMsg::Credit { credit } => credit_frames(credit),
         }
     }
 
@@ -245,6 +267,9 @@ impl WorkerMsg {
             CMD_DISCONNECT => Ok(WorkerMsg::Disconnect {
                 reason: frames.next().unwrap_or_default(),
             }),
+            CMD_CREDIT => Ok(WorkerMsg::Credit {
+                credit: credit_frame(frames.next())?,
+            }),
             CMD_REQUEST => Err(WireError::WrongDirection(CMD_REQUEST)),
             other => Err(WireError::UnknownCommand(other)),
         }
@@ -260,17 +285,14 @@ impl ServerMsg {
                 heartbeat_interval_ms,
                 worker_id,
             } => vec![
-                Bytes::from_static(if version >= 2 {
-                    &HDR_READY_V2
-                } else {
-                    &HDR_READY
-                }),
+                ready_header(version),
                 Bytes::copy_from_slice(&heartbeat_interval_ms.to_be_bytes()),
                 worker_id,
             ],
             ServerMsg::Request(r) => r.encode().collect(),
             ServerMsg::Heartbeat => vec![Bytes::from_static(&HDR_HEARTBEAT)],
             ServerMsg::Disconnect { reason } => disconnect_frames(reason),
+            ServerMsg::CreditAck { credit } => credit_frames(credit),
         }
     }
 
@@ -330,6 +352,9 @@ impl ServerMsg {
             CMD_HEARTBEAT => Ok(ServerMsg::Heartbeat),
             CMD_DISCONNECT => Ok(ServerMsg::Disconnect {
                 reason: frames.next().unwrap_or_default(),
+            }),
+            CMD_CREDIT => Ok(ServerMsg::CreditAck {
+                credit: credit_frame(frames.next())?,
             }),
             CMD_REPLY => Err(WireError::WrongDirection(CMD_REPLY)),
             other => Err(WireError::UnknownCommand(other)),
@@ -425,6 +450,22 @@ fn disconnect_frames(reason: Bytes) -> Vec<Bytes> {
 }
 
 /// The version and command of a header frame.
+fn credit_frames(credit: u32) -> Vec<Bytes> {
+    vec![
+        Bytes::from_static(&HDR_CREDIT),
+        Bytes::copy_from_slice(&credit.to_be_bytes()),
+    ]
+}
+
+/// A CREDIT's one frame, checked like READY's credit.
+fn credit_frame(frame: Option<Bytes>) -> Result<u32, WireError> {
+    let credit = u32_frame(frame, "CREDIT", "credit")?;
+    if credit == 0 || credit > MAX_CREDIT {
+        return Err(WireError::Credit(credit));
+    }
+    Ok(credit)
+}
+
 fn header(frame: Option<Bytes>) -> Result<(u8, u8), WireError> {
     let frame = frame.ok_or(WireError::Empty)?;
     if frame.len() != 2 {
@@ -507,6 +548,14 @@ mod tests {
                 message: b(b"m"),
                 headers: encode_headers([(&b"k"[..], &b"v"[..])]),
             },
+            WorkerMsg::Ready {
+                version: 3,
+                credit: 65_536,
+                token: Bytes::new(),
+                services: vec![b(b"Echo")],
+            },
+            WorkerMsg::Credit { credit: 1 },
+            WorkerMsg::Credit { credit: 65_536 },
             WorkerMsg::Heartbeat,
             WorkerMsg::Disconnect { reason: b(b"bye") },
             WorkerMsg::Disconnect {
@@ -547,6 +596,12 @@ mod tests {
                 message: b(b"\x82\x21\x01\x04echo"),
                 headers: encode_headers([(&b"traceparent"[..], &b"00-1-2-01"[..])]),
             }),
+            ServerMsg::ReadyAck {
+                version: 3,
+                heartbeat_interval_ms: 1000,
+                worker_id: b(b"w7"),
+            },
+            ServerMsg::CreditAck { credit: 7 },
             ServerMsg::Heartbeat,
             ServerMsg::Disconnect {
                 reason: b(b"evicted"),
@@ -615,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_ignores_trailing_frames_and_version_3_is_refused() {
+    fn version_1_ignores_trailing_frames_and_version_4_is_refused() {
         let v1 = vec![
             b(b"\x01\x03"),
             b(&[0, 0, 0, 0, 0, 0, 0, 9]),
@@ -631,8 +686,36 @@ mod tests {
             })
         );
         assert_eq!(
+            WorkerMsg::decode(vec![b(b"\x04\x04")]),
+            Err(WireError::Version(4))
+        );
+        assert_eq!(
             WorkerMsg::decode(vec![b(b"\x03\x04")]),
-            Err(WireError::Version(3))
+            Ok(WorkerMsg::Heartbeat)
+        );
+    }
+
+    #[test]
+    fn credit_is_checked_like_ready_credit() {
+        for bad in [0u32, MAX_CREDIT + 1, u32::MAX] {
+            let frames = vec![b(b"\x03\x06"), Bytes::copy_from_slice(&bad.to_be_bytes())];
+            assert_eq!(
+                WorkerMsg::decode(frames.clone()),
+                Err(WireError::Credit(bad))
+            );
+            assert_eq!(ServerMsg::decode(frames), Err(WireError::Credit(bad)));
+        }
+        assert!(matches!(
+            WorkerMsg::decode(vec![b(b"\x03\x06")]),
+            Err(WireError::MissingFrame { .. })
+        ));
+        assert!(matches!(
+            WorkerMsg::decode(vec![b(b"\x03\x06"), b(b"\x00\x01")]),
+            Err(WireError::FrameSize { .. })
+        ));
+        assert_eq!(
+            WorkerMsg::Credit { credit: 5 }.encode(),
+            vec![b(b"\x03\x06"), b(b"\x00\x00\x00\x05")]
         );
     }
 

@@ -97,6 +97,7 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
         }),
         Just(WorkerMsg::Heartbeat),
         bytes(80).prop_map(|reason| WorkerMsg::Disconnect { reason }),
+        (1..=MAX_CREDIT).prop_map(|credit| WorkerMsg::Credit { credit }),
     ]
 }
 
@@ -130,6 +131,7 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             }),
         Just(ServerMsg::Heartbeat),
         bytes(80).prop_map(|reason| ServerMsg::Disconnect { reason }),
+        (1..=MAX_CREDIT).prop_map(|credit| ServerMsg::CreditAck { credit }),
     ]
 }
 
@@ -184,7 +186,7 @@ proptest! {
     #[test]
     fn worker_round_trip(m in worker_msg(), extra in proptest::collection::vec(bytes(8), 0..3)) {
         let frames = m.clone().encode();
-        prop_assert!(frames[0][0] == VERSION_1 || frames[0][0] == VERSION);
+        prop_assert!((VERSION_1..=VERSION).contains(&frames[0][0]));
         prop_assert_eq!(WorkerMsg::decode(frames.clone()), Ok(m.clone()));
         let fixed_arity = match &m {
             WorkerMsg::Ready { .. } => false,

@@ -9,6 +9,11 @@
 //! - connects a DEALER to the data plane, announces its services and its
 //!   credit (`concurrency` + `prefetch`), and **reconnects with backoff**: the `zeromq`
 //!   crate's DEALER does not reconnect by itself;
+//! - attaches to **every data plane** its endpoints name (a list, and DNS
+//!   names such as a Kubernetes headless Service, resolved again every
+//!   `resolve_interval` and when a connection is lost), sharing its credit
+//!   between them (worker protocol version 3: CREDIT moves it when data
+//!   planes come and go), and leaves gracefully a data plane that is gone;
 //! - runs the (synchronous) processors on a bounded pool of `concurrency`
 //!   threads, so a slow handler never blocks heartbeats or other calls;
 //! - sends and checks heartbeats in the worker protocol (never ZMTP's);
@@ -30,17 +35,22 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+mod credit;
+mod fleet;
 mod pool;
+mod resolve;
 mod session;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use thrift::server::TProcessor;
 
+pub use resolve::MAX_DATA_PLANES;
 pub use thriftworker_wire::Protocol;
 
 /// A processor shared by the pool threads.
@@ -60,11 +70,16 @@ pub enum WorkerError {
 /// Calls held ready beyond `concurrency` by default (see [`WorkerBuilder::prefetch`]).
 pub const DEFAULT_PREFETCH: usize = 256;
 
+/// How often a worker resolves its endpoints' names again by default.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Builds a [`Worker`]. Defaults: concurrency 4, prefetch 256, heartbeat every second,
 /// data plane declared gone after 3 silent intervals, reconnect backoff from
-/// 100 ms doubling to 5 s.
+/// 100 ms doubling to 5 s, names resolved again every 5 s.
 pub struct WorkerBuilder {
-    endpoint: String,
+    endpoints: Vec<String>,
+    resolve_interval: Duration,
+    hosts_file: Option<PathBuf>,
     concurrency: usize,
     prefetch: usize,
     token: Vec<u8>,
@@ -79,7 +94,9 @@ pub struct WorkerBuilder {
 
 /// A configured worker; [`Worker::run`] serves until the shutdown future completes.
 pub struct Worker {
-    pub(crate) endpoint: String,
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) resolve_interval: Duration,
+    pub(crate) hosts_file: Option<PathBuf>,
     pub(crate) concurrency: usize,
     /// What the data plane may send at once: `concurrency` + prefetch.
     pub(crate) credit: usize,
@@ -96,10 +113,13 @@ pub struct Worker {
 
 impl Worker {
     /// Starts building a worker that connects to `endpoint`
-    /// (`ipc:///path` or `tcp://host:port`).
+    /// (`ipc:///path` or `tcp://host:port`; a host name stands for every
+    /// address it resolves to). More: [`WorkerBuilder::add_endpoint`].
     pub fn builder(endpoint: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
-            endpoint: endpoint.into(),
+            endpoints: vec![endpoint.into()],
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            hosts_file: None,
             concurrency: 4,
             prefetch: DEFAULT_PREFETCH,
             token: Vec::new(),
@@ -119,11 +139,33 @@ impl Worker {
     /// Returns an error only for what retrying cannot fix (the data plane
     /// refused the worker's READY). Lost connections are retried forever.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        session::run(self, shutdown).await
+        fleet::run(self, shutdown).await
     }
 }
 
 impl WorkerBuilder {
+    /// Also attaches to the data planes `endpoint` names. The worker's
+    /// credit is shared by all of them (docs/worker-protocol.md, version 3).
+    pub fn add_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// How often names in the endpoints are resolved again (they also are
+    /// whenever a connection is lost). Default [`DEFAULT_RESOLVE_INTERVAL`].
+    pub fn resolve_interval(mut self, interval: Duration) -> Self {
+        self.resolve_interval = interval;
+        self
+    }
+
+    /// A hosts(5) file consulted before DNS at every resolution: a name it
+    /// lists resolves to its addresses there. For tests, and for setups
+    /// without DNS.
+    pub fn hosts_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.hosts_file = Some(path.into());
+        self
+    }
+
     /// How many calls run at once: the number of processor threads, and the
     /// credit announced to the data plane. At least 1.
     pub fn concurrency(mut self, n: usize) -> Self {
@@ -218,11 +260,17 @@ impl WorkerBuilder {
                 thriftworker_wire::MAX_CREDIT
             )));
         }
-        if !(self.endpoint.starts_with("ipc://") || self.endpoint.starts_with("tcp://")) {
+        if self.endpoints.len() > MAX_DATA_PLANES {
             return Err(WorkerError::Config(format!(
-                "endpoint '{}' must start with ipc:// or tcp://",
-                self.endpoint
+                "{} endpoints: at most {MAX_DATA_PLANES}",
+                self.endpoints.len()
             )));
+        }
+        resolve::check(&self.endpoints).map_err(WorkerError::Config)?;
+        if self.resolve_interval < Duration::from_millis(100) {
+            return Err(WorkerError::Config(
+                "resolve interval must be at least 100ms".into(),
+            ));
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_liveness == 0 {
             return Err(WorkerError::Config(
@@ -239,7 +287,9 @@ impl WorkerBuilder {
             service_names.push(key);
         }
         Ok(Worker {
-            endpoint: self.endpoint,
+            endpoints: self.endpoints,
+            resolve_interval: self.resolve_interval,
+            hosts_file: self.hosts_file,
             concurrency: self.concurrency,
             credit,
             token: Bytes::from(self.token),

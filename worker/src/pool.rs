@@ -1,9 +1,10 @@
 //! The bounded thread pool that runs the synchronous Thrift processors.
 //!
 //! Thrift's Rust processors block; running them on the tokio runtime would
-//! stall heartbeats. Exactly `concurrency` threads exist; the data plane never
-//! sends more calls than the credit (`concurrency` + `prefetch`), so the job
-//! channel never holds more than `prefetch` calls waiting for a thread.
+//! stall heartbeats. Exactly `concurrency` threads exist, shared by every data
+//! plane the worker is attached to; together the data planes never send more
+//! calls than the credit (`concurrency` + `prefetch`, split between them), so
+//! the job channel never holds more than `prefetch` calls waiting for a thread.
 
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
@@ -21,9 +22,11 @@ use tokio::sync::mpsc;
 
 use crate::SharedProcessor;
 
-/// A call for a pool thread, tagged with the connection session it came from.
+/// A call for a pool thread, tagged with the connection it came from, and
+/// where its reply goes (that data plane's session task).
 pub(crate) struct Job {
     pub session: u64,
+    pub reply_to: mpsc::UnboundedSender<Done>,
     pub request: Request,
     pub processor: SharedProcessor,
     /// When the data plane gives up on the call (received + `timeout_ms`).
@@ -44,31 +47,27 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub fn start(threads: usize, done: mpsc::UnboundedSender<Done>) -> std::io::Result<Pool> {
+    pub fn start(threads: usize) -> std::io::Result<Pool> {
         // Multi-consumer: each idle thread waits on the channel itself (a
         // std receiver behind a mutex made the threads queue on the mutex,
         // a futex wake per hand-over).
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
             let rx = rx.clone();
-            let done = done.clone();
             thread::Builder::new()
                 .name(format!("thrift-proc-{i}"))
                 .spawn(move || loop {
                     let Ok(job) = rx.recv() else { return };
                     let id = job.request.id;
                     let (reply, headers) = process(&job);
-                    if done
-                        .send(Done {
-                            session: job.session,
-                            id,
-                            reply,
-                            headers,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
+                    // The session task is gone only once the worker stops
+                    // serving that data plane: the reply has nowhere to go.
+                    let _ = job.reply_to.send(Done {
+                        session: job.session,
+                        id,
+                        reply,
+                        headers,
+                    });
                 })?;
         }
         Ok(Pool { jobs })
@@ -250,6 +249,7 @@ mod tests {
     fn job(panic: bool, protocol: Protocol, message_type: TMessageType) -> Job {
         Job {
             session: 1,
+            reply_to: tokio::sync::mpsc::unbounded_channel().0,
             request: thriftworker_wire::Request {
                 id: 7,
                 timeout_ms: 1000,
@@ -320,9 +320,11 @@ mod tests {
     #[test]
     fn pool_threads_survive_panics() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let pool = Pool::start(1, tx).unwrap();
+        let pool = Pool::start(1).unwrap();
         for _ in 0..3 {
-            pool.submit(job(true, Protocol::BinaryStrict, TMessageType::Call));
+            let mut job = job(true, Protocol::BinaryStrict, TMessageType::Call);
+            job.reply_to = tx.clone();
+            pool.submit(job);
             let done = rx.blocking_recv().expect("an answer from the one thread");
             assert!(!done.reply.is_empty());
         }

@@ -28,9 +28,34 @@ const TOKEN_ENV: &str = "THRIFTWORKER_WORKER_TOKEN";
 #[derive(Debug, Parser)]
 #[command(name = "echo-worker", version)]
 struct Cli {
-    /// Data plane worker endpoint to connect to (ipc:///path or tcp://host:port).
-    #[arg(long, env = "THRIFTWORKER_ENDPOINT", value_name = "URI")]
-    endpoint: String,
+    /// Data plane worker endpoints to attach to (ipc:///path or
+    /// tcp://host:port); repeat or comma-separate. A host name stands for
+    /// every address it resolves to (e.g. a Kubernetes headless Service):
+    /// the worker attaches to each and shares its credit between them.
+    #[arg(
+        long,
+        env = "THRIFTWORKER_ENDPOINT",
+        value_name = "URI",
+        value_delimiter = ',',
+        required = true
+    )]
+    endpoint: Vec<String>,
+
+    /// How often host names in --endpoint are resolved again, e.g. "5s"
+    /// (also whenever a connection is lost).
+    #[arg(
+        long,
+        env = "THRIFTWORKER_RESOLVE_INTERVAL",
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration,
+        default_value = "5s"
+    )]
+    resolve_interval: Duration,
+
+    /// A hosts(5) file read before DNS at every resolution (names it lists
+    /// resolve to its addresses): for tests and setups without DNS.
+    #[arg(long, env = "THRIFTWORKER_HOSTS_FILE", value_name = "PATH")]
+    hosts_file: Option<PathBuf>,
 
     /// Calls run at once (processor threads, and the credit announced to the data plane).
     #[arg(
@@ -135,10 +160,17 @@ async fn main() -> anyhow::Result<()> {
         bail!("--services is empty: name at least one of Echo, Calc");
     }
 
-    let mut builder = Worker::builder(cli.endpoint.clone())
+    let mut builder = Worker::builder(cli.endpoint[0].clone())
+        .resolve_interval(cli.resolve_interval)
         .concurrency(cli.concurrency)
         .prefetch(cli.prefetch)
         .inline(cli.inline);
+    for endpoint in &cli.endpoint[1..] {
+        builder = builder.add_endpoint(endpoint.clone());
+    }
+    if let Some(path) = &cli.hosts_file {
+        builder = builder.hosts_file(path.clone());
+    }
     if let Some(token) = &token {
         builder = builder.token(token.clone());
     }
@@ -157,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
 
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
     tracing::info!(
-        endpoint = %cli.endpoint,
+        endpoint = %cli.endpoint.join(","),
         concurrency = cli.concurrency,
         services = %names.join(","),
         token = if token.is_some() { "set" } else { "none" },
@@ -232,6 +264,31 @@ mod tests {
         assert_eq!(cli.services, vec![Service::Echo, Service::Calc]);
         assert_eq!(cli.log_format, LogFormat::Text);
         assert!(cli.heartbeat_interval.is_none());
+        assert_eq!(cli.endpoint, vec!["tcp://127.0.0.1:5555".to_string()]);
+        assert_eq!(cli.resolve_interval, Duration::from_secs(5));
+        assert!(
+            Cli::try_parse_from(["echo-worker"]).is_err(),
+            "--endpoint is required"
+        );
+    }
+
+    #[test]
+    fn cli_takes_several_endpoints() {
+        let cli = Cli::try_parse_from([
+            "echo-worker",
+            "--endpoint",
+            "tcp://a:1,tcp://b:2",
+            "--endpoint",
+            "ipc:///c",
+            "--resolve-interval",
+            "250ms",
+            "--hosts-file",
+            "/tmp/hosts",
+        ])
+        .unwrap();
+        assert_eq!(cli.endpoint, vec!["tcp://a:1", "tcp://b:2", "ipc:///c"]);
+        assert_eq!(cli.resolve_interval, Duration::from_millis(250));
+        assert_eq!(cli.hosts_file, Some(PathBuf::from("/tmp/hosts")));
     }
 
     #[test]

@@ -380,14 +380,14 @@ fn workers(stats: &Stats, workers: &[Arc<WorkerStats>], out: &mut String) {
         out,
         "thriftworker_worker_credit",
         "gauge",
-        "Concurrent calls the worker announced.",
+        "Calls the worker may hold at once from this data plane: its READY credit, or its latest CREDIT (a worker attached to several data planes shares its credit between them).",
     );
     for w in workers {
         sample(
             out,
             "thriftworker_worker_credit",
             &[("worker", w.id.as_str())],
-            w.credit,
+            w.credit.get(),
         );
     }
     family(

@@ -279,7 +279,8 @@ impl ServiceTotals {
 pub struct WorkerStats {
     pub id: String,
     pub services: Vec<String>,
-    pub credit: u32,
+    /// Its credit here: READY's, or its latest CREDIT's (version 3).
+    pub credit: Gauge,
     pub in_flight: Gauge,
     pub served: Tally,
     /// When last heard from, in ms since the process started.

@@ -450,3 +450,65 @@ async fn a_worker_holding_a_call_past_stuck_timeout_is_evicted() {
         Some((_, ServerMsg::Disconnect { .. }))
     ));
 }
+
+/// CREDIT (worker protocol version 3) moves a worker's credit without a new
+/// READY: lowered below the calls it holds, nothing more is sent until
+/// enough are answered; raised, queued calls go at once, after the answer.
+#[tokio::test(start_paused = true)]
+async fn a_credit_change_applies_at_once_and_is_answered_before_the_calls_it_allows() {
+    let mut rig = Rig::start(settings(), Duration::from_secs(30), Duration::from_secs(30)).await;
+    // From a stranger, CREDIT is answered like a HEARTBEAT would be.
+    rig.worker_says(b"x", WorkerMsg::Credit { credit: 9 }).await;
+    assert!(matches!(
+        rig.next_sent(),
+        Some((_, ServerMsg::Disconnect { .. }))
+    ));
+    rig.ready(b"w", 3).await;
+    for seqid in 0..6 {
+        rig.call(seqid).await;
+    }
+    let ids: Vec<u64> = (0..3).map(|_| rig.request_id()).collect();
+    assert!(rig.next_sent().is_none(), "3 held, 3 queued");
+
+    rig.worker_says(b"w", WorkerMsg::Credit { credit: 1 }).await;
+    assert_eq!(
+        rig.next_sent().map(|(_, m)| m),
+        Some(ServerMsg::CreditAck { credit: 1 })
+    );
+    assert_eq!(rig.service.stats.total_credit.get(), 1);
+    assert_eq!(rig.service.stats.free_credit.get(), 0);
+    for (seqid, id) in ids.iter().enumerate() {
+        let reply = WorkerMsg::Reply {
+            id: *id,
+            message: Rig::reply_to(seqid as i32),
+            headers: Bytes::new(),
+        };
+        rig.worker_says(b"w", reply).await;
+        assert_eq!(rig.answer().map(|(slot, _)| slot), Some(seqid as u32));
+        if seqid < 2 {
+            assert!(
+                rig.next_sent().is_none(),
+                "credit 1 with {} held: nothing sent",
+                2 - seqid
+            );
+            assert_eq!(rig.service.stats.free_credit.get(), 0);
+        }
+    }
+    let fourth = rig.request_id();
+    assert!(rig.next_sent().is_none(), "credit 1: one call at a time");
+
+    rig.worker_says(b"w", WorkerMsg::Credit { credit: 4 }).await;
+    assert_eq!(
+        rig.next_sent().map(|(_, m)| m),
+        Some(ServerMsg::CreditAck { credit: 4 })
+    );
+    let rest: Vec<u64> = (0..2).map(|_| rig.request_id()).collect();
+    assert!(!rest.contains(&fourth));
+    assert!(rig.next_sent().is_none());
+    assert_eq!(rig.service.stats.total_credit.get(), 4);
+    assert_eq!(rig.service.stats.free_credit.get(), 1);
+    let workers = rig.stats.workers();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].credit.get(), 4);
+    assert_eq!(workers[0].in_flight.get(), 3);
+}

@@ -243,7 +243,7 @@ pub fn stats_snapshot(stats: &Stats, filter: &pb::GetStatsRequest) -> pb::Stats 
             .map(|w| pb::WorkerStats {
                 id: w.id.clone(),
                 services: w.services.clone(),
-                credit: w.credit,
+                credit: u32::try_from(w.credit.get()).unwrap_or(u32::MAX),
                 in_flight: w.in_flight.get(),
                 served: w.served.get(),
                 heartbeat_age_ms: now_ms

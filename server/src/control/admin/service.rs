@@ -336,6 +336,7 @@ impl pb::admin_server::Admin for AdminService {
                 in_flight: w.in_flight,
                 last_heartbeat_ms: ms(w.last_heartbeat),
                 identity: w.identity.iter().map(|b| format!("{b:02x}")).collect(),
+                name: printable(&w.identity),
                 leaving: w.leaving,
             })
             .collect();
@@ -625,5 +626,14 @@ impl AdminService {
         let subject = if all { "*" } else { name };
         self.changed(kind, subject, "through the admin API".into(), peer);
         Ok(Response::new(self.listener_list().await))
+    }
+}
+
+/// A worker's ZeroMQ identity as text, if it is printable ASCII (it is
+/// chosen by the peer: anything else is not shown as text).
+fn printable(identity: &[u8]) -> String {
+    match identity.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        true => String::from_utf8_lossy(identity).into_owned(),
+        false => String::new(),
     }
 }

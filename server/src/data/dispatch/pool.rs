@@ -198,7 +198,7 @@ mod tests {
         Arc::new(WorkerStats {
             id: id.into(),
             services: Vec::new(),
-            credit: 0,
+            credit: Default::default(),
             in_flight: Default::default(),
             served: Default::default(),
             last_seen_ms: Default::default(),

@@ -14,7 +14,7 @@ use super::pool::WorkerIdx;
 use super::{Completion, Dispatcher, WorkerTransport, WorkerView};
 use crate::config::shown;
 use crate::telemetry::events::EventKind;
-use crate::telemetry::{Outcome, WorkerStats};
+use crate::telemetry::{Gauge, Outcome, WorkerStats};
 use crate::thrift::check_reply;
 
 /// An unregistered peer's first messages are answered DISCONNECT...
@@ -53,6 +53,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 Some(w),
             ) => self.on_reply(w, id, message, headers),
             (WorkerMsg::Heartbeat, Some(_)) => {}
+            (WorkerMsg::Credit { credit }, Some(w)) => self.on_credit(w, credit),
             (WorkerMsg::Disconnect { .. }, Some(w)) => self.on_leaving(w),
             (WorkerMsg::Reply { .. }, None) => {
                 self.stats.dispatch.unknown_replies.inc();
@@ -60,7 +61,7 @@ impl<T: WorkerTransport> Dispatcher<T> {
                     self.disconnect(&peer, "unknown worker, send READY".into());
                 }
             }
-            (WorkerMsg::Heartbeat, None) => {
+            (WorkerMsg::Heartbeat | WorkerMsg::Credit { .. }, None) => {
                 if self.stranger(&peer) {
                     self.disconnect(&peer, "unknown worker, send READY".into());
                 }
@@ -126,6 +127,30 @@ impl<T: WorkerTransport> Dispatcher<T> {
         );
         self.on_leaving(w);
         Some(in_flight)
+    }
+
+    /// CREDIT (version 3): the worker's credit here is now `credit`. It
+    /// applies at once: above the calls the worker holds, more go to it;
+    /// at or below, none until enough are answered. The answer is sent
+    /// before any call the new credit allows, so the worker knows that
+    /// every REQUEST after it respects the new credit.
+    fn on_credit(&mut self, w: WorkerIdx, credit: u32) {
+        let Some(state) = self.pool.get_mut(w) else {
+            return;
+        };
+        let before = std::mem::replace(&mut state.credit, credit);
+        state.stats.credit.set(credit.into());
+        tracing::debug!(worker = %state.id, before, credit, in_flight = state.in_flight.len(), "worker credit changed");
+        let peer = state.peer.clone();
+        if let Err(e) = self
+            .transport
+            .send(&peer, ServerMsg::CreditAck { credit }.encode())
+        {
+            self.worker_dead(w, &format!("send failed: {e}"));
+            return;
+        }
+        self.update_worker_gauges();
+        self.pump_worker(w);
     }
 
     fn on_leaving(&mut self, w: WorkerIdx) {
@@ -244,11 +269,12 @@ impl<T: WorkerTransport> Dispatcher<T> {
                 let ws = Arc::new(WorkerStats {
                     id: id.to_string(),
                     services: names,
-                    credit,
+                    credit: Gauge::default(),
                     in_flight: Default::default(),
                     served: Default::default(),
                     last_seen_ms: registry.now_ms().into(),
                 });
+                ws.credit.set(credit.into());
                 registry.add_worker(ws.clone());
                 ws
             });
@@ -274,7 +300,8 @@ impl<T: WorkerTransport> Dispatcher<T> {
         state.overdue.remove(&id);
         state.stats.served.inc();
         state.stats.in_flight.set(state.in_flight.len() as u64);
-        if !state.leaving {
+        // A slot freed above a lowered credit (CREDIT) is not free credit.
+        if !state.leaving && state.in_flight.len() < state.credit as usize {
             for &s in &state.services {
                 self.services[s].info.stats.free_credit.inc();
             }
