@@ -3,7 +3,9 @@ test's thread: Twisted's reactor runs once per process, and eventlet's hub
 does not let a thread that used it end. The handler's `slow` blocks its
 thread (no monkey-patching here): a call that keeps the process busy.
 
-    python child_worker.py ENDPOINT MODE
+    python child_worker.py ENDPOINT[,ENDPOINT...] MODE
+
+`child_worker:services` is also a target for `thriftworker-py`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ class Busy(Handler):
         return message
 
 
+def services() -> dict[str, Echo.Processor]:
+    return {"Echo": Echo.Processor(Busy())}
+
+
 def main() -> int:
-    endpoint, mode = sys.argv[1], sys.argv[2]
-    worker = Worker(endpoint, {"Echo": Echo.Processor(Busy())}, mode=mode, concurrency=2)
+    endpoints, mode = sys.argv[1].split(","), sys.argv[2]
+    worker = Worker(endpoints, services(), mode=mode, concurrency=2)
     try:
         worker.run()
     except Refused as e:

@@ -229,7 +229,7 @@ def test_version_2_headers_reach_the_handler_and_reply_headers_go_back(plane: Pl
 
     w = Worker(plane.endpoint, {"Echo": Echo.Processor(Headed())})
     t, _ = start(w)
-    assert plane.recv_cmd(wire.READY)[0] == b"\x02\x01"
+    assert plane.recv_cmd(wire.READY)[0] == b"\x03\x01"
     plane.send(b"\x02\x01", struct.pack(">I", 1000), b"w1")  # acknowledged as version 2
     meta = struct.pack(">QIB", 5, 5000, 0)
     headers = wire.encode_headers([(b"traceparent", b"00-ab-cd-01")])
@@ -256,6 +256,9 @@ def test_a_version_1_data_plane_gets_ready_version_1_and_no_reply_headers(plane:
 
     w = Worker(plane.endpoint, {"Echo": Echo.Processor(Headed())})
     t, errors = start(w)
+    # One version lower at a time, on the same connection: 3, then 2, then 1.
+    assert plane.recv_cmd(wire.READY)[0] == b"\x03\x01"
+    plane.send(b"\x01\x05", b"refused: unsupported worker protocol version 3 (this side speaks version 1)")
     assert plane.recv_cmd(wire.READY)[0] == b"\x02\x01"
     plane.send(b"\x01\x05", b"refused: unsupported worker protocol version 2 (this side speaks version 1)")
     assert plane.recv_cmd(wire.READY)[0] == b"\x01\x01"
@@ -319,6 +322,14 @@ def test_settings_that_cannot_work_are_refused_at_once(handler: Handler) -> None
         Worker("tcp://127.0.0.1:1", {})
     with pytest.raises(ValueError, match="asyncio mode opens its own ZeroMQ context"):
         Worker("tcp://127.0.0.1:1", p, mode="asyncio", concurrency=2, zmq_context=zmq.Context.instance())
+    with pytest.raises(ValueError, match="at least one endpoint"):
+        Worker([], p)
+    with pytest.raises(ValueError, match="tcp:// needs HOST:PORT"):
+        Worker(["ipc:///a", "tcp://dp.test"], p)
+    with pytest.raises(ValueError, match="resolve_interval must be between"):
+        Worker("tcp://dp.test:1", p, resolve_interval=0)
+    with pytest.raises(ValueError, match="cannot use the hosts file /no/such/file"):
+        Worker("tcp://dp.test:1", p, hosts_file="/no/such/file")
 
 
 def spawn_child(plane: Plane, mode: str) -> subprocess.Popen[str]:
@@ -405,3 +416,80 @@ def test_a_refused_ready_ends_the_process_with_the_reason(plane: Plane, mode: st
     out, _ = child.communicate(timeout=15)
     assert child.returncode == 2, out
     assert "refused: refused: wrong or missing worker token" in out
+
+
+def test_credit_moves_to_a_new_data_plane_only_once_answered_and_its_calls_finished(
+    plane: Plane, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two data planes driven by hand: A (tcp) registered with the whole
+    credit and 5 calls running; B (ipc, first in endpoint order: the larger
+    share) comes up. A is sent CREDIT(3) and B nothing until A answers; then
+    B gets READY with only what A's running calls leave free, and is raised
+    (CREDIT, one unanswered at a time) as they finish."""
+    release = threading.Event()
+
+    class Gated(Handler):
+        def slow(self, message: str, sleep_ms: int) -> str:
+            release.wait(10)
+            return message
+
+    a = plane
+    ctx: zmq.Context[Any] = zmq.Context()
+    b = Plane(ctx)
+    b.sock.unbind(b.endpoint)
+    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
+    assert len(b.endpoint) < 100
+    w = Worker([a.endpoint, b.endpoint], {"Echo": Echo.Processor(Gated())}, mode="threads", concurrency=5, prefetch=2)
+    t, errors = start(w)
+    try:
+        ready = a.recv_cmd(wire.READY)
+        assert ready[0] == b"\x03\x01" and ready[1] == struct.pack(">I", 7)  # alone: all of it, at once
+        a.send(b"\x03\x01", struct.pack(">I", 1000), b"wa")
+        for i in range(5):
+            a.request(i, encode_call(0, "slow", i, message=str(i), sleep_ms=0))
+        b.sock.bind(b.endpoint)
+        assert a.recv_cmd(wire.CREDIT) == [b"\x03\x06", struct.pack(">I", 3)]
+        assert not b.sock.poll(300), "B was sent something before A answered its lowering"
+        a.send(b"\x03\x06", struct.pack(">I", 3))
+        # A answered, but its 5 calls still run: 7 - 5 free.
+        ready = b.recv_cmd(wire.READY)
+        assert ready[0] == b"\x03\x01" and ready[1] == struct.pack(">I", 2)
+        b.send(b"\x03\x01", struct.pack(">I", 1000), b"wb")
+        release.set()
+        replies = {struct.unpack(">Q", a.recv_cmd(wire.REPLY)[1])[0] for _ in range(5)}
+        assert replies == set(range(5))
+        credit = 2
+        while credit < 4:
+            frames = b.recv_cmd(wire.CREDIT)
+            (raised,) = struct.unpack(">I", frames[1])
+            assert credit < raised <= 4
+            assert not b.sock.poll(50), "a second CREDIT before the first was answered"
+            b.send(b"\x03\x06", frames[1])
+            credit = raised
+        b.request(1, encode_call(0, "echo", 1, message="via b"))
+        assert decode_reply(0, "echo", b.recv_cmd(wire.REPLY)[2])[2].success == "via b"
+        assert w.credit_shares() == {a.endpoint: 3, b.endpoint: 4}
+        w.stop()
+        for p in (a, b):
+            p.recv_cmd(wire.DISCONNECT)
+            p.send(b"\x01\x05", b"bye")
+        t.join(5)
+        assert not t.is_alive() and errors == []
+        assert w.peak_held == 5
+    finally:
+        release.set()
+        w.stop()
+        b.sock.close()
+        ctx.term()
+
+
+def test_a_version_2_data_plane_keeps_its_ready_credit(plane: Plane) -> None:
+    """No CREDIT to a data plane that answered READY as version 2."""
+    w = Worker(plane.endpoint, {"Echo": Echo.Processor(Handler())}, prefetch=3)
+    t, errors = start(w)
+    plane.recv_cmd(wire.READY)
+    plane.send(b"\x02\x01", struct.pack(">I", 1000), b"w1")
+    plane.request(1, encode_call(0, "echo", 1, message="v2"))
+    assert decode_reply(0, "echo", plane.recv_cmd(wire.REPLY)[2])[2].success == "v2"
+    leave(plane, w, t)  # no CREDIT in between: recv_cmd would have failed on it
+    assert errors == []

@@ -48,7 +48,9 @@ class Fleet:
     def name_endpoint(self):
         return f"tcp://{NAME}:{self.port}"
 
-    def worker_args(self, prefetch=0, resolve="200ms"):
+    def worker_args(self, prefetch=0, kind="rust"):
+        # echo-worker takes a duration, thriftworker-py seconds.
+        resolve = "200ms" if kind == "rust" else "0.2"
         return ["--hosts-file", self.hosts, "--resolve-interval", resolve, "--prefetch", prefetch]
 
 
@@ -81,25 +83,36 @@ def whoami_set(dp, calls=60):
 
 
 def most_held(w):
-    """The `most_held_at_once` a stopped Rust worker logged."""
-    m = re.search(r"worker stopped most_held_at_once=(\d+) credit=(\d+)", w.stderr)
-    assert m, f"no 'worker stopped' line in:\n{w.stderr[-2000:]}"
+    """(most calls held at once, credit) that a stopped worker logged: the
+    Rust library's `worker stopped most_held_at_once=N credit=T`, the Python
+    package's `most calls held at once N (credit T)`."""
+    text = w.stderr + w.stdout
+    m = re.search(r"worker stopped most_held_at_once=(\d+) credit=(\d+)", text) or re.search(
+        r"most calls held at once (\d+) \(credit (\d+)\)", text
+    )
+    assert m, f"no 'worker stopped' line in:\n{text[-2000:]}"
     return int(m.group(1)), int(m.group(2))
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-def test_every_worker_serves_every_data_plane(dataplane, worker, processes, short_tmp, replicas):
+@pytest.mark.parametrize(
+    "kind,replicas", [("rust", 2), ("rust", 3), ("pkg", 2), ("pkg", 3)], ids=["rust-2", "rust-3", "python-2", "python-3"]
+)
+def test_every_worker_serves_every_data_plane(dataplane, worker, processes, short_tmp, kind, replicas):
+    """Three workers (the Rust library's echo-worker, or the Python package
+    in threads mode) behind one name with 2 or 3 data planes."""
     fleet = Fleet(dataplane, short_tmp)
     for n in range(1, replicas + 1):
         fleet.start(n)
     fleet.publish(*range(1, replicas + 1))
+    extra = {"mode": "threads"} if kind == "pkg" else {}
     workers = [
-        worker(endpoint=fleet.name_endpoint, concurrency=4, wait=False, args=fleet.worker_args(prefetch=8))
+        worker(kind, endpoint=fleet.name_endpoint, concurrency=4, wait=False,
+               args=fleet.worker_args(prefetch=8, kind=kind), **extra)
         for _ in range(3)
     ]
     for dp in fleet.dps.values():
         wait_workers(dp, 3, context=processes.tails)
-    pids = {f"rust:{w.pid}" for w in workers}
+    pids = {f"{kind}:{w.pid}" for w in workers}
     for n, dp in fleet.dps.items():
         assert whoami_set(dp) == pids, f"calls through data plane {n} did not reach every worker"
     # Each worker's credit (4 + 8 = 12) is split between the replicas, never

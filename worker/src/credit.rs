@@ -360,12 +360,16 @@ mod tests {
         assert_eq!(l.next_change("a"), None, "version 2: no CREDIT");
         assert_eq!(l.grant_ready("b"), None);
         assert!(l.should_rejoin("a"), "b waits for a's credit");
-        // a leaves (its calls finished) and connects again.
+        // a leaves (its calls finished): b, alone, gets everything...
         l.detach("a", 0);
         assert!(!l.should_rejoin("a"));
-        assert_eq!(l.grant_ready("b"), Some(3));
+        assert_eq!(l.grant_ready("b"), Some(6));
         l.registered("b", 3);
+        // ...and gives a its share back by CREDIT when a connects again.
         l.join("a");
+        assert_eq!(l.grant_ready("a"), None);
+        assert_eq!(l.next_change("b"), Some(3));
+        l.answered("b");
         assert_eq!(l.grant_ready("a"), Some(3));
         l.registered("a", 2);
         assert!(!l.should_rejoin("a"), "a has its share");

@@ -1,13 +1,15 @@
 """The `twisted` mode: the worker's loop inside the Twisted reactor (the
-txZMQ model). The socket's ZMQ_FD and the wake-up pipe are reactor
-readers, the loop's timers (heartbeats, registration, leaving) one
-`callLater` chain, and each call a Deferred: processors generated with
-`thrift --gen py:twisted` (handlers return Deferreds), or any other
-processor whose handlers return values, Deferreds or coroutines.
+txZMQ model). Each socket's ZMQ_FD (one per data plane) and the wake-up
+pipe are reactor readers, the loop's timers (heartbeats, registration,
+leaving, resolution) one `callLater` chain, and each call a Deferred:
+processors generated with `thrift --gen py:twisted` (handlers return
+Deferreds), or any other processor whose handlers return values, Deferreds
+or coroutines.
 
 ZMQ_FD is edge-triggered (see `_green`): after a reply is sent the loop
-reads the socket again if ZMQ_EVENTS says a message is waiting, since the
-send may have consumed the FD's signal.
+reads its socket again if ZMQ_EVENTS says a message is waiting, since the
+send may have consumed the FD's signal. While a connection is not up yet,
+a signal on its FD runs the timers too (the connection may be up: READY).
 
 The reactor runs once per process (Twisted cannot restart it), so this
 mode is for `thriftworker-py --mode twisted` processes, not for workers
@@ -55,7 +57,8 @@ class ReactorLoop:
         self._reactor: Any = reactor
         self._provides: Any = lambda reader: directlyProvides(reader, IReadDescriptor)
         self._worker = worker
-        self._sock_reader: _Reader | None = None
+        #: One reader per socket, by session.
+        self._readers: dict[Any, _Reader] = {}
         self._timer: Any = None
         self._read_scheduled = False
         self._error: BaseException | None = None
@@ -70,23 +73,35 @@ class ReactorLoop:
             raise self._error
 
     # -- called by the worker ---------------------------------------------
-    def on_socket(self, fd: int) -> None:
-        """The worker opened a (new) socket: read it when its FD signals."""
-        if self._sock_reader is not None:
-            self._reactor.removeReader(self._sock_reader)
-        self._sock_reader = _Reader(fd, self._on_readable)
-        self._add(self._sock_reader)
-        self._schedule_read()
+    def sync_sockets(self, sessions: list[Any]) -> None:
+        """The worker's sockets are now those of `sessions`: read each when its FD signals."""
+        for sess in [s for s in self._readers if s not in sessions]:
+            self.forget_socket(sess)
+        added = False
+        for sess in sessions:
+            if sess not in self._readers:
+                reader = _Reader(sess.fd, self._on_readable)
+                self._readers[sess] = reader
+                self._add(reader)
+                added = True
+        if added:
+            self._schedule_read()
 
-    def start_call(self, session: int, call: Any, req: Any) -> None:
+    def forget_socket(self, sess: Any) -> None:
+        """Before a socket is closed: stop watching its FD."""
+        reader = self._readers.pop(sess, None)
+        if reader is not None:
+            self._reactor.removeReader(reader)
+
+    def start_call(self, sess: Any, call: Any, req: Any) -> None:
         w = self._worker
         reply = w._refused(call, req)
         if reply is not None:
-            self._finished(reply, session, req.request_id)
+            self._finished(reply, sess, req.request_id)
             return
         d = w.processors[req.service].serve_deferred(req.protocol, req.message)  # type: ignore[attr-defined]
         d.addErrback(self._failed, req)
-        d.addCallback(self._finished, session, req.request_id)
+        d.addCallback(self._finished, sess, req.request_id)
 
     # -- reactor callbacks ----------------------------------------------------
     def _add(self, reader: _Reader) -> None:
@@ -94,7 +109,7 @@ class ReactorLoop:
         self._reactor.addReader(reader)
 
     def _start(self) -> None:
-        self._worker._open_socket()
+        self._worker._start()
         self._tick()
 
     def _on_wake(self) -> None:
@@ -103,7 +118,7 @@ class ReactorLoop:
 
     def _on_readable(self) -> None:
         self._read_scheduled = False
-        self._guarded(self._read)
+        self._guarded(self._tick if self._worker._connecting else self._read)
 
     def _read(self) -> None:
         if self._worker._read_burst():
@@ -130,10 +145,10 @@ class ReactorLoop:
             return True
         return False
 
-    def _finished(self, reply: bytes, session: int, request_id: int) -> None:
+    def _finished(self, reply: bytes, sess: Any, request_id: int) -> None:
         w = self._worker
-        w._finish(session, request_id, reply)
-        if w._message_waiting():
+        w._finish(sess, request_id, reply)
+        if w._message_waiting(sess):
             self._schedule_read()  # the send may have consumed the FD's signal
         if w._leaving_since is not None:
             self._guarded(self._tick)

@@ -4,6 +4,13 @@
         [--workers N] [--mode inline|threads|asyncio|gevent|eventlet|twisted] [--concurrency N] myapp.worker:services
     thriftworker-py --endpoint tcp://127.0.0.1:9950 \\
         Echo=myapp.echo:processor Calc=myapp.calc:processor
+    thriftworker-py --endpoint tcp://thriftworker-workers:9950 myapp.worker:services
+
+Several data planes: repeat --endpoint or separate endpoints with commas;
+`tcp://NAME:PORT` stands for every address NAME resolves to (a headless
+Service: every data-plane pod), resolved again every --resolve-interval
+seconds. The worker's credit is shared between them (worker protocol
+version 3, docs/worker-protocol.md).
 
 A target is `module:name` naming a mapping {service: processor} or a
 function returning one, or `Service=module:name` naming one processor (or a
@@ -34,6 +41,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -48,6 +56,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 from ._green import KINDS, monkey_patch
+from .endpoints import (
+    DEFAULT_RESOLVE_INTERVAL,
+    MAX_ENDPOINTS,
+    MAX_RESOLVE_INTERVAL,
+    MIN_RESOLVE_INTERVAL,
+    Resolver,
+    read_hosts,
+)
 from .supervisor import Supervisor
 from .worker import MODES, Refused, Worker
 
@@ -95,7 +111,28 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("endpoint", "THRIFTWORKER_WORKER_ENDPOINT", str, None, "the data plane's worker endpoint (ipc://, tcp://)"),
+    Setting(
+        "endpoint",
+        "THRIFTWORKER_WORKER_ENDPOINT",
+        list,
+        None,
+        "the data planes' worker endpoint(s) (ipc://, tcp://IP:PORT, tcp://NAME:PORT for every address of NAME);"
+        " repeat or comma-separate for several",
+    ),
+    Setting(
+        "resolve_interval",
+        "THRIFTWORKER_RESOLVE_INTERVAL",
+        float,
+        DEFAULT_RESOLVE_INTERVAL,
+        f"seconds between two resolutions of tcp://NAME:PORT endpoints (default {DEFAULT_RESOLVE_INTERVAL:g})",
+    ),
+    Setting(
+        "hosts_file",
+        "THRIFTWORKER_HOSTS_FILE",
+        str,
+        None,
+        "a hosts(5) file (ADDRESS NAME...) read at each resolution: the names it lists resolve there, not in DNS",
+    ),
     Setting("mode", "THRIFTWORKER_MODE", str, "inline", "how calls run (default inline)", MODES),
     Setting(
         "concurrency",
@@ -137,7 +174,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*", metavar="TARGET", help="module:services or Service=module:processor")
     p.add_argument("--config", default=os.environ.get("THRIFTWORKER_PY_CONFIG"), help="a TOML file of settings")
     for st in SETTINGS:
-        p.add_argument(st.flag, type=st.kind, choices=st.choices, default=None, help=f"{st.help} [{st.env}]")
+        if st.kind is list:
+            p.add_argument(st.flag, action="append", default=None, help=f"{st.help} [{st.env}]")
+        else:
+            p.add_argument(st.flag, type=st.kind, choices=st.choices, default=None, help=f"{st.help} [{st.env}]")
     p.add_argument(
         "--single",
         action="store_true",
@@ -162,6 +202,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             )
     for st in SETTINGS:
         value = getattr(args, st.name)
+        if value is not None and st.kind is list:
+            value = _convert(st, value, st.flag)
         if value is None and os.environ.get(st.env):
             value = _convert(st, os.environ[st.env], st.env)
         if value is None and st.name in file:
@@ -180,13 +222,31 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _convert(st: Setting, raw: Any, where: str) -> Any:
+    if st.kind is list:
+        # A list of strings, or one string; either may hold comma-separated items.
+        items = [raw] if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"{where} must be a string or a list of strings, not {raw!r}")
+        value: Any = [part.strip() for item in items for part in item.split(",") if part.strip()]
+        if len(value) > MAX_ENDPOINTS:
+            raise ValueError(f"{where}: at most {MAX_ENDPOINTS} items, not {len(value)}")
+        return value or None
     if st.kind is int:
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
             raise ValueError(f"{where} must be an integer, not {raw!r}")
         try:
-            value: Any = int(raw)
+            value = int(raw)
         except ValueError:
             raise ValueError(f"{where} must be an integer, not {raw!r}") from None
+    elif st.kind is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError(f"{where} must be a number, not {raw!r}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{where} must be a number, not {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, not {raw!r}")
     else:
         if not isinstance(raw, str):
             raise ValueError(f"{where} must be a string, not {raw!r}")
@@ -245,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = Worker(
             args.endpoint,
             services,
+            resolve_interval=args.resolve_interval,
+            hosts_file=args.hosts_file,
             mode=args.mode,
             concurrency=concurrency,
             prefetch=args.prefetch,
@@ -279,21 +341,45 @@ def supervise(args: argparse.Namespace) -> int:
     if not args.endpoint:
         log.error("--endpoint (or THRIFTWORKER_WORKER_ENDPOINT) is required")
         return 1
+    try:
+        check_attach(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 1
     # Every resolved setting as a flag: a child needs neither the config
     # file nor the variables, and a new setting reaches it without a change here.
     child = [sys.executable, "-m", "thriftworker", "--single"]
     for st in SETTINGS:
         value = getattr(args, st.name)
         if st.name != "workers" and value is not None:
-            child += [st.flag, str(value)]
+            child += [st.flag, ",".join(value) if st.kind is list else str(value)]
     child += args.targets
     # Fail fast on a target that does not load (the children would only
     # crash-loop on it).
     check = subprocess.run([sys.executable, "-m", "thriftworker", "--check", *args.targets], check=False)
     if check.returncode != 0:
         return 1
-    log.info("supervisor: %d worker process(es), mode %s, endpoint %s", args.workers, args.mode, args.endpoint)
+    log.info(
+        "supervisor: %d worker process(es), mode %s, endpoint %s", args.workers, args.mode, ",".join(args.endpoint)
+    )
     return Supervisor(child, args.workers).run()
+
+
+def check_attach(args: argparse.Namespace) -> None:
+    """What the worker processes would refuse at start (each endpoint, the
+    resolve interval, the hosts file), said once by the supervisor instead
+    of by every child in a restart loop; ValueError says what is wrong."""
+    Resolver(args.endpoint)
+    if not MIN_RESOLVE_INTERVAL <= args.resolve_interval <= MAX_RESOLVE_INTERVAL:
+        raise ValueError(
+            f"--resolve-interval must be between {MIN_RESOLVE_INTERVAL:g} and {MAX_RESOLVE_INTERVAL:g} seconds,"
+            f" not {args.resolve_interval:g}"
+        )
+    if args.hosts_file is not None:
+        try:
+            read_hosts(args.hosts_file)
+        except OSError as e:
+            raise ValueError(f"cannot read the hosts file {args.hosts_file}: {e.strerror or e}") from None
 
 
 def run(worker: Worker) -> int:

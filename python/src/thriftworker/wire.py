@@ -1,7 +1,8 @@
-"""The worker protocol, versions 1 and 2 (docs/worker-protocol.md): the
+"""The worker protocol, versions 1 to 3 (docs/worker-protocol.md): the
 messages a worker and the data plane exchange, as lists of ZeroMQ frames.
-Version 2 adds call headers: a trailing frame on REQUEST and REPLY,
-negotiated by READY.
+Version 2 adds call headers: a trailing frame on REQUEST and REPLY. Version
+3 adds CREDIT (both ways), so a worker attached to several data planes can
+move its credit between them. Both are negotiated by READY.
 
 Pure functions over bytes: no socket here, so every event-loop integration
 shares them, and the tests check them without a data plane.
@@ -14,12 +15,16 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 #: The newest version spoken here; READY goes as this one.
-VERSION = 0x02
+VERSION = 0x03
 #: The first version (no headers): every peer speaks it.
 VERSION_1 = 0x01
+#: Call headers (a trailing frame on REQUEST and REPLY).
+VERSION_2 = 0x02
+#: CREDIT, both ways.
+VERSION_3 = 0x03
 #: At most this many headers in a headers frame.
 MAX_HEADERS = 128
-READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = 0x01, 0x02, 0x03, 0x04, 0x05
+READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT, CREDIT = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 #: The largest credit the data plane accepts.
 MAX_CREDIT = 65_536
 
@@ -43,7 +48,7 @@ class WireError(ValueError):
 class ReadyAck:
     heartbeat_interval_ms: int
     worker_id: str
-    #: The version both sides speak from now on (1 or 2).
+    #: The version both sides speak from now on (1 to 3).
     version: int = VERSION_1
 
 
@@ -64,11 +69,19 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class CreditAck:
+    """Version 3: the data plane applied our CREDIT; every REQUEST after
+    this one respects `credit`."""
+
+    credit: int
+
+
+@dataclass(frozen=True)
 class Disconnect:
     reason: str
 
 
-ServerMsg = ReadyAck | Request | Heartbeat | Disconnect
+ServerMsg = ReadyAck | Request | Heartbeat | Disconnect | CreditAck
 
 
 def _header(cmd: int, version: int = VERSION_1) -> bytes:
@@ -76,9 +89,12 @@ def _header(cmd: int, version: int = VERSION_1) -> bytes:
 
 
 def ready(credit: int, token: bytes, services: list[str], version: int = VERSION) -> list[bytes]:
-    """READY: the first message of a worker, as `version` (2: send me headers)."""
+    """READY: the first message of a worker, as `version` (2: send me
+    headers; 3: and I may send CREDIT)."""
     if not 1 <= credit <= MAX_CREDIT:
         raise ValueError(f"credit must be between 1 and {MAX_CREDIT}, not {credit}")
+    if not VERSION_1 <= version <= VERSION:
+        raise ValueError(f"version must be between {VERSION_1} and {VERSION}, not {version}")
     if not services:
         raise ValueError("a worker must serve at least one service")
     return [_header(READY, version), _U32.pack(credit), token, *(s.encode() for s in services)]
@@ -125,6 +141,13 @@ def decode_headers(frame: bytes) -> Headers:
     return tuple(pairs)
 
 
+def credit(value: int) -> list[bytes]:
+    """CREDIT (version 3 only): "my credit at this data plane is now `value`"."""
+    if not 1 <= value <= MAX_CREDIT:
+        raise ValueError(f"credit must be between 1 and {MAX_CREDIT}, not {value}")
+    return [_header(CREDIT, VERSION_3), _U32.pack(value)]
+
+
 def heartbeat() -> list[bytes]:
     return [_header(HEARTBEAT)]
 
@@ -157,4 +180,11 @@ def decode(frames: list[bytes]) -> ServerMsg:
     if cmd == DISCONNECT:
         reason = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
         return Disconnect(reason)
+    if cmd == CREDIT:
+        if len(frames) < 2 or len(frames[1]) != 4:
+            raise WireError("CREDIT needs credit (4 bytes)")
+        (value,) = _U32.unpack(frames[1])
+        if not 1 <= value <= MAX_CREDIT:
+            raise WireError(f"CREDIT {value} out of range 1..={MAX_CREDIT}")
+        return CreditAck(value)
     raise WireError(f"unknown command {cmd}")

@@ -1,16 +1,28 @@
-"""A worker process's loop: one ZeroMQ DEALER socket speaking the worker
-protocol (docs/worker-protocol.md) to one data plane. Where calls run is
-the mode: inline on the socket's thread, on a bounded thread pool, as
+"""A worker process's loop: one ZeroMQ DEALER socket per data plane,
+speaking the worker protocol (docs/worker-protocol.md) to each. Where calls
+run is the mode: inline on the sockets' thread, on a bounded thread pool, as
 asyncio tasks, in gevent or eventlet green threads (`_green`), or as
 Deferreds in the Twisted reactor (`_twisted`).
 
-The socket is only ever used by the thread that calls `run()`. In `threads`
-mode each finished call is put on a queue and a byte is written to a pipe
-that the loop polls together with the socket, so a reply leaves as soon as
-it is ready and the loop never blocks on a handler.
+The sockets are only ever used by the thread that calls `run()`. In
+`threads` mode each finished call is put on a queue and a byte is written
+to a pipe that the loop polls together with the sockets, so a reply leaves
+as soon as it is ready and the loop never blocks on a handler.
 
-What the loop guarantees the data plane:
-- never more calls at once than the credit announced in READY;
+Several data planes (a list of endpoints, or a name that resolves to
+several addresses, `endpoints`): one connection each, the worker's credit
+shared between them (`credit.CreditBook`) and moved with CREDIT (version 3).
+With one data plane nothing of that shows: READY carries the full credit,
+as it always did. Each mode waits on every socket at once: a `zmq.Poller`
+(inline, threads), a `zmq.asyncio.Poller` (asyncio), the green `select` on
+every ZMQ_FD (gevent, eventlet), one reactor reader per ZMQ_FD (twisted).
+The sockets are ZMQ_IMMEDIATE: a data plane takes part in the split (and
+is sent READY) once its connection is up, so an address where nothing
+listens holds no credit.
+
+What the loop guarantees each data plane:
+- never more calls at once than the credit announced there, and never more
+  at once over all data planes than the worker's credit;
 - a HEARTBEAT whenever it has sent nothing for one interval (inline mode:
   between calls, so a handler that runs for longer than
   `heartbeat_liveness` intervals gets the worker declared dead; run long
@@ -19,9 +31,11 @@ What the loop guarantees the data plane:
   for a connection that is gone are dropped;
 - on `stop()` (SIGTERM/SIGINT from the CLI): DISCONNECT, the calls in
   flight finished and answered, then it waits for the data plane's goodbye
-  (at most `leave_timeout`) before it closes the socket;
-- after a DISCONNECT from the data plane (it restarted, or evicted us) or
-  `heartbeat_liveness` silent intervals: READY again, with backoff.
+  (at most `leave_timeout`) before it closes the socket; the same for a
+  data plane whose address is no longer among the endpoints' addresses;
+- after a DISCONNECT from the data plane (it restarted, or evicted us),
+  a lost connection or `heartbeat_liveness` silent intervals: READY again,
+  with backoff.
 """
 
 from __future__ import annotations
@@ -32,8 +46,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -42,15 +55,31 @@ import zmq.asyncio as zmq_asyncio
 from . import codec, context, wire
 from ._fd import drain, poke
 from ._green import GreenRuntime
+from .credit import CreditBook, Share
+from .endpoints import (
+    DEFAULT_RESOLVE_INTERVAL,
+    MAX_RESOLVE_INTERVAL,
+    MIN_RESOLVE_INTERVAL,
+    Resolver,
+    ResolverThread,
+    read_hosts,
+)
 from .processors import CallProcessor, adapt
 
 log = logging.getLogger("thriftworker")
 
 MODES = ("inline", "threads", "asyncio", "gevent", "eventlet", "twisted")
-#: Messages handled in a row before the loop looks at its timers again.
+#: Messages handled in a row (per socket) before the loop looks at its timers again.
 _BURST = 256
 #: Replies held back in a burst (inline and threads modes) before they are sent anyway.
 _COALESCE = 16
+#: Messages queued on a socket before a send fails (it never should: what
+#: a worker sends is bounded by its credit, plus a few control messages).
+_SNDHWM = 2 * wire.MAX_CREDIT + 1024
+#: Seconds between looks at a connection not up yet (its ZMQ_FD wakes the loop sooner).
+_CONNECT_POLL = 0.5
+#: Seconds between looks at an unregistered connection (READY due, or answered late).
+_UNREGISTERED_POLL = 0.05
 
 # pyzmq's Socket methods without their Python layer (flag enums, typing
 # casts): a third of a worker's CPU per call went there (cProfile under
@@ -63,6 +92,7 @@ _RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 def default_prefetch(mode: str, concurrency: int) -> int:
@@ -81,25 +111,87 @@ class Refused(Exception):
     """The data plane refused our READY (wrong token, unknown service)."""
 
 
-@dataclass
-class _Registration:
-    """What holds for one connection to the data plane."""
+class _Plane(Share):
+    """One data plane (one address): its share of the credit, and its
+    connection if it has one."""
 
-    session: int
-    registered: bool = False
-    ever: bool = False
-    #: The worker protocol version of this registration: READY goes as the
-    #: newest; a data plane that speaks only version 1 refuses it and gets
-    #: READY version 1 (no call headers).
-    version: int = wire.VERSION
-    ready_sent_at: float | None = None
-    next_ready_at: float = 0.0
-    backoff: float = 0.1
+    __slots__ = ("backoff", "endpoint", "sess", "wanted")
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
+        self.endpoint = endpoint
+        self.sess: _Session | None = None
+        #: Among the endpoints' addresses (else: left, then forgotten).
+        self.wanted = True
+        #: Wait before the next READY after a DISCONNECT or an unanswered READY.
+        self.backoff = 0.1
+
+
+class _Session:
+    """One connection (DEALER socket) to one data plane, and the
+    registration it carries. A call remembers its session: its reply goes
+    out only if the session is still open."""
+
+    __slots__ = (
+        "broken",
+        "bye",
+        "closed",
+        "connected",
+        "fd",
+        "heartbeat",
+        "last_recv",
+        "last_sent",
+        "leaving_since",
+        "next_ready_at",
+        "outbox",
+        "outstanding",
+        "plane",
+        "ready_sent_at",
+        "registered",
+        "reply_headers",
+        "sock",
+        "version",
+    )
+
+    def __init__(self, plane: _Plane, sock: zmq.Socket[Any], fd: int) -> None:
+        self.plane = plane
+        self.sock = sock
+        self.fd = fd
+        self.closed = False
+        #: A peer is attached (ZMQ_IMMEDIATE: POLLOUT seen): READY may go.
+        self.connected = False
+        #: A send found no connection: reconnect.
+        self.broken = False
+        self.registered = False
+        #: The worker protocol version of this registration: READY goes as
+        #: the newest; a data plane that speaks an older one refuses it and
+        #: is sent READY one version lower.
+        self.version = wire.VERSION
+        self.ready_sent_at: float | None = None
+        self.next_ready_at = 0.0
+        self.heartbeat = 1.0
+        self.last_sent = self.last_recv = time.monotonic()
+        #: Request ids of the current registration not answered yet.
+        self.outstanding: set[int] = set()
+        #: Reply-header lists of calls in flight (version 2+ registrations only).
+        self.reply_headers: dict[int, list[tuple[bytes, bytes]]] = {}
+        #: Replies held back during a burst (inline and threads modes).
+        self.outbox: list[list[bytes]] = []
+        #: DISCONNECT sent (stop, or the address is gone), and the goodbye.
+        self.leaving_since: float | None = None
+        self.bye = False
 
 
 class Worker:
-    """Serves `services` ({"Echo": processor, ...}) for the data plane at
-    `endpoint` until `stop()` is called.
+    """Serves `services` ({"Echo": processor, ...}) for the data plane(s)
+    at `endpoint` until `stop()` is called.
+
+    `endpoint`: one endpoint or a list. `ipc://PATH` and `tcp://IP:PORT`
+    name one data plane each; `tcp://NAME:PORT` names every address NAME
+    resolves to, resolved again every `resolve_interval` seconds and when a
+    connection is lost (at most 64 data planes). `hosts_file`: a hosts(5)
+    file consulted first, read at each resolution. The credit is shared
+    between the data planes (docs/worker-protocol.md, version 3).
 
     `mode`: "inline" (one call at a time, on the socket's thread: the least
     overhead per call), "threads" (`concurrency` calls at once on a thread
@@ -118,14 +210,14 @@ class Worker:
     `max_requests` (if not 0): leave gracefully after that many calls (the
     supervisor replaces the process). `parent_pid`: leave gracefully once
     that process (the supervisor) is no longer our parent. `on_ready(worker_id)` is called each
-    time the data plane accepts the worker. `zmq_context`: the ZeroMQ context
-    of the socket (default: pyzmq's shared instance); refused in asyncio
+    time a data plane accepts the worker. `zmq_context`: the ZeroMQ context
+    of the sockets (default: pyzmq's shared instance); refused in asyncio
     mode, which opens a `zmq.asyncio` context of its own.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         services: Mapping[str, Any],
         *,
         mode: str = "inline",
@@ -139,6 +231,8 @@ class Worker:
         parent_pid: int | None = None,
         on_ready: Callable[[str], None] | None = None,
         zmq_context: zmq.Context[Any] | None = None,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
+        hosts_file: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -152,11 +246,26 @@ class Worker:
             raise ValueError(f"prefetch must be between 0 and {wire.MAX_CREDIT - concurrency}")
         if not services:
             raise ValueError("give at least one service: services={'Name': processor}")
-        self.endpoint = endpoint
+        if not MIN_RESOLVE_INTERVAL <= resolve_interval <= MAX_RESOLVE_INTERVAL:
+            raise ValueError(
+                f"resolve_interval must be between {MIN_RESOLVE_INTERVAL} and {MAX_RESOLVE_INTERVAL} seconds,"
+                f" not {resolve_interval}"
+            )
+        self.endpoints: tuple[str, ...] = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
+        self._resolver = Resolver(self.endpoints, hosts_file)
+        if hosts_file is not None:
+            try:
+                read_hosts(hosts_file)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot use the hosts file {hosts_file}: {e}") from None
+        #: The first endpoint (the only one, usually).
+        self.endpoint = self.endpoints[0]
+        self.resolve_interval = resolve_interval
+        self.hosts_file = hosts_file
         self.mode = mode
         self.concurrency = concurrency
-        # What the data plane may send: the calls that run, plus the ones
-        # held ready so the worker never waits a round trip for the next.
+        # What the data planes together may send: the calls that run, plus
+        # the ones held ready so the worker never waits a round trip for the next.
         self.credit = concurrency + prefetch
         self.processors: dict[str, CallProcessor] = {n: adapt(p) for n, p in services.items()}
         if mode == "inline":
@@ -176,33 +285,40 @@ class Worker:
         self.parent_pid = parent_pid
         self._served = 0
         self._on_ready_cb = on_ready
+        #: The id the last data plane to accept us gave us.
         self.worker_id: str | None = None
         self._ctx = zmq_context or zmq.Context.instance()
-        self._sock: zmq.Socket[Any] | None = None
-        self._sock_fd = -1
+        self._book = CreditBook(self.credit, self._starved)
+        self._planes: dict[str, _Plane] = {}
+        #: The open connections. Replaced, never changed in place: a loop
+        #: over it may open or close one.
+        self._sessions: list[_Session] = []
+        self._resolving: ResolverThread | None = None
+        #: The sockets changed (or one connected): rebuild what the loop waits on.
+        self._poll_dirty = False
+        #: Some connection is not up yet (the Twisted loop then runs its timers on reads).
+        self._connecting = False
+        #: Registered at some data plane once: a refusal after that is not fatal.
+        self._ever = False
         self._poller = zmq.Poller()
+        self._wait_fds: list[int] = []
         self._green: GreenRuntime | None = None
         self._green_waiting = False
         self._reactor_loop: Any = None
         self._apoller: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reg = _Registration(session=0)
-        #: Reply-header lists of calls in flight (version 2 registrations only).
-        self._reply_headers: dict[int, list[tuple[bytes, bytes]]] = {}
-        self._heartbeat = 1.0
-        self._last_sent = self._last_recv = time.monotonic()
-        self._outstanding: set[int] = set()
+        #: Calls received and not finished, over every data plane, and the most ever.
         self._running = 0
+        self._peak = 0
         self._stop = threading.Event()
         self._leaving_since: float | None = None
-        self._bye = False
+        self._closed = False
         self._pool: _CallThreads | None = None
-        self._results: queue.SimpleQueue[tuple[int, int, bytes]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[_Session, int, bytes]] = queue.SimpleQueue()
         # Threads mode: the loop is (about to be) blocked in poll, so a
         # finished call must wake it; otherwise it finds the result itself.
         self._polling = False
-        self._outbox: list[list[bytes]] = []
         self._coalesce = mode in ("inline", "threads")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -218,6 +334,16 @@ class Worker:
     def wakeup_fd(self) -> int:
         """A file descriptor whose writes wake the loop (for `signal.set_wakeup_fd`)."""
         return self._wake_w
+
+    @property
+    def peak_held(self) -> int:
+        """The most calls this worker held at once (over every data plane):
+        never more than `credit`."""
+        return self._peak
+
+    def credit_shares(self) -> dict[str, int]:
+        """The credit announced at each data plane now (READY or CREDIT), by endpoint."""
+        return {p.endpoint: p.announced for p in self._planes.values() if p.announced}
 
     def run(self) -> None:
         """Serves until `stop()`; raises `Refused` if the first READY is refused."""
@@ -236,24 +362,33 @@ class Worker:
                 self._reactor_loop = ReactorLoop(self)
                 self._reactor_loop.run()
             else:
-                self._open_socket()
+                self._start()
                 while not self._done():
                     self._turn()
         finally:
-            if self._sock is not None:
-                self._sock.close(linger=2000)  # the last REPLYs and DISCONNECT go out
+            if self._resolving is not None:
+                self._resolving.stop()
+            for sess in self._sessions:
+                sess.sock.close(linger=2000)  # the last REPLYs and DISCONNECT go out
             if self._pool is not None:
                 self._pool.shutdown()
+            self._closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
+            log.info(
+                "worker stopped: served %d call(s), most calls held at once %d (credit %d)",
+                self._served,
+                self._peak,
+                self.credit,
+            )
 
     async def _run_async(self) -> None:
-        """The asyncio mode: the same loop, awaiting the socket and the wake
+        """The asyncio mode: the same loop, awaiting the sockets and the wake
         pipe on the event loop; each call is a task (`serve_async` awaits
         handler methods that are coroutines)."""
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq_asyncio.Context()
-        self._open_socket()
+        self._start()
         try:
             while not self._done():
                 self._before_poll()
@@ -266,12 +401,28 @@ class Worker:
                 t.cancel()
 
     # -- the loop -------------------------------------------------------
+    def _start(self) -> None:
+        """Attaches to the endpoints' data planes (names: as they resolve)."""
+        if self._resolver.fixed:
+            self._apply(self._resolver.resolve())
+        else:
+            self._resolving = ResolverThread(self._resolver, self.resolve_interval, self._resolved)
+            self._resolving.start()
+        self._rebuild_polling()
+
+    def _resolved(self) -> None:
+        """(The resolver's thread) a new answer: wake the loop to take it."""
+        if not self._closed:
+            self._wake()
+
     def _done(self) -> bool:
         if self._leaving_since is None:
             return False
         if self._running or not self._results.empty():
             return False
-        return self._bye or time.monotonic() - self._leaving_since > self.leave_timeout
+        if time.monotonic() - self._leaving_since > self.leave_timeout:
+            return True
+        return all(sess.bye for sess in self._sessions)
 
     def _turn(self) -> None:
         self._before_poll()
@@ -291,7 +442,7 @@ class Worker:
         self._read_burst()
 
     def _before_poll(self) -> None:
-        """Leaving, registration and heartbeats: what is due before waiting."""
+        """Leaving, resolution, registration and heartbeats: what is due before waiting."""
         now = time.monotonic()
         if self.parent_pid is not None and not self._stop.is_set() and os.getppid() != self.parent_pid:
             # Our supervisor is gone (killed): leave rather than serve on unwatched.
@@ -299,223 +450,428 @@ class Worker:
             self._stop.set()
         if self._stop.is_set() and self._leaving_since is None:
             self._leave(now)
-        if self._leaving_since is None:
-            self._keep_registered(now)
-        if self._reg.registered and now - self._last_sent >= self._heartbeat:
-            self._send(wire.heartbeat())
+        if self._resolving is not None and self._leaving_since is None:
+            found = self._resolving.take()
+            if found is not None:
+                self._apply(found)
+        for sess in self._sessions:
+            if not sess.closed:
+                self._keep(sess, now)
+        if self._poll_dirty:
+            self._rebuild_polling()
+
+    def _rebuild_polling(self) -> None:
+        """What the loop waits on: every socket (POLLOUT too while its
+        connection is not up) and the wake-up pipe."""
+        self._poll_dirty = False
+        self._connecting = any(not s.connected for s in self._sessions)
+        if self._loop is not None:
+            apoller = zmq_asyncio.Poller()
+            for sess in self._sessions:
+                apoller.register(sess.sock, zmq.POLLIN if sess.connected else zmq.POLLIN | zmq.POLLOUT)
+            apoller.register(self._wake_r, zmq.POLLIN)
+            self._apoller = apoller
+        elif self._reactor_loop is not None:
+            self._reactor_loop.sync_sockets(self._sessions)
+        elif self._green is not None:
+            self._wait_fds = [sess.fd for sess in self._sessions] + [self._wake_r]
+        else:
+            poller = zmq.Poller()
+            for sess in self._sessions:
+                poller.register(sess.sock, zmq.POLLIN if sess.connected else zmq.POLLIN | zmq.POLLOUT)
+            poller.register(self._wake_r, zmq.POLLIN)
+            self._poller = poller
 
     def _green_wait(self) -> bool:
-        """Green modes: waits for the socket or the wake-up pipe, yielding
+        """Green modes: waits for a socket or the wake-up pipe, yielding
         to the handlers meanwhile; True if the pipe woke us."""
         assert self._green is not None
-        if self._message_waiting():
-            return False  # no wait
+        for sess in self._sessions:
+            if self._message_waiting(sess):
+                return False  # no wait
         self._green_waiting = True
         try:
-            readable = self._green.wait([self._sock_fd, self._wake_r], self._poll_ms() / 1000.0)
+            readable = self._green.wait(self._wait_fds, self._poll_ms() / 1000.0)
         finally:
             self._green_waiting = False
         return self._wake_r in readable
 
-    def _message_waiting(self) -> bool:
+    def _message_waiting(self, sess: _Session) -> bool:
         """ZMQ_EVENTS says a message can be read now. ZMQ_FD is edge-triggered
         (see `_green`): after a send, this is how the green and Twisted loops
         learn of a message whose signal the send consumed."""
-        sock = self._sock
-        return sock is not None and bool(int(_get(sock, _EVENTS)) & _POLLIN)
+        return not sess.closed and bool(int(_get(sess.sock, _EVENTS)) & _POLLIN)
 
     def _poll_ms(self) -> int:
-        wait = self._heartbeat / 2 if self._reg.registered else 0.05
+        wait = _CONNECT_POLL
+        for sess in self._sessions:
+            if sess.registered:
+                wait = min(wait, sess.heartbeat / 2)
+            elif sess.connected:
+                wait = min(wait, _UNREGISTERED_POLL)
         return max(1, int(wait * 1000))
 
     def _read_burst(self) -> bool:
-        """Handles the messages already here, up to a bound (then the loop's
-        timers get their turn): in inline mode, calls back to back. True if
-        it stopped at the bound (more may be waiting)."""
-        try:
-            return self._read_messages()
-        finally:
-            self._flush()
+        """Handles the messages already here, up to a bound per socket (then
+        the loop's timers get their turn): in inline mode, calls back to
+        back. True if it stopped at a bound (more may be waiting)."""
+        more = False
+        for sess in self._sessions:
+            try:
+                if self._read_messages(sess):
+                    more = True
+            finally:
+                if sess.outbox:
+                    self._flush(sess)
+        return more
 
-    def _read_messages(self) -> bool:
-        sock = self._sock
-        assert sock is not None
+    def _read_messages(self, sess: _Session) -> bool:
+        sock = sess.sock
         for _ in range(_BURST):
+            if sess.closed:
+                return False
             try:
                 frames = [_recv(sock, _NOBLOCK)]
             except zmq.Again:
                 return False
             while _get(sock, _RCVMORE):
                 frames.append(_recv(sock, 0))
-            self._on_message(frames)
-            if self._sock is not sock:
-                return False  # reconnected meanwhile: the new socket is read next
+            self._on_message(sess, frames)
         return True
 
     def _leave(self, now: float) -> None:
+        """stop(): DISCONNECT to every data plane; the loop ends once every
+        call is answered and every goodbye is in (or `leave_timeout`)."""
         self._leaving_since = now
         log.info("leaving: DISCONNECT sent, %d call(s) in flight", self._running)
-        if self._reg.registered:
-            self._send(wire.disconnect("worker shutting down"))
-        else:
-            self._bye = True  # nobody to say goodbye to
+        if self._resolving is not None:
+            self._resolving.stop(timeout=0)
+        for sess in self._sessions:
+            if sess.leaving_since is None:
+                self._say_goodbye(sess, now, "worker shutting down")
 
-    def _keep_registered(self, now: float) -> None:
-        reg = self._reg
-        if not reg.registered and reg.ready_sent_at is None:
-            # Re-register once the calls of the earlier registration are done.
-            if now >= reg.next_ready_at and self._running == 0:
-                self._send_ready()
-        elif reg.ready_sent_at is not None and now - reg.ready_sent_at > max(2.0, reg.backoff):
-            log.warning("no answer to READY from %s: reconnecting", self.endpoint)
-            reg.backoff = min(reg.backoff * 2, 5.0)
-            self._open_socket()
-        elif reg.registered and now - self._last_recv > self._heartbeat * self.liveness:
-            log.warning("data plane silent for %.1fs: reconnecting", now - self._last_recv)
-            self._open_socket()
+    def _say_goodbye(self, sess: _Session, now: float, reason: str) -> None:
+        sess.leaving_since = now
+        self._book.leaving(sess.plane)
+        if sess.registered:
+            self._send(sess, wire.disconnect(reason))
+        elif sess.ready_sent_at is None:
+            sess.bye = True  # nobody to say goodbye to
+        # else: READY on its way: DISCONNECT once it is answered (`_on_ready`).
 
-    # -- socket ---------------------------------------------------------
-    def _open_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
+    def _keep(self, sess: _Session, now: float) -> None:
+        """One connection's timers: up yet, READY due or unanswered,
+        silence, heartbeat, goodbye."""
+        plane = sess.plane
+        if not sess.connected:
+            if not int(_get(sess.sock, _EVENTS)) & _POLLOUT:
+                return  # not up yet: ZeroMQ keeps trying
+            sess.connected = True
+            self._poll_dirty = True
+            if sess.leaving_since is not None:
+                sess.bye = True
+                return
+            sess.last_recv = now
+            self._book.connected(plane)
+            self._replan()
+            return
+        if sess.broken:
+            log.warning("connection to %s lost: reconnecting", plane.endpoint)
+            self._reconnect(sess)
+            return
+        if sess.leaving_since is not None:
+            # A data plane whose address is gone (stop() waits in `_done`):
+            # closed once its calls are answered and its goodbye is in.
+            goodbye = sess.bye or now - sess.leaving_since > self.leave_timeout
+            if self._leaving_since is None and not plane.held and goodbye:
+                self._close(sess, linger=0 if sess.bye else 2000)
+                self._after_close(plane)
+                return
+        elif not sess.registered and sess.ready_sent_at is None:
+            # Registered again once the calls of the earlier registration are done.
+            hold = now < sess.next_ready_at or plane.held > 0
+            if hold != plane.hold:
+                plane.hold = hold
+                if not hold:
+                    self._replan()
+        elif sess.ready_sent_at is not None and now - sess.ready_sent_at > max(2.0, plane.backoff):
+            log.warning("no answer to READY from %s: reconnecting", plane.endpoint)
+            plane.backoff = min(plane.backoff * 2, 5.0)
+            self._reconnect(sess)
+            return
+        elif sess.registered and now - sess.last_recv > sess.heartbeat * self.liveness:
+            log.warning("data plane %s silent for %.1fs: reconnecting", plane.endpoint, now - sess.last_recv)
+            self._reconnect(sess)
+            return
+        if sess.registered and now - sess.last_sent >= sess.heartbeat:
+            self._send(sess, wire.heartbeat())
+
+    # -- data planes and sockets -------------------------------------------
+    def _apply(self, endpoints: list[str]) -> None:
+        """The endpoints' data planes are now `endpoints`: attach to new ones,
+        leave the ones that are gone."""
+        for endpoint in endpoints:
+            plane = self._planes.get(endpoint)
+            if plane is None:
+                plane = _Plane(endpoint)
+                self._planes[endpoint] = plane
+                self._book.add(plane)
+                if len(self.endpoints) > 1 or not self._resolver.fixed:
+                    log.info("attaching to the data plane at %s", endpoint)
+            plane.wanted = True
+            if plane.sess is None:
+                self._open(plane)
+        wanted = set(endpoints)
+        for plane in list(self._planes.values()):
+            if plane.wanted and plane.endpoint not in wanted:
+                plane.wanted = False
+                log.info("the data plane at %s is no longer among the endpoints' addresses: leaving it", plane.endpoint)
+                sess = plane.sess
+                if sess is not None and sess.leaving_since is None:
+                    if sess.registered or sess.ready_sent_at is not None:
+                        self._say_goodbye(sess, time.monotonic(), "worker leaving this data plane")
+                    else:
+                        self._close(sess, linger=0)
+                self._after_close(plane)
+        self._replan()
+
+    def _open(self, plane: _Plane) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 2000)
-        sock.connect(self.endpoint)
-        self._sock = sock
-        self._sock_fd = int(_get(sock, zmq.FD))
-        if self._loop is not None:
-            self._apoller = zmq_asyncio.Poller()
-            self._apoller.register(sock, zmq.POLLIN)
-            self._apoller.register(self._wake_r, zmq.POLLIN)
-        elif self._reactor_loop is not None:
-            self._reactor_loop.on_socket(self._sock_fd)
-        elif self._green is None:
-            self._poller = zmq.Poller()
-            self._poller.register(sock, zmq.POLLIN)
-            self._poller.register(self._wake_r, zmq.POLLIN)
-        backoff = self._reg.backoff
-        ever = self._reg.ever
-        self._reg = _Registration(session=self._reg.session + 1, ever=ever, backoff=backoff)
-        self._outstanding = set()
-        self._reply_headers.clear()
-        self._outbox = []  # replies for the socket that is gone
-        self._send_ready()
+        sock.setsockopt(zmq.IDENTITY, _connection_name())
+        # Queue nothing for a connection that is not up: a data plane takes
+        # part (and is sent READY) once it is, so one that is not there
+        # holds no credit; a send that finds no connection says it is lost.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, _SNDHWM)
+        if plane.endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
+        try:
+            sock.connect(plane.endpoint)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise ValueError(f"cannot connect to the endpoint {plane.endpoint}: {e}") from None
+        sess = _Session(plane, sock, int(_get(sock, zmq.FD)))
+        plane.sess = sess
+        plane.hold = False  # a new connection registers at once (a DISCONNECT's backoff was for the old one)
+        self._sessions = [*self._sessions, sess]
+        self._poll_dirty = True
 
-    def _flush(self) -> None:
+    def _close(self, sess: _Session, linger: int) -> None:
+        """Closes a connection: replies for it are dropped from now on; the
+        calls it holds stay reserved until they finish."""
+        sess.closed = True
+        sess.outbox = []
+        if self._reactor_loop is not None:
+            self._reactor_loop.forget_socket(sess)
+        sess.sock.close(linger=linger)
+        self._sessions = [s for s in self._sessions if s is not sess]
+        self._poll_dirty = True
+        plane = sess.plane
+        if plane.sess is sess:
+            plane.sess = None
+        self._book.detached(plane)
+
+    def _after_close(self, plane: _Plane) -> None:
+        """A plane whose connection closed: open a new one if it is still
+        wanted (and the worker is not leaving), forget it once it is not and
+        holds nothing."""
+        if plane.sess is None and plane.wanted and self._leaving_since is None:
+            self._open(plane)
+        elif plane.sess is None and not plane.wanted and not plane.orphans:
+            self._forget(plane)
+        self._replan()
+
+    def _forget(self, plane: _Plane) -> None:
+        if self._planes.get(plane.endpoint) is plane:
+            del self._planes[plane.endpoint]
+            self._book.remove(plane)
+
+    def _reconnect(self, sess: _Session) -> None:
+        """A connection lost (or unanswered, or silent): a new one, and the
+        names resolved again (the address may be gone)."""
+        self._close(sess, linger=0)
+        self._after_close(sess.plane)
+        if self._resolving is not None:
+            self._resolving.request()
+
+    def _starved(self, planes: int, total: int) -> None:
+        log.warning(
+            "%d data planes but a credit of %d: %d of them get no credit (raise --prefetch or --concurrency)",
+            planes,
+            total,
+            planes - total,
+        )
+
+    def _replan(self) -> None:
+        """Sends what the credit book says: READY to a data plane now
+        connected, CREDIT to move credit between them."""
+        for share, credit, is_ready in self._book.plan():
+            assert isinstance(share, _Plane) and share.sess is not None
+            if is_ready:
+                self._send_ready(share.sess, credit)
+            else:
+                log.debug("CREDIT %d to %s (was %d)", credit, share.endpoint, share.unanswered)
+                self._send(share.sess, wire.credit(credit))
+
+    def _flush(self, sess: _Session) -> None:
         """Sends the replies held back during a burst (inline and threads modes)."""
-        if self._outbox:
-            held, self._outbox = self._outbox, []
-            for frames in held:
-                self._send_now(frames)
+        held, sess.outbox = sess.outbox, []
+        for frames in held:
+            self._send_now(sess, frames)
 
-    def _send(self, frames: list[bytes]) -> None:
-        if self._outbox:
-            self._flush()  # in order: held replies first
-        self._send_now(frames)
+    def _send(self, sess: _Session, frames: list[bytes]) -> None:
+        if sess.outbox:
+            self._flush(sess)  # in order: held replies first
+        self._send_now(sess, frames)
 
-    def _send_now(self, frames: list[bytes]) -> None:
-        sock = self._sock
-        assert sock is not None
+    def _send_now(self, sess: _Session, frames: list[bytes]) -> None:
+        sock = sess.sock
         last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            _send(sock, frame, _SNDMORE if i < last else 0)
-        self._last_sent = time.monotonic()
+        try:
+            for i, frame in enumerate(frames):
+                _send(sock, frame, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK)
+        except zmq.Again:
+            # ZMQ_IMMEDIATE: no connection (the data plane is gone or
+            # restarting). It has forgotten this registration: reconnect.
+            if not sess.broken:
+                sess.broken = True
+                self._wake()
+            return
+        sess.last_sent = time.monotonic()
 
-    def _send_ready(self) -> None:
-        self._send(wire.ready(self.credit, self.token, list(self.processors), self._reg.version))
-        self._reg.ready_sent_at = self._last_recv = time.monotonic()
+    def _send_ready(self, sess: _Session, credit: int) -> None:
+        self._send(sess, wire.ready(credit, self.token, list(self.processors), sess.version))
+        sess.ready_sent_at = sess.last_recv = time.monotonic()
 
     # -- messages -------------------------------------------------------
-    def _on_message(self, frames: list[bytes]) -> None:
-        self._last_recv = time.monotonic()
+    def _on_message(self, sess: _Session, frames: list[bytes]) -> None:
+        sess.last_recv = time.monotonic()
         try:
             msg = wire.decode(frames)
         except wire.WireError as e:
             log.warning("dropping a malformed message from the data plane: %s", e)
             return
         if isinstance(msg, wire.Request):
-            self._on_request(msg)
+            self._on_request(sess, msg)
         elif isinstance(msg, wire.ReadyAck):
-            self._on_ready(msg)
+            self._on_ready(sess, msg)
         elif isinstance(msg, wire.Disconnect):
-            self._on_disconnect(msg.reason)
+            self._on_disconnect(sess, msg.reason)
+        elif isinstance(msg, wire.CreditAck):
+            self._on_credit(sess, msg.credit)
 
-    def _on_ready(self, ack: wire.ReadyAck) -> None:
-        reg = self._reg
-        self._heartbeat = max(ack.heartbeat_interval_ms, 10) / 1000.0
-        reg.registered = reg.ever = True
-        reg.ready_sent_at = None
-        reg.backoff = 0.1
-        reg.version = min(reg.version, ack.version)
-        self._outstanding = set()
+    def _on_ready(self, sess: _Session, ack: wire.ReadyAck) -> None:
+        plane = sess.plane
+        if sess.ready_sent_at is None:
+            log.warning("dropping a READY answer from %s: no READY was sent", plane.endpoint)
+            return
+        sess.heartbeat = max(ack.heartbeat_interval_ms, 10) / 1000.0
+        sess.registered = True
+        self._ever = True
+        sess.ready_sent_at = None
+        plane.backoff = 0.1
+        sess.version = min(sess.version, ack.version)
+        sess.outstanding = set()
         self.worker_id = ack.worker_id
+        self._book.registered(plane, sess.version)
         log.info(
-            "ready worker_id=%s services=%s credit=%d mode=%s",
+            "ready worker_id=%s services=%s credit=%d mode=%s%s",
             ack.worker_id,
             ",".join(self.processors),
-            self.credit,
+            plane.announced,
             self.mode,
+            "" if len(self._planes) == 1 else f" endpoint={plane.endpoint} (of {self.credit})",
         )
         if self._on_ready_cb is not None:
             self._on_ready_cb(ack.worker_id)
-        if self._leaving_since is not None:
-            # Told to stop while our READY was on its way: leave properly,
+        if sess.leaving_since is not None:
+            # Told to leave while our READY was on its way: leave properly,
             # or calls sent to us meanwhile would be lost when we close.
-            self._bye = False
-            self._send(wire.disconnect("worker shutting down"))
+            sess.bye = False
+            self._book.leaving(plane)
+            self._send(sess, wire.disconnect("worker shutting down"))
+        else:
+            self._replan()
 
-    def _on_disconnect(self, reason: str) -> None:
-        reg = self._reg
-        if self._leaving_since is not None:
-            self._bye = True
+    def _on_disconnect(self, sess: _Session, reason: str) -> None:
+        plane = sess.plane
+        if sess.leaving_since is not None:
+            sess.bye = True
             return
         old_plane = "unsupported worker protocol version" in reason  # "refused: unsupported ..."
-        if not reg.registered and reg.version > wire.VERSION_1 and old_plane:
-            log.info("the data plane speaks worker protocol version 1: serving without call headers")
-            reg.version = wire.VERSION_1
-            self._send_ready()
+        if sess.ready_sent_at is not None and sess.version > wire.VERSION_1 and old_plane:
+            sess.version -= 1
+            if sess.version == wire.VERSION_1:
+                log.info("the data plane speaks worker protocol version 1: serving without call headers")
+            else:
+                log.info(
+                    "the data plane at %s speaks worker protocol version %d: its share of the credit is fixed",
+                    plane.endpoint,
+                    sess.version,
+                )
+            self._send_ready(sess, plane.announced)
             return
-        if not reg.ever:
+        if not self._ever:
             raise Refused(reason)
         log.warning("data plane sent DISCONNECT (%s): registering again", reason)
-        reg.registered = False
-        reg.ready_sent_at = None
-        reg.next_ready_at = time.monotonic() + reg.backoff
-        reg.backoff = min(reg.backoff * 2, 5.0)
+        sess.registered = False
+        sess.ready_sent_at = None
+        sess.next_ready_at = time.monotonic() + plane.backoff
+        plane.backoff = min(plane.backoff * 2, 5.0)
+        plane.hold = True
+        self._book.deregistered(plane)
+        self._replan()
 
-    def _on_request(self, req: wire.Request) -> None:
-        if len(self._outstanding) >= self.credit:
+    def _on_credit(self, sess: _Session, credit: int) -> None:
+        plane = sess.plane
+        if not plane.awaiting or not sess.registered:
+            log.warning("dropping a CREDIT answer from %s: no CREDIT was sent", plane.endpoint)
+            return
+        if credit != plane.announced:
+            log.warning("%s answered CREDIT %d with %d", plane.endpoint, plane.announced, credit)
+        self._book.answered(plane)
+        self._replan()
+
+    def _on_request(self, sess: _Session, req: wire.Request) -> None:
+        plane = sess.plane
+        outstanding = sess.outstanding
+        if len(outstanding) >= plane.limit:
             log.error(
                 "CREDIT VIOLATION: request %d arrived with %d unanswered (credit %d)",
                 req.request_id,
-                len(self._outstanding),
-                self.credit,
+                len(outstanding),
+                plane.limit,
             )
-        self._outstanding.add(req.request_id)
+        outstanding.add(req.request_id)
         deadline = time.monotonic() + req.timeout_ms / 1000.0
-        if self._reg.version >= 2:
+        if sess.version >= 2:
             # Reply headers are possible: the handler's list, kept until its reply.
             reply_headers: list[tuple[bytes, bytes]] = []
-            self._reply_headers[req.request_id] = reply_headers
+            sess.reply_headers[req.request_id] = reply_headers
             call = context.CallContext(
                 req.request_id, req.service, req.timeout_ms, deadline, req.headers, reply_headers
             )
         else:
             call = context.CallContext(req.request_id, req.service, req.timeout_ms, deadline)
-        session = self._reg.session
+        plane.held += 1
         self._running += 1
+        if self._running > self._peak:
+            self._peak = self._running
+            if self._peak > self.credit:
+                log.error("CREDIT VIOLATION: %d calls held at once (credit %d)", self._peak, self.credit)
         if self._pool is not None:
-            self._pool.submit((session, call, req))
+            self._pool.submit((sess, call, req))
         elif self._green is not None:
-            self._green.spawn(self._serve_green, session, call, req)
+            self._green.spawn(self._serve_green, sess, call, req)
         elif self._reactor_loop is not None:
-            self._reactor_loop.start_call(session, call, req)
+            self._reactor_loop.start_call(sess, call, req)
         elif self._loop is not None:
-            task = self._loop.create_task(self._serve_task(session, call, req))
+            task = self._loop.create_task(self._serve_task(sess, call, req))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self._finish(session, req.request_id, self._serve(call, req))
+            self._finish(sess, req.request_id, self._serve(call, req))
 
     def _refused(self, call: context.CallContext, req: wire.Request) -> bytes | None:
         """The REPLY of a call that must not run, or None if it may."""
@@ -542,7 +898,7 @@ class Worker:
         finally:
             context._reset(token)
 
-    async def _serve_task(self, session: int, call: context.CallContext, req: wire.Request) -> None:
+    async def _serve_task(self, sess: _Session, call: context.CallContext, req: wire.Request) -> None:
         """One call in asyncio mode (a task: its context holds `current_call`)."""
         reply = self._refused(call, req)
         if reply is None:
@@ -553,24 +909,24 @@ class Worker:
             except Exception as e:
                 log.exception("call failed")
                 reply = _failure(req, codec.INTERNAL_ERROR, f"thriftworker: {type(e).__name__}: {e}")
-        self._finish(session, req.request_id, reply)
+        self._finish(sess, req.request_id, reply)
 
-    def _serve_green(self, session: int, call: context.CallContext, req: wire.Request) -> None:
+    def _serve_green(self, sess: _Session, call: context.CallContext, req: wire.Request) -> None:
         """One call in a green mode, in its own green thread. The reply is
         sent from here: sends go through `_send`, which never yields, so the
-        frames of two replies cannot interleave on the socket."""
-        self._finish(session, req.request_id, self._serve(call, req))
-        if self._green_waiting and self._message_waiting():
+        frames of two replies cannot interleave on a socket."""
+        self._finish(sess, req.request_id, self._serve(call, req))
+        if self._green_waiting and self._message_waiting(sess):
             # The send consumed the FD's signal of a message that arrived
             # meanwhile: the loop, waiting on the FD, would not see it.
             self._wake()
 
-    def _serve_on_pool(self, session: int, call: context.CallContext, req: wire.Request) -> None:
+    def _serve_on_pool(self, sess: _Session, call: context.CallContext, req: wire.Request) -> None:
         try:
             reply = self._serve(call, req)
         except BaseException:  # never lose a call's answer
             reply = _failure(req, codec.INTERNAL_ERROR, "thriftworker: the call failed")
-        self._results.put((session, req.request_id, reply))
+        self._results.put((sess, req.request_id, reply))
         # Put, then look: if the loop set _polling after our look, it sees
         # the result before it waits (it checks the queue after setting it).
         if self._polling:
@@ -579,31 +935,41 @@ class Worker:
     def _send_results(self) -> None:
         while True:
             try:
-                session, request_id, reply = self._results.get_nowait()
+                sess, request_id, reply = self._results.get_nowait()
             except queue.Empty:
                 return
-            self._finish(session, request_id, reply)
+            self._finish(sess, request_id, reply)
 
-    def _finish(self, session: int, request_id: int, reply: bytes) -> None:
+    def _finish(self, sess: _Session, request_id: int, reply: bytes) -> None:
         self._running -= 1
         self._served += 1
         if self.max_requests and self._served == self.max_requests:
             log.info("served %d calls (max_requests): leaving to be replaced", self._served)
             self._stop.set()
-        headers = self._reply_headers.pop(request_id, None) if self._reply_headers else None
-        if session != self._reg.session:
-            return  # for an earlier connection: that registration is gone
-        self._outstanding.discard(request_id)
+        headers = sess.reply_headers.pop(request_id, None) if sess.reply_headers else None
+        plane = sess.plane
+        if sess.closed:
+            # For a connection that is gone: its registration is gone too.
+            plane.orphans -= 1
+            if not plane.orphans and not plane.wanted and plane.sess is None:
+                self._forget(plane)
+            self._replan()
+            return
+        plane.held -= 1
+        sess.outstanding.discard(request_id)
         frames = wire.reply(request_id, reply, headers) if headers else wire.reply(request_id, reply)
         if self._coalesce:
             # Inline and threads modes: the replies of one burst (or turn)
             # leave together at its end (`_flush`), so ZeroMQ's I/O thread is
             # woken once per burst, not once per call; at most `_COALESCE` are held.
-            self._outbox.append(frames)
-            if len(self._outbox) >= _COALESCE:
-                self._flush()
+            outbox = sess.outbox
+            outbox.append(frames)
+            if len(outbox) >= _COALESCE:
+                self._flush(sess)
         else:
-            self._send(frames)
+            self._send(sess, frames)
+        if self._book.wants:
+            self._replan()
 
     def _wake(self) -> None:
         poke(self._wake_w)
@@ -614,8 +980,8 @@ class _CallThreads:
     call than `concurrent.futures.ThreadPoolExecutor` (no Future, no
     semaphore): the loop hands over a tuple, a thread takes it."""
 
-    def __init__(self, n: int, serve: Callable[[int, context.CallContext, wire.Request], None]) -> None:
-        self._calls: queue.SimpleQueue[tuple[int, context.CallContext, wire.Request] | None] = queue.SimpleQueue()
+    def __init__(self, n: int, serve: Callable[[_Session, context.CallContext, wire.Request], None]) -> None:
+        self._calls: queue.SimpleQueue[tuple[_Session, context.CallContext, wire.Request] | None] = queue.SimpleQueue()
         self._serve = serve
         self._threads = [
             threading.Thread(target=self._run, name=f"thriftworker-call-{i}", daemon=True) for i in range(n)
@@ -623,7 +989,7 @@ class _CallThreads:
         for t in self._threads:
             t.start()
 
-    def submit(self, call: tuple[int, context.CallContext, wire.Request]) -> None:
+    def submit(self, call: tuple[_Session, context.CallContext, wire.Request]) -> None:
         self._calls.put(call)
 
     def _run(self) -> None:
@@ -635,6 +1001,20 @@ class _CallThreads:
         threads: a handler that never returns does not hold the process)."""
         for _ in self._threads:
             self._calls.put(None)
+
+
+_connections = 0
+
+
+def _connection_name() -> bytes:
+    """The ZeroMQ identity of a new connection: ``HOST/PID/N``. Each data
+    plane shows it (``thriftctl workers list``), so one worker process is
+    recognisable in every data plane it is attached to; N keeps a
+    reconnection from being taken for the connection it replaces."""
+    global _connections
+    _connections += 1
+    host = "".join(c for c in os.uname().nodename if c.isascii() and c.isprintable() and c not in " /")[:128]
+    return f"{host}/{os.getpid()}/{_connections}".encode()
 
 
 def _failure(req: wire.Request, kind: int, text: str) -> bytes:
