@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-from thriftworker.credit import CONNECTED, DETACHED, LEAVING, READY_SENT, REGISTERED, CreditBook, Share
+from thriftworker.credit import CONNECTED, CREDIT, DETACHED, LEAVING, READY_SENT, REGISTERED, REJOIN, CreditBook, Share
 
 
 def plan(book: CreditBook) -> list[tuple[str, int, str]]:
-    """`book.plan()` as (key, credit, "READY" or "CREDIT"), checking the invariant."""
-    actions = [(s.key, credit, "READY" if ready else "CREDIT") for s, credit, ready in book.plan()]
+    """`book.plan()` as (key, credit, "READY", "CREDIT" or "REJOIN"), checking the invariant."""
+    actions = [(s.key, credit, kind) for s, credit, kind in book.plan()]
     assert book.reserved_total() <= book.total, book.shares
     return actions
 
@@ -142,10 +142,66 @@ def test_a_version_2_data_plane_keeps_the_credit_of_its_ready() -> None:
     new = Share("tcp://10.0.0.1:9950")
     book.add(new)
     book.connected(new)
-    assert plan(book) == []  # no CREDIT to a version-2 data plane: nothing can be freed
-    book.leaving(old)
+    # No CREDIT to a version-2 data plane: it is left, to register again (rule 6).
+    assert plan(book) == [(old.key, 3, "REJOIN")]
     book.detached(old)
     assert plan(book) == [(new.key, 6, "READY")]
+
+
+def test_an_older_data_plane_registers_again_to_give_up_credit() -> None:
+    """Rule 6 (the Rust library's test of the same name): a data plane that
+    cannot take CREDIT and holds more than its share while another waits is
+    left, keeps its credit reserved until its connection is closed, and is
+    registered again with its share."""
+    book = CreditBook(6)
+    a = Share("a")
+    book.add(a)
+    book.connected(a)
+    assert plan(book) == [("a", 6, "READY")]
+    book.registered(a, 2)
+    assert plan(book) == [] and not book.wants  # nobody waits
+    b = Share("b")
+    book.add(b)
+    book.connected(b)
+    # Version 2: no CREDIT. b waits for a's credit: a is left.
+    assert plan(book) == [("a", 3, "REJOIN")]
+    assert a.state == LEAVING and a.reserved() == 6 and book.wants
+    a.held = 2  # calls still on their way or running: a keeps its credit until closed
+    assert plan(book) == []  # asked once, and b gets nothing yet
+    a.held = 0
+    # a's goodbye is in, its calls are done: b, alone, gets everything...
+    book.detached(a)
+    assert plan(book) == [("b", 6, "READY")]
+    book.registered(b, 3)
+    # ...and gives a its share back by CREDIT when a connects again.
+    book.connected(a)
+    assert plan(book) == [("b", 3, "CREDIT")]
+    assert plan(book) == []  # no REJOIN of a READY_SENT or CONNECTED share, nor of b (it takes CREDIT)
+    book.answered(b)
+    assert plan(book) == [("a", 3, "READY")]
+    book.registered(a, 2)
+    assert plan(book) == [] and not book.wants  # a has its share
+    assert (a.announced, b.announced, book.free()) == (3, 3, 0)
+
+
+def test_only_an_older_data_plane_above_its_share_is_left() -> None:
+    book = CreditBook(4)
+    first = Share("a")
+    second = Share("b")
+    for s in (first, second):
+        book.add(s)
+        book.connected(s)
+    assert plan(book) == [("a", 2, "READY"), ("b", 2, "READY")]
+    book.registered(first, 2)
+    book.registered(second, 1)
+    assert plan(book) == []  # each has its share: nobody waits
+    third = Share("c")
+    book.add(third)
+    book.connected(third)  # targets: a 2, b 1, c 1
+    assert plan(book) == [("b", 1, "REJOIN")]  # a holds only its share: it stays
+    book.detached(second)
+    assert plan(book) == [("c", 2, "READY")]  # b is not connected (yet): c's share is 2
+    assert first.state == REGISTERED
 
 
 def test_a_refused_or_evicted_registration_is_sent_ready_again_once_its_calls_are_done() -> None:
@@ -205,9 +261,11 @@ def test_random_churn_never_overcommits(seed: int) -> None:
             s.held -= 1
         elif s.orphans:
             s.orphans -= 1
-        for share, _credit, ready in book.plan():
-            if not ready:
+        for share, _credit, kind in book.plan():
+            if kind == CREDIT:
                 unanswered.append(share)
+            elif kind == REJOIN:
+                assert share.state == LEAVING and share.fixed
         assert book.reserved_total() <= total, book.shares
         for share in shares.values():
             # What each may have outstanding is within what is reserved for it.

@@ -332,11 +332,12 @@ def test_settings_that_cannot_work_are_refused_at_once(handler: Handler) -> None
         Worker("tcp://dp.test:1", p, hosts_file="/no/such/file")
 
 
-def spawn_child(plane: Plane, mode: str) -> subprocess.Popen[str]:
-    """child_worker.py serving Echo in `mode` for `plane`, in its own process."""
+def spawn_child(plane: Plane, mode: str, endpoints: str | None = None) -> subprocess.Popen[str]:
+    """child_worker.py serving Echo in `mode` for `plane` (or `endpoints`,
+    comma-separated), in its own process."""
     here = os.path.dirname(os.path.abspath(__file__))
     return subprocess.Popen(
-        [sys.executable, os.path.join(here, "child_worker.py"), plane.endpoint, mode],
+        [sys.executable, os.path.join(here, "child_worker.py"), endpoints or plane.endpoint, mode],
         cwd=here,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -493,3 +494,157 @@ def test_a_version_2_data_plane_keeps_its_ready_credit(plane: Plane) -> None:
     assert decode_reply(0, "echo", plane.recv_cmd(wire.REPLY)[2])[2].success == "v2"
     leave(plane, w, t)  # no CREDIT in between: recv_cmd would have failed on it
     assert errors == []
+
+
+REFUSE_V3 = b"refused: unsupported worker protocol version 3 (this side speaks versions 1 to 2)"
+
+
+def register_as_version_2(p: Plane, credit: int, timeout: float = 5.0) -> None:
+    """The data plane of the previous release: READY version 3 refused,
+    READY version 2 (same credit, same connection) acknowledged."""
+    ready = p.recv_cmd(wire.READY, timeout)
+    assert ready[0] == b"\x03\x01" and ready[1] == struct.pack(">I", credit), ready
+    p.send(b"\x01\x05", REFUSE_V3)
+    ready = p.recv_cmd(wire.READY)
+    assert ready[0] == b"\x02\x01" and ready[1] == struct.pack(">I", credit), ready
+    p.send(b"\x02\x01", struct.pack(">I", 10_000), b"wa")
+
+
+def quiet(p: Plane, what: str, seconds: float = 0.3) -> None:
+    """Nothing reaches `p` for `seconds` (the worker must not send it anything yet)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if p.sock.poll(max(1, int(left * 1000))):
+            raise AssertionError(f"{what}: got {p.recv(0.1)}")
+
+
+@pytest.mark.parametrize("mode", ["inline", "threads", "asyncio"])
+def test_an_older_data_plane_is_registered_again_to_share_the_credit(
+    plane: Plane, tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    """Rule 6 of the credit sharing: A speaks version 2 (no CREDIT) and holds
+    the whole credit; B (version 3) comes up. A is left gracefully (its calls
+    finished, its goodbye awaited: no CREDIT ever), B gets the credit, and A
+    is connected to again and registered with its share once B has given it
+    up by CREDIT."""
+    release = threading.Event()
+    started: list[str] = []
+
+    class Gated(Handler):
+        def slow(self, message: str, sleep_ms: int) -> str:
+            started.append(message)
+            release.wait(10)
+            return message
+
+    class AsyncGated(Handler):
+        async def slow(self, message: str, sleep_ms: int) -> str:  # type: ignore[override]
+            import asyncio
+
+            started.append(message)
+            deadline = time.monotonic() + 10
+            while not release.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            return message
+
+    handler = AsyncGated() if mode == "asyncio" else Gated()
+    concurrency = 1 if mode == "inline" else 2
+    a = plane
+    ctx: zmq.Context[Any] = zmq.Context()
+    b = Plane(ctx)
+    b.sock.unbind(b.endpoint)
+    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
+    assert len(b.endpoint) < 100
+    w = Worker(
+        [a.endpoint, b.endpoint],
+        {"Echo": Echo.Processor(handler)},
+        mode=mode,
+        concurrency=concurrency,
+        prefetch=6 - concurrency,
+    )
+    t, errors = start(w)
+    try:
+        register_as_version_2(a, 6)  # alone: the whole credit
+        # Calls in flight at A while it is left (inline mode: one call blocks the loop, so none).
+        calls = 0 if mode == "inline" else 2
+        for i in range(calls):
+            a.request(i, encode_call(0, "slow", i, message=str(i), sleep_ms=0))
+        deadline = time.monotonic() + 5
+        while len(started) < calls:
+            assert time.monotonic() < deadline, f"{len(started)} of {calls} calls started"
+            release.wait(0.005)
+        b.sock.bind(b.endpoint)
+        # A cannot take CREDIT (recv_cmd fails on anything but HEARTBEAT): it is left.
+        assert a.recv_cmd(wire.DISCONNECT)[1] == b"worker registering again with a smaller share"
+        a.send(b"\x01\x05", b"bye")
+        if calls:
+            quiet(b, "B was sent something while A's calls still ran")
+            release.set()
+            replies = {struct.unpack(">Q", a.recv_cmd(wire.REPLY)[1])[0] for _ in range(calls)}
+            assert replies == set(range(calls))
+        # A's connection is closed: B gets the credit, A is connected to again.
+        ready = b.recv_cmd(wire.READY)
+        assert ready[0] == b"\x03\x01"
+        (credit_b,) = struct.unpack(">I", ready[1])
+        assert credit_b in (3, 6), credit_b
+        b.send(b"\x03\x01", struct.pack(">I", 10_000), b"wb")
+        if credit_b == 6:
+            # Lowered for A, and A gets nothing before B has answered.
+            assert b.recv_cmd(wire.CREDIT) == [b"\x03\x06", struct.pack(">I", 3)]
+            quiet(a, "A was sent something before B answered its lowering")
+            b.send(b"\x03\x06", struct.pack(">I", 3))
+        register_as_version_2(a, 3)
+        assert w.credit_shares() == {a.endpoint: 3, b.endpoint: 3}
+        release.set()
+        # Both serve, and stay as they are: no CREDIT to A, no second leaving.
+        for p, i in ((a, 10), (b, 11)):
+            p.request(i, encode_call(0, "echo", i, message=f"m{i}"))
+            assert decode_reply(0, "echo", p.recv_cmd(wire.REPLY)[2])[2].success == f"m{i}"
+        w.stop()
+        for p in (a, b):
+            p.recv_cmd(wire.DISCONNECT)
+            p.send(b"\x01\x05", b"bye")
+        t.join(5)
+        assert not t.is_alive() and errors == []
+        assert w.peak_held <= 6
+    finally:
+        release.set()
+        w.stop()
+        t.join(5)
+        b.sock.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("mode", ["gevent", "eventlet", "twisted"])
+def test_an_older_data_plane_is_registered_again_in_the_other_modes(
+    plane: Plane, tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    """The same in the modes that run in a process of their own (credit 2:
+    concurrency 2, no prefetch): A left as soon as B waits, and registered
+    again with its share once B has answered its lowering."""
+    a = plane
+    ctx: zmq.Context[Any] = zmq.Context()
+    b = Plane(ctx)
+    b.sock.unbind(b.endpoint)
+    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
+    child = spawn_child(a, mode, f"{a.endpoint},{b.endpoint}")
+    try:
+        register_as_version_2(a, 2, timeout=30)
+        a.request(1, encode_call(0, "echo", 1, message="before"))
+        assert decode_reply(0, "echo", a.recv_cmd(wire.REPLY)[2])[2].success == "before"
+        b.sock.bind(b.endpoint)
+        a.recv_cmd(wire.DISCONNECT)
+        a.send(b"\x01\x05", b"bye")
+        ready = b.recv_cmd(wire.READY)
+        assert ready[0] == b"\x03\x01" and ready[1] == struct.pack(">I", 2)
+        b.send(b"\x03\x01", struct.pack(">I", 10_000), b"wb")
+        assert b.recv_cmd(wire.CREDIT) == [b"\x03\x06", struct.pack(">I", 1)]
+        b.send(b"\x03\x06", struct.pack(">I", 1))
+        register_as_version_2(a, 1)
+        for p, i in ((a, 10), (b, 11)):
+            p.request(i, encode_call(0, "echo", i, message=f"m{i}"))
+            assert decode_reply(0, "echo", p.recv_cmd(wire.REPLY)[2])[2].success == f"m{i}"
+    finally:
+        child.kill()
+        child.communicate(timeout=10)
+        b.sock.close()
+        ctx.term()

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// What the ledger knows of one data plane (keyed by its address).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -224,26 +224,28 @@ impl Ledger {
     }
 }
 
-/// The ledger shared by the session tasks, with a generation number that
-/// wakes every session after each change (one may now move credit).
+/// The ledger shared by the session tasks, and how to wake every session
+/// after a change (one may now move credit): a poke on each one's channel.
 #[derive(Clone)]
 pub struct Shared {
     ledger: Arc<Mutex<Ledger>>,
-    changed: Arc<watch::Sender<u64>>,
+    sessions: Arc<Mutex<Vec<mpsc::Sender<()>>>>,
 }
 
 impl Shared {
     pub fn new(total: u32) -> Shared {
         Shared {
             ledger: Arc::new(Mutex::new(Ledger::new(total))),
-            changed: Arc::new(watch::channel(0).0),
+            sessions: Arc::default(),
         }
     }
 
     /// Runs `f` on the ledger, then wakes every session.
     pub fn update<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> R {
         let r = f(&mut self.lock());
-        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // A full channel already holds a poke; a closed one's session is gone.
+        sessions.retain(|s| !matches!(s.try_send(()), Err(TrySendError::Closed(()))));
         r
     }
 
@@ -253,8 +255,12 @@ impl Shared {
         f(&mut self.lock())
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Pokes `session` after every change from now on.
+    pub fn subscribe(&self, session: mpsc::Sender<()>) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {

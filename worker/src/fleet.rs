@@ -13,14 +13,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::credit;
 use crate::pool::Pool;
 use crate::resolve::Resolver;
-use crate::session::{attach, Ctx};
+use crate::session::{attach, Ctx, Signals};
 use crate::{Worker, WorkerError};
 
 pub(crate) async fn run(
@@ -41,7 +41,7 @@ pub(crate) async fn run(
         peak_held: AtomicU32::new(0),
         stopping: AtomicBool::new(false),
     });
-    let mut attached: HashMap<String, watch::Sender<bool>> = HashMap::new();
+    let mut attached: HashMap<String, Leave> = HashMap::new();
     let mut tasks: JoinSet<(String, Result<(), WorkerError>)> = JoinSet::new();
     let mut result = Ok(());
     let mut starved_warned = false;
@@ -58,18 +58,27 @@ pub(crate) async fn run(
                     continue;
                 }
                 tracing::info!(endpoint = %addr, "attaching to a data plane");
-                let (leave, rx) = watch::channel(false);
+                let (wake_tx, wake) = mpsc::channel(1);
+                ctx.credit.subscribe(wake_tx.clone());
+                let leave = Leave {
+                    flag: Arc::new(AtomicBool::new(false)),
+                    wake: wake_tx,
+                };
+                let signals = Signals {
+                    leave: leave.flag.clone(),
+                    wake,
+                };
                 attached.insert(addr.clone(), leave);
                 let (ctx, addr) = (ctx.clone(), addr.clone());
                 tasks.spawn(async move {
-                    let r = attach(ctx, addr.clone(), rx).await;
+                    let r = attach(ctx, addr.clone(), signals).await;
                     (addr, r)
                 });
             }
             for (addr, leave) in &attached {
-                if !addrs.contains(addr) && !*leave.borrow() {
+                if !addrs.contains(addr) && !leave.asked() {
                     tracing::info!(endpoint = %addr, "the data plane is gone from the endpoints: leaving it after its calls");
-                    let _ = leave.send(true);
+                    leave.ask();
                 }
             }
             let starved = ctx.credit.with(|l| l.starved());
@@ -107,7 +116,7 @@ pub(crate) async fn run(
                         // A panicked session: its address is attached again
                         // at the next resolution.
                         tracing::error!(error = %e, "a data plane session ended abnormally");
-                        attached.retain(|_, leave| !leave.is_closed());
+                        attached.retain(|_, leave| !leave.wake.is_closed());
                         next_resolve = Instant::now();
                     }
                 }
@@ -118,7 +127,7 @@ pub(crate) async fn run(
     // Leave every data plane gracefully (each bounded by the drain timeout).
     ctx.stopping.store(true, Ordering::Relaxed);
     for leave in attached.values() {
-        let _ = leave.send(true);
+        leave.ask();
     }
     while let Some(ended) = tasks.join_next().await {
         if let Ok((addr, Err(e))) = ended {
@@ -131,4 +140,23 @@ pub(crate) async fn run(
         "worker stopped"
     );
     result
+}
+
+/// How the fleet tells one session task to leave its data plane.
+struct Leave {
+    flag: Arc<AtomicBool>,
+    wake: mpsc::Sender<()>,
+}
+
+impl Leave {
+    fn asked(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    fn ask(&self) {
+        self.flag.store(true, Ordering::Release);
+        // Full: a poke is pending, and the session reads the flag when it
+        // takes it. Closed: the session is gone already.
+        let _ = self.wake.try_send(());
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use thriftworker_wire::{ServerMsg, WorkerMsg};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{timeout, Instant};
 use zeromq::util::PeerIdentity;
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
@@ -66,21 +66,35 @@ enum End {
 /// the loop looks at the data plane's messages and its timers again).
 const REPLY_BATCH: usize = 64;
 
-/// Serves data plane `addr` until `leave` turns true (the address is gone,
-/// or the worker stops), then leaves it gracefully. Returns an error only
-/// when the data plane refused the worker and no other data plane serves
-/// it (what retrying cannot fix).
+/// How the fleet and the ledger reach one session task: `leave` says the
+/// task should leave its data plane; a message on `wake` says "look again"
+/// (at `leave`, and at the ledger). A bounded channel of one: pokes that
+/// arrive while one is pending merge into it. (Not `watch` receivers: the
+/// session loop would register and drop two waiters under a mutex on
+/// every turn, measurably more per call than one channel's atomic waker.)
+pub(crate) struct Signals {
+    pub leave: Arc<AtomicBool>,
+    pub wake: mpsc::Receiver<()>,
+}
+
+/// Serves data plane `addr` until told to leave (the address is gone, or
+/// the worker stops), then leaves it gracefully. Returns an error only when
+/// the data plane refused the worker and no other data plane serves it
+/// (what retrying cannot fix).
 pub(crate) async fn attach(
     ctx: Arc<Ctx>,
     addr: String,
-    leave: watch::Receiver<bool>,
+    signals: Signals,
 ) -> Result<(), WorkerError> {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut a = Attachment {
-        changes: ctx.credit.subscribe(),
         ctx,
         addr,
-        leave,
+        sig: Sig {
+            leave: signals.leave,
+            wake: signals.wake,
+            open: true,
+        },
         done_tx,
         done_rx,
         number: 0,
@@ -91,11 +105,39 @@ pub(crate) async fn attach(
     result
 }
 
+/// A session task's side of [`Signals`].
+struct Sig {
+    leave: Arc<AtomicBool>,
+    wake: mpsc::Receiver<()>,
+    /// `wake` has a sender left (when none has, the worker is gone: leave).
+    open: bool,
+}
+
+impl Sig {
+    fn leaving(&self) -> bool {
+        !self.open || self.leave.load(Ordering::Acquire)
+    }
+
+    /// Completes when told to leave (or when the worker is gone).
+    async fn wait_leave(&mut self) {
+        while !self.leaving() {
+            self.open = self.wake.recv().await.is_some();
+        }
+    }
+
+    /// Waits for a poke; false when told to leave.
+    async fn poked(&mut self) -> bool {
+        if self.open {
+            self.open = self.wake.recv().await.is_some();
+        }
+        !self.leaving()
+    }
+}
+
 struct Attachment {
     ctx: Arc<Ctx>,
     addr: String,
-    leave: watch::Receiver<bool>,
-    changes: watch::Receiver<u64>,
+    sig: Sig,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     /// The current (or last) session number.
@@ -106,7 +148,7 @@ struct Attachment {
 
 impl Attachment {
     fn leaving(&self) -> bool {
-        *self.leave.borrow()
+        self.sig.leaving()
     }
 
     async fn run(&mut self) -> Result<(), WorkerError> {
@@ -119,7 +161,7 @@ impl Attachment {
             self.number += 1;
             let socket = tokio::select! {
                 s = connect(&self.addr) => s,
-                _ = wait_leave(&mut self.leave) => return Ok(()),
+                _ = self.sig.wait_leave() => return Ok(()),
             };
             let end = match socket {
                 Err(e) => End::Unreachable(e),
@@ -172,7 +214,7 @@ impl Attachment {
                     loop {
                         tokio::select! {
                             _ = tokio::time::sleep_until(until) => break,
-                            _ = wait_leave(&mut self.leave) => return Ok(()),
+                            go_on = self.sig.poked() => if !go_on { return Ok(()) },
                             Some(done) = self.done_rx.recv() => self.orphan_done(done),
                         }
                     }
@@ -215,12 +257,6 @@ impl Attachment {
         }
         self.ctx.credit.update(|l| l.remove(&self.addr));
     }
-}
-
-/// Completes when `leave` is (or turns) true.
-async fn wait_leave(leave: &mut watch::Receiver<bool>) {
-    let _ = leave.wait_for(|l| *l).await;
-    // A dropped sender means the worker is gone: leave too.
 }
 
 async fn recv(socket: &mut DealerSocket) -> Result<ServerMsg, String> {
@@ -335,8 +371,7 @@ impl Session<'_> {
             }
             tracing::debug!(endpoint = %addr, "waiting for the other data planes to give up credit");
             tokio::select! {
-                r = self.a.changes.changed() => if r.is_err() { return None },
-                _ = wait_leave(&mut self.a.leave) => return None,
+                go_on = self.a.sig.poked() => if !go_on { return None },
                 Some(done) = self.a.done_rx.recv() => self.a.orphan_done(done),
             }
         }
@@ -471,7 +506,10 @@ impl Session<'_> {
         let mut last_send = Instant::now();
         let mut tick = tokio::time::interval(self.heartbeat / 2);
         let mut drain_deadline: Option<Instant> = None;
-        self.a.changes.mark_changed();
+        // The split may have changed during the handshake.
+        if let Err(e) = self.move_credit().await {
+            return Ok(End::Lost(e));
+        }
         loop {
             tokio::select! {
                 msg = recv(&mut self.socket) => {
@@ -555,11 +593,20 @@ impl Session<'_> {
                     self.report_held();
                     last_send = Instant::now();
                 }
-                r = self.a.changes.changed() => {
-                    if r.is_ok() {
-                        if let Err(e) = self.move_credit().await {
-                            return Ok(End::Lost(e));
+                r = self.a.sig.wake.recv(), if self.a.sig.open => {
+                    self.a.sig.open &= r.is_some();
+                    if self.a.leaving() && (!self.stopping || self.rejoining) {
+                        // Leave (already leaving to register again: now for good).
+                        self.rejoining = false;
+                        if !self.stopping {
+                            tracing::info!(endpoint = %self.a.addr, held = self.held, "leaving: DISCONNECT sent, finishing calls in flight");
+                            if let Err(e) = self.leave().await {
+                                return Ok(End::Lost(e));
+                            }
                         }
+                        drain_deadline.get_or_insert(Instant::now() + self.worker().drain_timeout);
+                    } else if let Err(e) = self.move_credit().await {
+                        return Ok(End::Lost(e));
                     }
                 }
                 _ = tick.tick() => {
@@ -582,17 +629,6 @@ impl Session<'_> {
                             return Ok(End::Stopped);
                         }
                     }
-                }
-                _ = wait_leave(&mut self.a.leave), if !self.stopping || self.rejoining => {
-                    // (Already leaving to register again: now for good.)
-                    self.rejoining = false;
-                    if !self.stopping {
-                        tracing::info!(endpoint = %self.a.addr, held = self.held, "leaving: DISCONNECT sent, finishing calls in flight");
-                        if let Err(e) = self.leave().await {
-                            return Ok(End::Lost(e));
-                        }
-                    }
-                    drain_deadline.get_or_insert(Instant::now() + self.worker().drain_timeout);
                 }
             }
         }

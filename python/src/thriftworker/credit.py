@@ -10,10 +10,12 @@ have finished.
 
 Pure bookkeeping, no socket: the worker loop tells it what happened
 (connected, registered, CREDIT answered, left, connection closed) and asks
-`plan()` what to send. The loop keeps `held` and `orphans` of each share up
-to date itself (plain attributes: a call costs no method call here), and
-calls `plan()` again when a call finishes only while `wants` is true (some
-share waits for free credit): with one data plane, never after READY.
+`plan()` what to do: send READY, send CREDIT, or leave a data plane of an
+older version (no CREDIT) to register there again with a smaller share.
+The loop keeps `held` and `orphans` of each share up to date itself (plain
+attributes: a call costs no method call here), and calls `plan()` again
+when a call finishes only while `wants` is true (some share waits for free
+credit): with one data plane, never after READY.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ from collections.abc import Callable
 DETACHED, CONNECTED, READY_SENT, REGISTERED, LEAVING = range(5)
 _TAKING_PART = (CONNECTED, READY_SENT, REGISTERED)
 STATE_NAMES = ("detached", "connected", "ready-sent", "registered", "leaving")
+
+#: What `plan()` asks of the loop. READY: send READY(credit). CREDIT: send
+#: CREDIT(credit). REJOIN: a data plane that cannot take CREDIT (version
+#: before 3) holds more than its share while another waits for credit: leave
+#: it gracefully (DISCONNECT, its calls finished, its goodbye awaited), then
+#: connect to it again and register with its share (rule 6). The book has
+#: already marked it LEAVING; its credit stays reserved until `detached`.
+READY, CREDIT, REJOIN = "READY", "CREDIT", "REJOIN"
 
 
 class Share:
@@ -163,9 +173,9 @@ class CreditBook:
     def free(self) -> int:
         return self.total - self.reserved_total()
 
-    def plan(self) -> list[tuple[Share, int, bool]]:
-        """What to send now: (share, credit, is_ready) — READY(credit) when
-        `is_ready`, else CREDIT(credit). The book already counts them as sent."""
+    def plan(self) -> list[tuple[Share, int, str]]:
+        """What to do now: (share, credit, READY, CREDIT or REJOIN) — see
+        those constants. The book already counts them as done."""
         total = self.total
         # Above the total only if a data plane sent more than its credit
         # (logged as a violation where it happens): then nothing is granted.
@@ -182,7 +192,7 @@ class CreditBook:
             self.starved = False
         for i, s in enumerate(parts[:total]):
             s.target = total // n + (1 if i < total % n else 0)
-        actions: list[tuple[Share, int, bool]] = []
+        actions: list[tuple[Share, int, str]] = []
         # Lowering first: the credit it takes back is given away only once
         # answered, but the earlier asked, the earlier answered.
         for s in parts:
@@ -190,7 +200,7 @@ class CreditBook:
                 s.unanswered = s.announced
                 s.announced = s.target
                 s.awaiting = True
-                actions.append((s, s.target, False))
+                actions.append((s, s.target, CREDIT))
         free = total - self.reserved_total()
         for s in parts:
             if s.target == 0 or free <= 0:
@@ -203,7 +213,7 @@ class CreditBook:
                 s.state = READY_SENT
                 s.announced = s.limit = credit
                 free -= s.reserved() - before
-                actions.append((s, credit, True))
+                actions.append((s, credit, READY))
             elif s.state == REGISTERED and not s.fixed and not s.awaiting and s.announced < s.target:
                 credit = min(s.target, s.announced + free)
                 before = s.reserved()
@@ -211,7 +221,15 @@ class CreditBook:
                 s.announced = s.limit = credit
                 s.awaiting = True
                 free -= s.reserved() - before
-                actions.append((s, credit, False))
+                actions.append((s, credit, CREDIT))
+        # Rule 6: a data plane that cannot take CREDIT gives up what it holds
+        # beyond its share only by registering again: done while another one,
+        # not registered, waits for credit and none is free.
+        if free <= 0 and any(s.state in (CONNECTED, READY_SENT) and s.announced < s.target for s in parts):
+            for s in parts:
+                if s.state == REGISTERED and s.fixed and s.announced > s.target:
+                    self.leaving(s)
+                    actions.append((s, s.target, REJOIN))
         self.wants = any(
             s.target and (s.state == CONNECTED or (s.state == REGISTERED and not s.fixed and s.announced < s.target))
             for s in parts

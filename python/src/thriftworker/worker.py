@@ -35,7 +35,11 @@ What the loop guarantees each data plane:
   data plane whose address is no longer among the endpoints' addresses;
 - after a DISCONNECT from the data plane (it restarted, or evicted us),
   a lost connection or `heartbeat_liveness` silent intervals: READY again,
-  with backoff.
+  with backoff;
+- a data plane of an older version (no CREDIT) that holds more than its
+  share while another waits for credit is left the same graceful way, then
+  connected to again at once and registered with its share
+  (docs/worker-protocol.md, rule 6).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ import zmq.asyncio as zmq_asyncio
 from . import codec, context, wire
 from ._fd import drain, poke
 from ._green import GreenRuntime
-from .credit import CreditBook, Share
+from .credit import CREDIT, READY, CreditBook, Share
 from .endpoints import (
     DEFAULT_RESOLVE_INTERVAL,
     MAX_RESOLVE_INTERVAL,
@@ -584,6 +588,8 @@ class Worker:
             # closed once its calls are answered and its goodbye is in.
             goodbye = sess.bye or now - sess.leaving_since > self.leave_timeout
             if self._leaving_since is None and not plane.held and goodbye:
+                if plane.wanted:
+                    log.info("left the data plane at %s: connecting to it again", plane.endpoint)
                 self._close(sess, linger=0 if sess.bye else 2000)
                 self._after_close(plane)
                 return
@@ -704,15 +710,33 @@ class Worker:
         )
 
     def _replan(self) -> None:
-        """Sends what the credit book says: READY to a data plane now
-        connected, CREDIT to move credit between them."""
-        for share, credit, is_ready in self._book.plan():
+        """Does what the credit book says: READY to a data plane now
+        connected, CREDIT to move credit between them, and leaving a data
+        plane that cannot take CREDIT to register there again with less."""
+        for share, credit, kind in self._book.plan():
             assert isinstance(share, _Plane) and share.sess is not None
-            if is_ready:
+            if kind == READY:
                 self._send_ready(share.sess, credit)
-            else:
+            elif kind == CREDIT:
                 log.debug("CREDIT %d to %s (was %d)", credit, share.endpoint, share.unanswered)
                 self._send(share.sess, wire.credit(credit))
+            else:
+                # Rule 6: the book has marked it leaving (its credit stays
+                # reserved until the connection closes). `_keep` closes it once
+                # its calls are answered and its goodbye is in (or
+                # `leave_timeout`), and `_after_close` connects again at once:
+                # it is still wanted.
+                sess = share.sess
+                log.info(
+                    "this data plane cannot take CREDIT: registering again to share the credit with another one"
+                    " endpoint=%s credit=%d share=%d version=%d calls=%d",
+                    share.endpoint,
+                    share.announced,
+                    credit,
+                    sess.version,
+                    share.held,
+                )
+                self._say_goodbye(sess, time.monotonic(), "worker registering again with a smaller share")
 
     def _flush(self, sess: _Session) -> None:
         """Sends the replies held back during a burst (inline and threads modes)."""
@@ -798,6 +822,8 @@ class Worker:
         plane = sess.plane
         if sess.leaving_since is not None:
             sess.bye = True
+            if self._leaving_since is None and not plane.held:
+                self._wake()  # `_keep` closes it now (Twisted: at its next tick, so wake it)
             return
         old_plane = "unsupported worker protocol version" in reason  # "refused: unsupported ..."
         if sess.ready_sent_at is not None and sess.version > wire.VERSION_1 and old_plane:
@@ -956,6 +982,8 @@ class Worker:
             self._replan()
             return
         plane.held -= 1
+        if not plane.held and sess.leaving_since is not None:
+            self._wake()  # its last call: `_keep` may close it (asyncio, green, Twisted wait on fds)
         sess.outstanding.discard(request_id)
         frames = wire.reply(request_id, reply, headers) if headers else wire.reply(request_id, reply)
         if self._coalesce:
