@@ -648,3 +648,31 @@ def test_an_older_data_plane_is_registered_again_in_the_other_modes(
         child.communicate(timeout=10)
         b.sock.close()
         ctx.term()
+
+
+def test_a_data_plane_that_cannot_be_reached_is_logged_and_tried_again(
+    handler: Handler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens at the endpoint: the worker says so after 2 s (and
+    keeps trying: ZeroMQ reconnects by itself), then registers as soon as a
+    data plane binds there."""
+    import tempfile
+
+    endpoint = f"ipc://{tempfile.mkdtemp(prefix='tw', dir='/tmp')}/later.sock"
+    w = Worker(endpoint, {"Echo": Echo.Processor(handler)}, prefetch=0)
+    caplog.set_level("WARNING", logger="thriftworker")
+    t, _ = start(w)
+    deadline = time.monotonic() + 10
+    while "cannot reach the data plane" not in caplog.text:
+        assert time.monotonic() < deadline, "no 'cannot reach' warning"
+        time.sleep(0.05)
+    assert endpoint in caplog.text
+    ctx = zmq.Context.instance()
+    plane = Plane(ctx)
+    plane.sock.bind(endpoint)
+    try:
+        plane.recv_cmd(wire.READY, timeout=10)
+        plane.ack()
+        leave(plane, w, t)
+    finally:
+        plane.sock.close(linger=0)

@@ -97,6 +97,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+#: A connection not up after this long is logged ("cannot reach"), then
+#: again at doubling intervals up to the maximum.
+_UNREACHABLE_FIRST = 2.0
+_UNREACHABLE_MAX = 60.0
 
 
 def default_prefetch(mode: str, concurrency: int) -> int:
@@ -154,6 +158,8 @@ class _Session:
         "registered",
         "reply_headers",
         "sock",
+        "unreachable_every",
+        "unreachable_warn_at",
         "version",
     )
 
@@ -164,6 +170,10 @@ class _Session:
         self.closed = False
         #: A peer is attached (ZMQ_IMMEDIATE: POLLOUT seen): READY may go.
         self.connected = False
+        #: While not connected: when to say so next, and then how often
+        #: (2 s, doubling to a minute: ZeroMQ keeps trying by itself).
+        self.unreachable_every = _UNREACHABLE_FIRST
+        self.unreachable_warn_at = time.monotonic() + _UNREACHABLE_FIRST
         #: A send found no connection: reconnect.
         self.broken = False
         self.registered = False
@@ -569,7 +579,16 @@ class Worker:
         plane = sess.plane
         if not sess.connected:
             if not int(_get(sess.sock, _EVENTS)) & _POLLOUT:
-                return  # not up yet: ZeroMQ keeps trying
+                # Not up yet: ZeroMQ keeps trying; say so now and then.
+                if now >= sess.unreachable_warn_at:
+                    log.warning(
+                        "cannot reach the data plane at %s (for %.0fs): still trying",
+                        plane.endpoint,
+                        now - sess.last_recv,
+                    )
+                    sess.unreachable_every = min(sess.unreachable_every * 2, _UNREACHABLE_MAX)
+                    sess.unreachable_warn_at = now + sess.unreachable_every
+                return
             sess.connected = True
             self._poll_dirty = True
             if sess.leaving_since is not None:
