@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from thrift.protocol import TBinaryProtocol, TCompactProtocol  # noqa: E402
 from thrift.Thrift import TMessageType  # noqa: E402
 from thrift.transport import TTransport  # noqa: E402
 
+from thriftworker import Worker  # noqa: E402
 from thriftworker.wire import BINARY, BINARY_LAX, COMPACT  # noqa: E402
 
 PROTOCOLS = (BINARY, BINARY_LAX, COMPACT)
@@ -108,3 +110,19 @@ def thriftpy2_processor(handler: Handler) -> Any:
             raise module.EchoError(message=message, code=code)
 
     return TProcessor(module.Echo, Tp2Handler())
+
+
+def start_worker(w: Worker) -> tuple[threading.Thread, list[BaseException]]:
+    """Runs `w` on a daemon thread; returns the thread and the exceptions
+    `run` raised (empty while it runs or when it returned)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            w.run()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errors

@@ -21,7 +21,7 @@ import pytest
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
-from conftest import Echo, Handler
+from conftest import Echo, Handler, start_worker
 from dataplane import DataPlane, wait_for
 from thriftworker import Worker
 
@@ -87,20 +87,6 @@ class Load:
         for t in self.threads:
             t.join(20)
         return self.failures
-
-
-def start_worker(w: Worker) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            w.run()
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, errors
 
 
 def credits(*dps: DataPlane) -> list[list[int]]:

@@ -18,7 +18,7 @@ import pytest
 import zmq
 from thrift.Thrift import TMessageType
 
-from conftest import Echo, Handler, decode_reply, encode_call
+from conftest import Echo, Handler, decode_reply, encode_call, start_worker
 from thriftworker import Refused, Worker, current_call, wire
 
 
@@ -75,18 +75,17 @@ def leave(plane: Plane, w: Worker, t: threading.Thread) -> None:
     assert not t.is_alive(), "the worker did not stop after the goodbye"
 
 
-def start(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
+def unbound_ipc_plane(ctx: zmq.Context[Any], tmp_path_factory: pytest.TempPathFactory) -> Plane:
+    """A second data plane whose endpoint is an ipc:// path not bound yet
+    (the test binds it when the data plane should appear)."""
+    b = Plane(ctx)
+    b.sock.unbind(b.endpoint)
+    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
+    assert len(b.endpoint) < 100, b.endpoint
+    return b
 
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as e:
-            errors.append(e)
 
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, errors
+start = start_worker
 
 
 def test_ready_then_calls_are_answered_in_order(plane: Plane, handler: Handler) -> None:
@@ -436,10 +435,7 @@ def test_credit_moves_to_a_new_data_plane_only_once_answered_and_its_calls_finis
 
     a = plane
     ctx: zmq.Context[Any] = zmq.Context()
-    b = Plane(ctx)
-    b.sock.unbind(b.endpoint)
-    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
-    assert len(b.endpoint) < 100
+    b = unbound_ipc_plane(ctx, tmp_path_factory)
     w = Worker([a.endpoint, b.endpoint], {"Echo": Echo.Processor(Gated())}, mode="threads", concurrency=5, prefetch=2)
     t, errors = start(w)
     try:
@@ -550,10 +546,7 @@ def test_an_older_data_plane_is_registered_again_to_share_the_credit(
     concurrency = 1 if mode == "inline" else 2
     a = plane
     ctx: zmq.Context[Any] = zmq.Context()
-    b = Plane(ctx)
-    b.sock.unbind(b.endpoint)
-    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
-    assert len(b.endpoint) < 100
+    b = unbound_ipc_plane(ctx, tmp_path_factory)
     w = Worker(
         [a.endpoint, b.endpoint],
         {"Echo": Echo.Processor(handler)},
@@ -623,9 +616,7 @@ def test_an_older_data_plane_is_registered_again_in_the_other_modes(
     again with its share once B has answered its lowering."""
     a = plane
     ctx: zmq.Context[Any] = zmq.Context()
-    b = Plane(ctx)
-    b.sock.unbind(b.endpoint)
-    b.endpoint = f"ipc://{tmp_path_factory.mktemp('p')}/b.sock"
+    b = unbound_ipc_plane(ctx, tmp_path_factory)
     child = spawn_child(a, mode, f"{a.endpoint},{b.endpoint}")
     try:
         register_as_version_2(a, 2, timeout=30)
