@@ -19,11 +19,17 @@ def plan(book: CreditBook) -> list[tuple[str, int, str]]:
     return actions
 
 
-def attach(book: CreditBook, key: str, version: int = 3) -> Share:
-    """A data plane that connects, is sent READY and accepts it."""
+def connect(book: CreditBook, key: str) -> Share:
+    """A data plane in the book whose connection is up (READY not sent yet)."""
     share = Share(key)
     book.add(share)
     book.connected(share)
+    return share
+
+
+def attach(book: CreditBook, key: str, version: int = 3) -> Share:
+    """A data plane that connects, is sent READY and accepts it."""
+    share = connect(book, key)
     actions = plan(book)
     assert actions and actions[-1][0] == key and actions[-1][2] == "READY", actions
     book.registered(share, version)
@@ -46,9 +52,7 @@ def test_one_data_plane_gets_the_whole_credit_in_ready_at_once() -> None:
 def test_a_second_data_plane_gets_credit_only_once_the_first_answered_its_lowering() -> None:
     book = CreditBook(7)
     b = attach(book, "tcp://10.0.0.2:9950")
-    a = Share("tcp://10.0.0.1:9950")  # sorts first: the larger share
-    book.add(a)
-    book.connected(a)
+    a = connect(book, "tcp://10.0.0.1:9950")  # sorts first: the larger share
     # b is lowered to its share; a gets nothing while b may still use its 7.
     assert plan(book) == [(b.key, 3, "CREDIT")]
     assert (b.announced, b.unanswered, b.reserved()) == (3, 7, 7)
@@ -64,9 +68,7 @@ def test_calls_held_beyond_a_lowered_credit_stay_reserved_until_they_finish() ->
     book = CreditBook(8)
     b = attach(book, "tcp://10.0.0.2:9950")
     b.held = 8  # the data plane sent its full credit: 8 calls running
-    a = Share("tcp://10.0.0.1:9950")
-    book.add(a)
-    book.connected(a)
+    a = connect(book, "tcp://10.0.0.1:9950")
     assert plan(book) == [(b.key, 4, "CREDIT")]
     book.answered(b)
     assert b.reserved() == 8 and plan(book) == []  # answered, but its 8 calls still run
@@ -83,9 +85,7 @@ def test_calls_held_beyond_a_lowered_credit_stay_reserved_until_they_finish() ->
 def test_a_data_plane_that_leaves_keeps_its_credit_until_closed_then_its_calls_finish() -> None:
     book = CreditBook(6)
     a = attach(book, "tcp://10.0.0.1:9950")
-    b = Share("tcp://10.0.0.2:9950")
-    book.add(b)
-    book.connected(b)
+    b = connect(book, "tcp://10.0.0.2:9950")
     assert plan(book) == [(a.key, 3, "CREDIT")]
     book.answered(a)
     assert plan(book) == [(b.key, 3, "READY")]
@@ -139,9 +139,7 @@ def test_a_version_2_data_plane_keeps_the_credit_of_its_ready() -> None:
     book = CreditBook(6)
     old = attach(book, "tcp://10.0.0.2:9950", version=2)
     assert old.fixed
-    new = Share("tcp://10.0.0.1:9950")
-    book.add(new)
-    book.connected(new)
+    new = connect(book, "tcp://10.0.0.1:9950")
     # No CREDIT to a version-2 data plane: it is left, to register again (rule 6).
     assert plan(book) == [(old.key, 3, "REJOIN")]
     book.detached(old)
@@ -154,15 +152,11 @@ def test_an_older_data_plane_registers_again_to_give_up_credit() -> None:
     left, keeps its credit reserved until its connection is closed, and is
     registered again with its share."""
     book = CreditBook(6)
-    a = Share("a")
-    book.add(a)
-    book.connected(a)
+    a = connect(book, "a")
     assert plan(book) == [("a", 6, "READY")]
     book.registered(a, 2)
     assert plan(book) == [] and not book.wants  # nobody waits
-    b = Share("b")
-    book.add(b)
-    book.connected(b)
+    b = connect(book, "b")
     # Version 2: no CREDIT. b waits for a's credit: a is left.
     assert plan(book) == [("a", 3, "REJOIN")]
     assert a.state == LEAVING and a.reserved() == 6 and book.wants

@@ -66,11 +66,13 @@ def plane() -> Iterator[Plane]:
     ctx.term()
 
 
-def leave(plane: Plane, w: Worker, t: threading.Thread) -> None:
-    """Stops the worker as the data plane sees it: its DISCONNECT, our goodbye."""
+def leave(plane: Plane, w: Worker, t: threading.Thread, *more: Plane) -> None:
+    """Stops the worker as its data planes see it: its DISCONNECT to each,
+    their goodbyes."""
     w.stop()
-    plane.recv_cmd(wire.DISCONNECT)
-    plane.send(b"\x01\x05", b"bye")
+    for p in (plane, *more):
+        p.recv_cmd(wire.DISCONNECT)
+        p.send(b"\x01\x05", b"bye")
     t.join(5)
     assert not t.is_alive(), "the worker did not stop after the goodbye"
 
@@ -466,12 +468,8 @@ def test_credit_moves_to_a_new_data_plane_only_once_answered_and_its_calls_finis
         b.request(1, encode_call(0, "echo", 1, message="via b"))
         assert decode_reply(0, "echo", b.recv_cmd(wire.REPLY)[2])[2].success == "via b"
         assert w.credit_shares() == {a.endpoint: 3, b.endpoint: 4}
-        w.stop()
-        for p in (a, b):
-            p.recv_cmd(wire.DISCONNECT)
-            p.send(b"\x01\x05", b"bye")
-        t.join(5)
-        assert not t.is_alive() and errors == []
+        leave(a, w, t, b)
+        assert errors == []
         assert w.peak_held == 5
     finally:
         release.set()
@@ -592,12 +590,8 @@ def test_an_older_data_plane_is_registered_again_to_share_the_credit(
         for p, i in ((a, 10), (b, 11)):
             p.request(i, encode_call(0, "echo", i, message=f"m{i}"))
             assert decode_reply(0, "echo", p.recv_cmd(wire.REPLY)[2])[2].success == f"m{i}"
-        w.stop()
-        for p in (a, b):
-            p.recv_cmd(wire.DISCONNECT)
-            p.send(b"\x01\x05", b"bye")
-        t.join(5)
-        assert not t.is_alive() and errors == []
+        leave(a, w, t, b)
+        assert errors == []
         assert w.peak_held <= 6
     finally:
         release.set()

@@ -53,6 +53,19 @@ class Fleet:
         resolve = "200ms" if kind == "rust" else "0.2"
         return ["--hosts-file", self.hosts, "--resolve-interval", resolve, "--prefetch", prefetch]
 
+    def attach_workers(self, worker, processes, n, concurrency, prefetch=0, kind="rust"):
+        """Starts `n` workers given NAME and waits until every data plane
+        started so far has all of them registered."""
+        extra = {"mode": "threads"} if kind == "pkg" else {}
+        workers = [
+            worker(kind, endpoint=self.name_endpoint, concurrency=concurrency, wait=False,
+                   args=self.worker_args(prefetch=prefetch, kind=kind), **extra)
+            for _ in range(n)
+        ]
+        for dp in self.dps.values():
+            wait_workers(dp, n, context=processes.tails)
+        return workers
+
 
 def gauges(dp, name):
     """{worker id: value} of a per-worker gauge in the data plane's /metrics."""
@@ -104,14 +117,7 @@ def test_every_worker_serves_every_data_plane(dataplane, worker, processes, shor
     for n in range(1, replicas + 1):
         fleet.start(n)
     fleet.publish(*range(1, replicas + 1))
-    extra = {"mode": "threads"} if kind == "pkg" else {}
-    workers = [
-        worker(kind, endpoint=fleet.name_endpoint, concurrency=4, wait=False,
-               args=fleet.worker_args(prefetch=8, kind=kind), **extra)
-        for _ in range(3)
-    ]
-    for dp in fleet.dps.values():
-        wait_workers(dp, 3, context=processes.tails)
+    workers = fleet.attach_workers(worker, processes, 3, concurrency=4, prefetch=8, kind=kind)
     pids = {f"{kind}:{w.pid}" for w in workers}
     for n, dp in fleet.dps.items():
         assert whoami_set(dp) == pids, f"calls through data plane {n} did not reach every worker"
@@ -133,8 +139,7 @@ def test_a_data_plane_added_behind_the_name_receives_every_worker(dataplane, wor
     fleet = Fleet(dataplane, short_tmp)
     a = fleet.start(1)
     fleet.publish(1)
-    workers = [worker(endpoint=fleet.name_endpoint, concurrency=4, wait=False, args=fleet.worker_args()) for _ in range(2)]
-    wait_workers(a, 2, context=processes.tails)
+    workers = fleet.attach_workers(worker, processes, 2, concurrency=4)
     assert sorted(gauges(a, "thriftworker_worker_credit").values()) == [4, 4]
 
     b = fleet.start(2)
@@ -168,9 +173,7 @@ def test_a_data_plane_drained_with_sigterm_under_load_fails_no_call(dataplane, w
     fleet = Fleet(dataplane, short_tmp)
     a, b = fleet.start(1), fleet.start(2)
     fleet.publish(1, 2)
-    workers = [worker(endpoint=fleet.name_endpoint, concurrency=4, wait=False, args=fleet.worker_args()) for _ in range(2)]
-    for dp in (a, b):
-        wait_workers(dp, 2, context=processes.tails)
+    workers = fleet.attach_workers(worker, processes, 2, concurrency=4)
     load = SteadyLoad(b.addr("echo"), threads=6, slow_ms=5)
     load_a = SteadyLoad(a.addr("echo"), threads=2)
     try:
@@ -199,9 +202,7 @@ def test_in_flight_never_exceeds_the_workers_concurrency_across_data_planes(data
     fleet = Fleet(dataplane, short_tmp)
     a, b = fleet.start(1), fleet.start(2)
     fleet.publish(1, 2)
-    w = worker(endpoint=fleet.name_endpoint, concurrency=3, wait=False, args=fleet.worker_args(prefetch=0))
-    for dp in (a, b):
-        wait_workers(dp, 1, context=processes.tails)
+    (w,) = fleet.attach_workers(worker, processes, 1, concurrency=3)
     loads = [SteadyLoad(dp.addr("echo"), threads=6, slow_ms=20) for dp in (a, b)]
     peak = 0
     try:
@@ -234,9 +235,7 @@ def test_a_restarted_data_plane_gets_its_workers_back(dataplane, worker, process
     fleet = Fleet(dataplane, short_tmp)
     a, b = fleet.start(1), fleet.start(2)
     fleet.publish(1, 2)
-    workers = [worker(endpoint=fleet.name_endpoint, concurrency=2, wait=False, args=fleet.worker_args()) for _ in range(2)]
-    for dp in (a, b):
-        wait_workers(dp, 2, context=processes.tails)
+    workers = fleet.attach_workers(worker, processes, 2, concurrency=2)
     a.terminate(signal.SIGKILL)
     a.wait_exit(10)
     wait_for(
