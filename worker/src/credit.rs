@@ -212,8 +212,8 @@ impl Ledger {
         self.members.iter().any(|(k, m)| k != key && m.registered)
     }
 
-    /// How many data planes take part, and whether more take part than
-    /// there are credits (some then get none: worth a warning).
+    /// Whether more data planes take part than there are credits (some
+    /// then get none: worth a warning).
     pub fn starved(&self) -> bool {
         self.members.values().filter(|m| m.connected).count() > self.total as usize
     }

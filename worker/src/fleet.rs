@@ -40,15 +40,18 @@ pub(crate) async fn run(
         held: AtomicU32::new(0),
         peak_held: AtomicU32::new(0),
         stopping: AtomicBool::new(false),
+        identity_prefix: crate::session::identity_prefix(),
     });
     let mut attached: HashMap<String, Leave> = HashMap::new();
     let mut tasks: JoinSet<(String, Result<(), WorkerError>)> = JoinSet::new();
     let mut result = Ok(());
     let mut starved_warned = false;
     tokio::pin!(shutdown);
-    let mut next_resolve = Instant::now();
+    // When to resolve the endpoints next: None once they are resolved and
+    // name no host (nothing can change).
+    let mut next_resolve = Some(Instant::now());
     'serve: loop {
-        if Instant::now() >= next_resolve {
+        if next_resolve.is_some_and(|at| Instant::now() >= at) {
             let addrs = tokio::select! {
                 a = resolver.resolve() => a,
                 _ = &mut shutdown => break 'serve,
@@ -90,17 +93,16 @@ pub(crate) async fn run(
                 );
             }
             starved_warned = starved;
-            next_resolve = match resolver.is_fixed() {
-                true => Instant::now() + std::time::Duration::from_secs(86_400 * 365),
-                false => Instant::now() + interval,
-            };
+            next_resolve = (!resolver.is_fixed()).then(|| Instant::now() + interval);
         }
+        let far = Instant::now() + interval;
         tokio::select! {
-            _ = tokio::time::sleep_until(next_resolve) => {}
+            _ = tokio::time::sleep_until(next_resolve.unwrap_or(far)), if next_resolve.is_some() => {}
             _ = ctx.lost.notified(), if !resolver.is_fixed() => {
                 // Soon, not at once: several sessions lose a data plane
                 // together, and its name takes a moment to change.
-                next_resolve = next_resolve.min(Instant::now() + settle);
+                let soon = Instant::now() + settle;
+                next_resolve = Some(next_resolve.map_or(soon, |at| at.min(soon)));
             }
             Some(ended) = tasks.join_next() => {
                 match ended {
@@ -117,7 +119,7 @@ pub(crate) async fn run(
                         // at the next resolution.
                         tracing::error!(error = %e, "a data plane session ended abnormally");
                         attached.retain(|_, leave| !leave.wake.is_closed());
-                        next_resolve = Instant::now();
+                        next_resolve = Some(Instant::now());
                     }
                 }
             }

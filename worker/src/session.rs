@@ -39,6 +39,8 @@ pub(crate) struct Ctx {
     /// The worker is stopping: a data plane left need not wait for calls
     /// of its earlier sessions (nothing will use the credit they free).
     pub stopping: AtomicBool,
+    /// `HOST/PID/`: each connection's identity is this and its number.
+    pub identity_prefix: String,
 }
 
 impl Ctx {
@@ -160,7 +162,7 @@ impl Attachment {
             }
             self.number += 1;
             let socket = tokio::select! {
-                s = connect(&self.addr) => s,
+                s = connect(&self.addr, &self.ctx.identity_prefix) => s,
                 _ = self.sig.wait_leave() => return Ok(()),
             };
             let end = match socket {
@@ -272,7 +274,14 @@ static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 /// shows it (`thriftctl workers`), so one worker process is recognisable in
 /// every data plane it is attached to; N keeps a reconnection from being
 /// taken for the connection it replaces.
-fn identity() -> Option<PeerIdentity> {
+fn identity(prefix: &str) -> Option<PeerIdentity> {
+    let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
+    PeerIdentity::try_from(format!("{prefix}{n}").into_bytes()).ok()
+}
+
+/// `HOST/PID/`, read once per worker: the start of every connection's
+/// identity. The host name is cut to printable ASCII without `/`.
+pub(crate) fn identity_prefix() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -283,15 +292,13 @@ fn identity() -> Option<PeerIdentity> {
         .filter(|c| c.is_ascii_graphic() && *c != '/')
         .take(128)
         .collect();
-    let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
-    let name = format!("{host}/{}/{n}", std::process::id());
-    PeerIdentity::try_from(name.into_bytes()).ok()
+    format!("{host}/{}/", std::process::id())
 }
 
-async fn connect(addr: &str) -> Result<DealerSocket, String> {
+async fn connect(addr: &str, identity_prefix: &str) -> Result<DealerSocket, String> {
     let mut options = SocketOptions::default();
     options.connect_timeout(Duration::from_secs(2));
-    if let Some(id) = identity() {
+    if let Some(id) = identity(identity_prefix) {
         options.peer_identity(id);
     }
     let mut socket = DealerSocket::with_options(options);
