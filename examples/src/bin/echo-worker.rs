@@ -42,7 +42,7 @@ struct Cli {
     endpoint: Vec<String>,
 
     /// How often host names in --endpoint are resolved again, e.g. "5s"
-    /// (also whenever a connection is lost).
+    /// (also whenever a connection is lost); at least 100ms.
     #[arg(
         long,
         env = "THRIFTWORKER_RESOLVE_INTERVAL",
